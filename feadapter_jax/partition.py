@@ -12,6 +12,7 @@ import re
 from typing import Any, Mapping, Sequence, TypeVar
 
 import jax
+from flax import traverse_util
 
 T = TypeVar('T')
 TRAINABLE, FROZEN = 'trainable', 'frozen'
@@ -118,3 +119,22 @@ def report(params: Any, mask: Any) -> ParamReport:
   return ParamReport(total=sum(c[0] for c in counts.values()),
                      trainable=sum(c[1] for c in counts.values()),
                      groups={g: tuple(c) for g, c in counts.items() if c[0]})
+
+
+def subtree(params: Any, mask: Any, keep: bool = True) -> dict[str, Any]:
+  """The nested dict of the leaves whose mask equals `keep` (others pruned)."""
+  flat, flat_mask = flatten(params), flatten(mask)
+  return traverse_util.unflatten_dict(
+      {name: leaf for name, leaf in flat.items() if bool(flat_mask[name]) == keep}, sep='/')
+
+
+def merge(*trees: Any) -> dict[str, Any]:
+  """Union of nested dicts with disjoint leaves (e.g. a trainable and a frozen subtree)."""
+  merged: dict[str, Any] = {}
+  for tree in trees:
+    flat = flatten(tree)
+    clash = set(flat) & set(merged)
+    if clash:
+      raise ValueError(f'Parameters given twice: {sorted(clash)[:5]}')
+    merged.update(flat)
+  return traverse_util.unflatten_dict(merged, sep='/')

@@ -11,7 +11,7 @@ from tests.tiny import tiny
 
 TRAINABLE = ('.*adapter.*', 'head/.*')
 OPTIM = ml_collections.ConfigDict(dict(
-    lr=1e-2, warmup_steps=0, end_lr_factor=0.1, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.05,
+    lr=1e-2, end_lr_factor=0.1, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.05,
     weight_decay_rules=[('.*(bias|scale|cls_token|pos_embed)', False), ('.*', True)],
     grad_clip_norm=1.0))
 

@@ -1,0 +1,34 @@
+# Two commands on a fresh machine (Python 3.10+ with venv):
+#   make demo   installs the runtime into .venv and runs the main job on SynthFER
+#   make test   installs runtime + test extras (torch CPU, timm, transformers) and runs the tests
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+WORKDIRS ?= workdirs
+
+.PHONY: demo test install install-test clean
+
+$(VENV)/.runtime: requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e . || $(PY) -m pip install -q --no-deps -e .
+	touch $@
+
+$(VENV)/.test: requirements-test.txt $(VENV)/.runtime
+	$(PY) -m pip install -q -r requirements-test.txt
+	touch $@
+
+install: $(VENV)/.runtime
+install-test: $(VENV)/.test
+
+# Pre-train the tiny image emotion classifier, then adapt it to video with FE-Adapter.
+demo: $(VENV)/.runtime
+	$(PY) -m feadapter_jax.main --config=configs/synthetic_image.py --workdir=$(WORKDIRS)/synth_image
+	$(PY) -m feadapter_jax.main --config=configs/synthetic.py:init=$(WORKDIRS)/synth_image/export --workdir=$(WORKDIRS)/synth_video
+
+test: $(VENV)/.test
+	$(PY) -m pytest -q tests
+
+clean:
+	rm -rf $(VENV) $(WORKDIRS)

@@ -1,0 +1,23 @@
+r"""MAFW, 5-fold, 11 classes (single-label, no caption): FE-Adapter on a frozen ViT-B/16.
+
+  python -m feadapter_jax.main --config=configs/mafw.py:fold=1 --workdir=workdirs/mafw_fold1 \
+      --config.init.checkpoint=CONVERTED_VIT_DIR
+
+Paper (FE-Adapter, as quoted by FRU-Adapter Table 1): UAR 39.41 / WAR 55.02, mean of 5 folds.
+Args: fold=1..5, method, seed.
+"""
+import ml_collections
+
+from configs import common
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  arg = common.parse_arg(arg, fold=1, method='fe_adapter', seed=0)
+  if not 1 <= arg.fold <= 5:
+    raise ValueError(f'fold={arg.fold}: MAFW has folds 1..5')
+  c = common.base_config(arg.method)
+  c.seed = arg.seed
+  c.data = common.data_config('mafw', f'fold{arg.fold}')
+  c.model.num_classes = 11
+  c.init.dont_load = ('head/.*',)
+  return c

@@ -1,0 +1,50 @@
+"""Converted-backbone directories: `params/` (orbax) + `model_config.json`.
+
+The format is the project's parameter directory (`feadapter_jax.checkpoint.save_params`), which
+training reads through `config.init.checkpoint`. `model_config.json` holds the `models.build`
+config plus where the weights came from and the input normalisation they expect
+(`METADATA_KEYS`), so the user copies the architecture instead of guessing it.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Mapping
+
+from feadapter_jax import checkpoint
+
+METADATA_KEYS = ('source', 'checkpoint', 'mean', 'std')
+
+
+def save(directory: str | os.PathLike[str], params: Any, model_config: Mapping[str, Any],
+         metadata: Mapping[str, Any] | None = None, overwrite: bool = False) -> None:
+  """Writes a converted backbone; the directory appears only once complete (temp + rename).
+
+  Args:
+    directory: where to write; must not exist unless `overwrite`.
+    params: the Flax parameter tree.
+    model_config: its `models.build` config.
+    metadata: provenance and normalisation (`METADATA_KEYS`), stored in model_config.json.
+    overwrite: replace an existing directory.
+  """
+  directory = os.fspath(directory)
+  if os.path.exists(directory) and not overwrite:
+    raise FileExistsError(f'{directory} already exists: remove it or choose another --out.')
+  metadata = dict(metadata or {})
+  unknown = set(metadata) - set(METADATA_KEYS)
+  if unknown:
+    raise ValueError(f'Unknown metadata keys {sorted(unknown)}; expected {METADATA_KEYS}.')
+  checkpoint.save_params(directory, params, {**model_config, **metadata})
+
+
+def read_metadata(directory: str | os.PathLike[str]) -> dict[str, Any]:
+  """Source, original checkpoint and normalisation recorded by `save` (None when unknown)."""
+  with open(os.path.join(os.fspath(directory), checkpoint.MODEL_CONFIG)) as f:
+    stored = json.load(f)
+  return {k: stored.get(k) for k in METADATA_KEYS}
+
+
+def load(directory: str | os.PathLike[str]) -> tuple[Any, dict[str, Any]]:
+  """(params as numpy arrays, the `models.build` config) of a converted backbone."""
+  params, stored = checkpoint.load_params(os.fspath(directory))
+  return params, {k: v for k, v in stored.items() if k not in METADATA_KEYS}

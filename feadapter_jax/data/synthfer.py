@@ -1,0 +1,347 @@
+"""SynthFER: procedural cartoon facial-expression videos, rendered in numpy.
+
+A clip shows one cartoon face (random identity: face shape, skin, hair and background colours,
+eye spacing and size, brow and mouth placement) with small per-frame head motion, lighting changes
+and pixel noise. Its expression is a vector of six components (`EXPRESSION_COMPONENTS`: mouth
+curvature, opening and width, brow raise and tilt, eye opening) that an intensity curve drives
+over time from neutral (0) to the class's apex (`APEX`).
+
+Classes use DFEW's names and order (`CLASS_NAMES`, labels 0..6). Five classes are told apart by
+their apex appearance. The pair `TIME_REVERSED_PAIR = ('Surprise', 'Fear')` shares ONE apex (raised
+brows, wide eyes, open mouth) and differs only in the direction of time: Surprise is an onset
+(neutral -> apex), Fear is the offset of the same apex (apex -> neutral), i.e. the onset curve
+reversed. Every other per-frame process (head motion, lighting) is a sum of sinusoids with uniform
+random phases, a stationary process whose distribution is invariant under time reversal, and the
+noise is i.i.d. per frame. Hence the frames of a Fear clip, taken as an unordered set, have exactly
+the distribution of those of a Surprise clip: a model that averages frames cannot beat chance
+between the two, one that models time can. In the single-image variant (`static=True`, the apex
+alone) the pair is ambiguous by construction: an image classifier tops out at 50% on it.
+
+Everything is deterministic from the `numpy.random.Generator` passed in; the TFDS builder derives
+one generator per example from (seed, split, index) so examples can be rendered in any order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import cv2
+import numpy as np
+
+CLASS_NAMES: tuple[str, ...] = (
+    'Happy', 'Sad', 'Neutral', 'Angry', 'Surprise', 'Disgust', 'Fear')
+
+# (onset class, offset class): same apex, opposite direction of time.
+TIME_REVERSED_PAIR: tuple[str, str] = ('Surprise', 'Fear')
+
+EXPRESSION_COMPONENTS: tuple[str, ...] = (
+    'mouth_curve',  # > 0: corners up (smile); < 0: corners down (frown).
+    'mouth_open',   # vertical opening of the lips.
+    'mouth_width',  # relative change of the mouth's width.
+    'brow_raise',   # > 0: brows up.
+    'brow_tilt',    # > 0: inner ends up (sad); < 0: inner ends down (angry "V").
+    'eye_open',     # relative change of the eye's height.
+)
+
+# Apex expression of each class, as offsets from the neutral face, in units of `_EXPRESSION_SCALE`.
+# Chosen so that every class has at least one big feature (mouth, brows or eyes) that survives
+# 32-px rendering; the Fear apex is Surprise's (see TIME_REVERSED_PAIR).
+_SURPRISE_APEX = (0.0, 1.0, -0.35, 1.0, 0.15, 0.6)
+APEX: dict[str, tuple[float, ...]] = {
+    'Happy': (1.0, 0.35, 0.3, 0.15, 0.0, -0.35),
+    'Sad': (-0.9, 0.0, -0.1, 0.1, 1.0, -0.4),
+    'Neutral': (0.0, 0.0, 0.0, 0.0, 0.0, 0.0),
+    'Angry': (-0.25, 0.0, -0.35, -0.8, -1.0, 0.05),
+    'Surprise': _SURPRISE_APEX,
+    'Disgust': (-0.6, 0.45, 0.1, -0.35, 0.0, -0.65),
+    'Fear': _SURPRISE_APEX,
+}
+
+# Face units per unit of each expression component (the image spans [-1, 1] at scale 1).
+_EXPRESSION_SCALE = np.array([0.16, 0.16, 0.35, 0.1, 0.08, 0.6])
+
+# Identity: each entry is drawn uniformly in (low, high), in face units (image half-width = 1).
+_IDENTITY_RANGES: dict[str, tuple[float, float]] = {
+    'face_half_width': (0.56, 0.68),
+    'face_half_height': (0.74, 0.86),
+    'hair_volume': (0.95, 1.15),     # hair ellipse size relative to the face.
+    'eye_dx': (0.22, 0.28),          # eye centre distance from the midline.
+    'eye_y': (-0.16, -0.08),
+    'eye_half_width': (0.10, 0.13),
+    'eye_half_height': (0.06, 0.075),
+    'pupil_radius': (0.045, 0.06),
+    'brow_gap': (0.1, 0.13),         # brow height above the eye centre.
+    'brow_half_length': (0.1, 0.13),
+    'brow_radius': (0.022, 0.03),    # half thickness.
+    'nose_y': (0.08, 0.16),
+    'mouth_y': (0.36, 0.44),
+    'mouth_half_width': (0.17, 0.22),
+    'lip_thickness': (0.02, 0.03),
+    'skin_tone': (0.0, 1.0),         # 0: lightest, 1: darkest of `_SKIN_RANGE`.
+}
+_SKIN_RANGE = (np.array([0.96, 0.80, 0.69]), np.array([0.42, 0.28, 0.19]))
+_SKIN_TINT = (0.92, 1.08)         # per-channel multiplier of the skin colour.
+_HAIR_BRIGHTNESS = (0.03, 0.3)    # hair (and brow) colour = brightness * per-channel tint.
+_HAIR_TINT = (0.6, 1.0)
+_IRIS_RANGE = (0.05, 0.35)        # per channel.
+_BACKGROUND_RANGE = (0.25, 0.9)   # per channel.
+_HAIR_SHAPE = (1.08, 0.78, -0.3)  # hair ellipse: x, y half-axes and centre y, over the face size.
+_NOSE_HALF_AXES = (0.045, 0.07)
+_MIN_EYE_OPEN = 0.1               # floor of the eye height factor, so eyes never vanish.
+_MIN_MOUTH_WIDTH = 0.2            # floor of the mouth width factor.
+_LIP_TINT = np.array([0.62, 0.3, 0.3])   # multiplies the skin colour.
+_NOSE_TINT = 0.85                          # nose shading, multiplies the skin colour.
+_MOUTH_INSIDE = np.array([0.18, 0.04, 0.05])
+_SCLERA = np.array([0.97, 0.97, 0.95])
+
+
+@dataclasses.dataclass(frozen=True)
+class RenderParams:
+  """Nuisance and difficulty knobs of the renderer.
+
+  Attributes:
+    noise_std: per-pixel Gaussian noise, in [0, 1] pixel units.
+    motion: head translation amplitude, in face units (image half-width = 1).
+    rotation_deg: head in-plane rotation amplitude, in degrees.
+    zoom: relative head-scale amplitude.
+    lighting: amplitude of the global gain and of the horizontal light gradient.
+    motion_frequency: (low, high) angular frequency of motion and lighting, radians per frame.
+    expression_jitter: std of each identity's resting-face offset on every expression component.
+    min_apex: apex intensities are drawn uniformly in (min_apex, 1).
+    onset_start: (low, high) onset start, as a fraction of the clip.
+    onset_duration: (low, high) onset duration, as a fraction of the clip.
+  """
+  noise_std: float = 0.03
+  motion: float = 0.05
+  rotation_deg: float = 4.0
+  zoom: float = 0.04
+  lighting: float = 0.12
+  motion_frequency: tuple[float, float] = (0.1, 0.6)
+  expression_jitter: float = 0.06
+  min_apex: float = 0.7
+  onset_start: tuple[float, float] = (0.05, 0.35)
+  onset_duration: tuple[float, float] = (0.25, 0.5)
+
+
+def smoothstep(x: np.ndarray) -> np.ndarray:
+  """Smooth ramp from 0 (x <= 0) to 1 (x >= 1)."""
+  x = np.clip(x, 0.0, 1.0)
+  return x * x * (3.0 - 2.0 * x)
+
+
+def intensity_curve(rng: np.random.Generator, num_frames: int, params: RenderParams, *,
+                    reverse: bool) -> np.ndarray:
+  """Expression intensity over time, shape (t,), in [0, 1].
+
+  Args:
+    rng: random source.
+    num_frames: T.
+    params: renderer knobs (onset start and duration ranges).
+    reverse: False for an onset (neutral -> apex), True for the offset (the same curve reversed).
+
+  Returns:
+    (t,) float64 array; a one-frame clip is at the apex (1).
+  """
+  start = rng.uniform(*params.onset_start)
+  duration = rng.uniform(*params.onset_duration)
+  if num_frames == 1:
+    return np.ones(1)
+  curve = smoothstep((np.linspace(0.0, 1.0, num_frames) - start) / duration)
+  return curve[::-1] if reverse else curve
+
+
+def stationary_track(rng: np.random.Generator, num_frames: int, params: RenderParams,
+                     num_tones: int = 2) -> np.ndarray:
+  """A random smooth signal in [-1, 1], shape (t,), whose law is invariant under time reversal.
+
+  A sum of sinusoids with uniform random phases is stationary; reversing time maps each phase
+  phi to pi - w (T - 1) - phi, again uniform, so the reversed track has the same distribution.
+
+  Args:
+    rng: random source.
+    num_frames: T.
+    params: renderer knobs (frequency range).
+    num_tones: number of sinusoids summed.
+
+  Returns:
+    (t,) float64 array.
+  """
+  amplitudes = rng.uniform(0.0, 1.0, num_tones) / num_tones
+  frequencies = rng.uniform(*params.motion_frequency, num_tones)
+  phases = rng.uniform(0.0, 2.0 * np.pi, num_tones)
+  t = np.arange(num_frames)[:, None]
+  return (amplitudes * np.sin(frequencies * t + phases)).sum(axis=1)
+
+
+def expression_track(rng: np.random.Generator, label: int, num_frames: int,
+                     params: RenderParams, *, static: bool = False) -> np.ndarray:
+  """Expression vector over time, shape (t, 6), in units of the component scales.
+
+  Args:
+    rng: random source.
+    label: class index into `CLASS_NAMES`.
+    num_frames: T.
+    params: renderer knobs.
+    static: the apex alone, constant over time (the single-image variant).
+
+  Returns:
+    (t, len(EXPRESSION_COMPONENTS)) float64 array.
+  """
+  name = CLASS_NAMES[label]
+  rest = rng.normal(0.0, params.expression_jitter, len(EXPRESSION_COMPONENTS))
+  amplitude = rng.uniform(params.min_apex, 1.0)
+  if static:
+    curve = np.ones(num_frames)
+  else:
+    curve = intensity_curve(rng, num_frames, params, reverse=name == TIME_REVERSED_PAIR[1])
+  return rest + amplitude * curve[:, None] * np.asarray(APEX[name])
+
+
+def _sample_identity(rng: np.random.Generator) -> dict[str, np.ndarray | float]:
+  identity = {k: rng.uniform(lo, hi) for k, (lo, hi) in _IDENTITY_RANGES.items()}
+  lightest, darkest = _SKIN_RANGE
+  skin = lightest + identity['skin_tone'] * (darkest - lightest)
+  identity['skin'] = np.clip(skin * rng.uniform(*_SKIN_TINT, 3), 0.0, 1.0)
+  identity['hair'] = rng.uniform(*_HAIR_BRIGHTNESS) * rng.uniform(*_HAIR_TINT, 3)
+  identity['iris'] = rng.uniform(*_IRIS_RANGE, 3)
+  identity['background'] = rng.uniform(*_BACKGROUND_RANGE, 3)
+  return identity
+
+
+def _pixel_centres(resolution: int) -> np.ndarray:
+  """Pixel-centre coordinates along one image axis, in image units ([-1, 1])."""
+  return ((np.arange(resolution) + 0.5) / resolution * 2.0 - 1.0).astype(np.float32)
+
+
+def _coverage(sdf: np.ndarray, pixel: np.ndarray) -> np.ndarray:
+  """Anti-aliased inside-ness (1 inside, 0 outside, linear across one pixel of the edge)."""
+  return np.clip(0.5 - sdf / pixel, 0.0, 1.0)
+
+
+def _ellipse_sdf(x, y, cx, cy, half_x, half_y):
+  radius = np.sqrt(((x - cx) / half_x) ** 2 + ((y - cy) / half_y) ** 2)
+  return (radius - 1.0) * np.minimum(half_x, half_y)
+
+
+def _capsule_sdf(x, y, x0, y0, x1, y1, radius):
+  """Signed distance to a thick segment (x0, y0)-(x1, y1)."""
+  dx, dy = x1 - x0, y1 - y0
+  along = np.clip(((x - x0) * dx + (y - y0) * dy) / (dx * dx + dy * dy), 0.0, 1.0)
+  return np.hypot(x - x0 - along * dx, y - y0 - along * dy) - radius
+
+
+def _paint(canvas: np.ndarray, alpha: np.ndarray, colour: np.ndarray) -> None:
+  """Alpha-composites `colour` over canvas (t h w 3) in place; alpha is (t h w)."""
+  canvas += alpha[..., None] * (colour.astype(np.float32) - canvas)
+
+
+def _draw_faces(ident: dict, expression: np.ndarray, pose: dict[str, np.ndarray],
+                resolution: int) -> np.ndarray:
+  """Rasterises T frames of one face, (t h w 3) float in [0, 1], before lighting and noise."""
+  num_frames = expression.shape[0]
+  # Pixel centres in image units, then the inverse head pose maps them to face units.
+  grid = _pixel_centres(resolution)
+  px, py = grid[None, None, :], grid[None, :, None]
+
+  def col(per_frame: np.ndarray) -> np.ndarray:  # (t,) -> (t 1 1), to broadcast over pixels
+    return np.reshape(per_frame, (num_frames, 1, 1)).astype(np.float32)
+
+  angle, scale = col(pose['rotation']), col(pose['scale'])
+  sx, sy = px - col(pose['tx']), py - col(pose['ty'])
+  x = (np.cos(angle) * sx + np.sin(angle) * sy) / scale
+  y = (-np.sin(angle) * sx + np.cos(angle) * sy) / scale
+  pixel = 2.0 / resolution / scale
+
+  e = {k: col(v) for k, v in zip(EXPRESSION_COMPONENTS, (expression * _EXPRESSION_SCALE).T)}
+  canvas = np.empty((num_frames, resolution, resolution, 3), np.float32)
+  canvas[...] = ident['background']
+
+  fw, fh = ident['face_half_width'], ident['face_half_height']
+  hair_x, hair_y, hair_centre = _HAIR_SHAPE
+  hair = _ellipse_sdf(x, y, 0.0, hair_centre * fh, fw * ident['hair_volume'] * hair_x,
+                      fh * ident['hair_volume'] * hair_y)
+  _paint(canvas, _coverage(hair, pixel), ident['hair'])
+  _paint(canvas, _coverage(_ellipse_sdf(x, y, 0.0, 0.0, fw, fh), pixel), ident['skin'])
+  nose = _ellipse_sdf(x, y, 0.0, ident['nose_y'], *_NOSE_HALF_AXES)
+  _paint(canvas, _coverage(nose, pixel), _NOSE_TINT * ident['skin'])
+
+  eye_half_height = ident['eye_half_height'] * np.maximum(1.0 + e['eye_open'], _MIN_EYE_OPEN)
+  brow_y = ident['eye_y'] - ident['brow_gap'] - e['brow_raise']
+  for side in (-1.0, 1.0):
+    eye_x = side * ident['eye_dx']
+    sclera = _coverage(_ellipse_sdf(x, y, eye_x, ident['eye_y'], ident['eye_half_width'],
+                                    eye_half_height), pixel)
+    _paint(canvas, sclera, _SCLERA)
+    pupil = _coverage(np.hypot(x - eye_x, y - ident['eye_y']) - ident['pupil_radius'], pixel)
+    _paint(canvas, pupil * sclera, ident['iris'])  # the lids clip the pupil
+    inner_x = eye_x - side * ident['brow_half_length']
+    outer_x = eye_x + side * ident['brow_half_length']
+    brow = _capsule_sdf(x, y, inner_x, brow_y - e['brow_tilt'], outer_x, brow_y + e['brow_tilt'],
+                        ident['brow_radius'])
+    _paint(canvas, _coverage(brow, pixel), ident['hair'])
+
+  # Mouth: a band around a parabolic centre line whose corners rise by `mouth_curve` while its
+  # middle sinks by as much, so the mouth bends about a fixed height.
+  half_width = ident['mouth_half_width'] * np.maximum(1.0 + e['mouth_width'], _MIN_MOUTH_WIDTH)
+  across = np.clip(x / half_width, -1.0, 1.0)
+  centre_y = ident['mouth_y'] + e['mouth_curve'] * (0.5 - across ** 2)
+  profile = np.sqrt(1.0 - across ** 2)
+  opening = np.maximum(e['mouth_open'], 0.0) * profile
+  outside_x = np.abs(x) - half_width
+  lips = np.maximum(np.abs(y - centre_y) - opening - ident['lip_thickness'] * profile, outside_x)
+  _paint(canvas, _coverage(lips, pixel), _LIP_TINT * ident['skin'])
+  inside = np.maximum(np.abs(y - centre_y) - opening, outside_x)
+  _paint(canvas, _coverage(inside, pixel), _MOUTH_INSIDE)
+  return canvas
+
+
+def render_clip(rng: np.random.Generator, label: int, num_frames: int, resolution: int,
+                params: RenderParams, *, static: bool = False) -> np.ndarray:
+  """Renders one clip of class `label`.
+
+  Args:
+    rng: random source; the clip is a deterministic function of its state.
+    label: class index into `CLASS_NAMES`.
+    num_frames: T.
+    resolution: frame height and width in pixels.
+    params: renderer knobs.
+    static: render the apex expression on every frame (the single-image variant uses T=1).
+
+  Returns:
+    Frames in temporal order, (t h w 3) uint8.
+  """
+  identity = _sample_identity(rng)
+  expression = expression_track(rng, label, num_frames, params, static=static)
+  track = functools.partial(stationary_track, rng, num_frames, params)
+  pose = {
+      'tx': params.motion * track(),
+      'ty': params.motion * track(),
+      'rotation': np.deg2rad(params.rotation_deg) * track(),
+      'scale': 1.0 + params.zoom * track(),
+  }
+  gain = 1.0 + params.lighting * track()
+  gradient = params.lighting * track()
+  frames = _draw_faces(identity, expression, pose, resolution)
+  grid = _pixel_centres(resolution)
+  light = gain[:, None, None] * (1.0 + gradient[:, None, None] * grid[None, None, :])
+  frames *= light[..., None].astype(np.float32)
+  frames += rng.normal(0.0, params.noise_std, frames.shape).astype(np.float32)
+  return np.round(np.clip(frames, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def balanced_labels(rng: np.random.Generator, num_examples: int) -> np.ndarray:
+  """Class labels with counts that differ by at most one, in random order, shape (n,) int."""
+  return rng.permutation(np.arange(num_examples) % len(CLASS_NAMES))
+
+
+def encode_jpeg(frames: np.ndarray, quality: int) -> list[bytes]:
+  """Encodes (t h w 3) uint8 RGB frames as one JPEG byte string per frame."""
+  flags = [cv2.IMWRITE_JPEG_QUALITY, quality]
+  encoded = []
+  for frame in frames:
+    ok, buffer = cv2.imencode('.jpg', np.ascontiguousarray(frame[..., ::-1]), flags)  # RGB->BGR
+    if not ok:
+      raise RuntimeError('JPEG encoding failed.')
+    encoded.append(buffer.tobytes())
+  return encoded

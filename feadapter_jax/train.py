@@ -1,0 +1,327 @@
+"""The training loop: set up, resume, train, evaluate, checkpoint, export.
+
+`train_and_evaluate(config, workdir)` is what `python -m feadapter_jax.main` runs. The jitted
+steps are pure (`step.py`); everything with a side effect (data, logging, checkpoints, signals)
+lives here.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import time
+from typing import Any, Iterator
+
+from absl import logging
+from clu import metric_writers
+from clu import periodic_actions
+from flax import traverse_util
+import jax
+from jax.experimental import multihost_utils
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from feadapter_jax import checkpoint
+from feadapter_jax import metrics as metrics_lib
+from feadapter_jax import models
+from feadapter_jax import optim
+from feadapter_jax import partition
+from feadapter_jax import sharding
+from feadapter_jax import step as step_lib
+from feadapter_jax.data import pipeline
+
+CONFIG_FILE = 'config.json'
+RESULTS_FILE = 'results.json'
+EXPORT_DIR = 'export'
+INIT_FILE = 'init.json'
+
+
+class NonFiniteLossError(FloatingPointError):
+  pass
+
+
+def model_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The model config with the input size taken from the data config."""
+  mc = config.model.to_dict()
+  mc['image_size'] = config.data.image_size
+  return mc
+
+
+def dummy_input(config: ml_collections.ConfigDict) -> jax.ShapeDtypeStruct:
+  s = config.data.image_size
+  return jnp.zeros((1, config.data.num_frames, s, s, 3), jnp.float32)
+
+
+def load_backbone(config: ml_collections.ConfigDict, params_shapes: Any) -> dict[str, np.ndarray]:
+  """{name: array} from `config.init.checkpoint` for the parameters it should initialise.
+
+  Raises:
+    ValueError: names the checkpoint lacks or has extra, or shapes that differ, with the fix.
+  """
+  if not config.init.checkpoint:
+    return {}
+  loaded, _ = checkpoint.load_params(config.init.checkpoint)
+  skip = partition.match(loaded, [(p, True) for p in config.init.dont_load] + [('.*', False)])
+  loaded = {n: v for n, v in partition.flatten(loaded).items() if not partition.flatten(skip)[n]}
+  target = partition.flatten(params_shapes)
+  extra = sorted(set(loaded) - set(target))
+  if extra:
+    raise ValueError(f'{config.init.checkpoint} has parameters the model lacks: {extra[:5]} '
+                     '(architecture mismatch: check config.model against its model_config.json)')
+  for name, value in loaded.items():
+    if tuple(value.shape) != tuple(target[name].shape):
+      hint = (' Convert again with --image_size to resample the position embedding.'
+              if name == 'pos_embed' else '')
+      raise ValueError(f'{config.init.checkpoint}: {name} has shape {value.shape}, the model '
+                       f'expects {target[name].shape}.{hint}')
+  backbone_missing = [n for n in target if n not in loaded and 'adapter' not in n
+                      and not n.startswith('head')]
+  if backbone_missing:
+    logging.warning('Not in %s, trained from their random init: %s', config.init.checkpoint,
+                    backbone_missing[:8] + (['...'] if len(backbone_missing) > 8 else []))
+  return loaded
+
+
+def initial_params(model: Any, config: ml_collections.ConfigDict, loaded: dict[str, Any]) -> Any:
+  """Random init from `config.seed`, overwritten by the loaded backbone (jittable)."""
+  params = model.init(jax.random.PRNGKey(config.seed), dummy_input(config))['params']
+  flat = partition.flatten(params)
+  flat.update({n: jnp.asarray(v, flat[n].dtype) for n, v in loaded.items()})
+  return traverse_util.unflatten_dict(flat, sep='/')
+
+
+@dataclasses.dataclass
+class Progress:
+  """A concise progress line with throughput and ETA."""
+  total_steps: int
+  clips_per_step: int
+  start_step: int
+  start_time: float = dataclasses.field(default_factory=time.time)
+
+  def line(self, step: int, scalars: dict[str, float]) -> str:
+    elapsed = time.time() - self.start_time
+    done = max(step - self.start_step, 1)
+    steps_per_s = done / max(elapsed, 1e-9)
+    eta = (self.total_steps - step) / steps_per_s
+    fields = ' | '.join(f'{k} {v:.4g}' for k, v in scalars.items())
+    return (f'step {step}/{self.total_steps} | {fields} | {steps_per_s:.2f} steps/s | '
+            f'{steps_per_s * self.clips_per_step:.1f} clips/s | ETA {_duration(eta)}')
+
+
+def _duration(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f'{h}h{m:02d}m{s:02d}s' if h else f'{m}m{s:02d}s'
+
+
+class Preemption:
+  """SIGTERM sets a flag the loop checks at step boundaries (multi-host: JAX's sync point)."""
+
+  def __init__(self):
+    self.requested = False
+    if jax.process_count() == 1:
+      signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):  # pylint: disable=unused-argument
+    self.requested = True
+
+  def reached(self, step: int) -> bool:
+    if jax.process_count() > 1:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self.requested
+
+
+def evaluate(eval_step, params: Any, config: ml_collections.ConfigDict, mesh: Any,
+             class_names: list[str], split: str) -> dict[str, Any]:
+  """WAR, UAR, per-class recall and the confusion matrix over a whole split."""
+  local_bs = config.eval_batch_size // jax.process_count()
+  labels, preds = [], []
+  for batch in pipeline.make_eval_iterator(config.data, split, batch_size=local_bs):
+    batch = pipeline.to_global_arrays({k: batch[k] for k in ('video', 'label', 'mask')}, mesh)
+    probs = eval_step(params, batch)
+    probs, label, mask = multihost_utils.process_allgather(
+        (probs, batch['label'], batch['mask']), tiled=True)
+    labels.append(np.asarray(label)[np.asarray(mask)])
+    preds.append(np.argmax(np.asarray(probs), -1)[np.asarray(mask)])
+  cm = metrics_lib.confusion_matrix(np.concatenate(labels), np.concatenate(preds),
+                                    len(class_names))
+  return metrics_lib.summarize(cm, class_names)
+
+
+def _check_finite(pending: list[tuple[int, Any]], workdir: str, last_saved: int | None) -> None:
+  for step, loss in pending:
+    if not np.isfinite(float(loss)):
+      where = (f'the last good checkpoint is step {last_saved} in {workdir}/checkpoints'
+               if last_saved is not None else 'no checkpoint was written yet')
+      raise NonFiniteLossError(
+          f'Training loss is {float(loss)} at step {step}; stopping ({where}). Lower '
+          'config.optim.lr, enable config.optim.grad_clip_norm, or check the input data.')
+  pending.clear()
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains (resuming from workdir if it holds checkpoints), evaluates, exports. Returns results."""
+  # ---------------------------------------------------------------- Set up logging, mesh
+  os.makedirs(workdir, exist_ok=True)
+  is_chief = jax.process_index() == 0
+  writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief,
+                                                asynchronous=True)
+  if is_chief:
+    with open(os.path.join(workdir, CONFIG_FILE), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2))
+  mesh = sharding.make_mesh([tuple(a) for a in config.mesh])
+  n_batch_shards = math.prod(mesh.shape[a] for a in sharding.batch_axes(mesh))
+  for name, bs in (('batch_size', config.batch_size), ('eval_batch_size', config.eval_batch_size)):
+    if bs % n_batch_shards or bs % (jax.process_count() * config.grad_accum_steps):
+      raise ValueError(f'config.{name}={bs} must divide evenly over {n_batch_shards} batch '
+                       f'shards, {jax.process_count()} processes and grad_accum_steps.')
+
+  # ---------------------------------------------------------------- Data
+  info = pipeline.dataset_info(config.data)
+  if len(info.class_names) != config.model.num_classes:
+    raise ValueError(f'config.model.num_classes={config.model.num_classes} but '
+                     f'{config.data.name} has {len(info.class_names)} classes')
+  steps_per_epoch = max(info.num_examples[config.data.train_split] // config.batch_size, 1)
+  total_steps = config.total_steps or math.ceil(config.num_epochs * steps_per_epoch)
+  eval_every = config.eval_every_steps or steps_per_epoch
+
+  # ---------------------------------------------------------------- Model, optimizer, state
+  mc = model_config(config)
+  model = models.build(mc)
+  params_shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), dummy_input(config)))
+  params_shapes = params_shapes['params']
+  mask = partition.trainable_mask(params_shapes, config.trainable)
+  report = partition.report(params_shapes, mask)
+  logging.info('Parameters (%s, %s):\n%s', config.method, config.model.get('variant', ''),
+               report)
+  if is_chief:
+    print(f'Parameters ({config.method}):\n{report}', flush=True)
+  tx = optim.make(config.optim, mask, total_steps,
+                  warmup_steps=int(config.optim.warmup_epochs * steps_per_epoch))
+  loaded = load_backbone(config, params_shapes)
+
+  def init_fn(loaded):
+    return step_lib.init_state(model, tx, initial_params(model, config, loaded), config.seed)
+
+  state_shapes = jax.eval_shape(init_fn, loaded)
+  state_sh = sharding.state_shardings(state_shapes, mesh, config.sharding_rules)
+  batch_sh = sharding.batch_sharding(mesh)
+  repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  state = jax.jit(init_fn, out_shardings=state_sh)(loaded)
+
+  # ---------------------------------------------------------------- Resume
+  ckpts = checkpoint.Checkpoints(os.path.join(workdir, 'checkpoints'),
+                                 keep_last=config.keep_checkpoints,
+                                 asynchronous=config.checkpoint_async)
+  abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                          checkpoint.to_saved(state_shapes, mask),
+                          checkpoint.to_saved(state_sh, mask))
+  restored = ckpts.restore_latest(abstract)
+  if restored is not None:
+    frozen = partition.subtree(state['params'], mask, keep=False)
+    state = checkpoint.from_saved(restored, frozen)
+    logging.info('Resumed from step %d in %s', int(state['step']), workdir)
+    if is_chief:
+      print(f'Resumed from step {int(state["step"])}', flush=True)
+  start_step = int(state['step'])
+  last_saved = start_step if restored is not None else None
+
+  # ---------------------------------------------------------------- Steps
+  train_step = jax.jit(
+      step_lib.make_train_step(model, tx, mask, label_smoothing=config.label_smoothing,
+                               grad_accum_steps=config.grad_accum_steps),
+      in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, repl), donate_argnums=0)
+  eval_step = jax.jit(step_lib.make_eval_step(model), in_shardings=(state_sh['params'], batch_sh),
+                      out_shardings=batch_sh)
+
+  def run_eval(step: int) -> dict[str, Any]:
+    results = evaluate(eval_step, state['params'], config, mesh, info.class_names,
+                       config.data.eval_split)
+    results['step'] = step
+    writer.write_scalars(step, {f'eval/{k}': results[k] for k in ('uar', 'war')})
+    if is_chief:
+      print(f'eval step {step}: UAR {results["uar"]:.4f} WAR {results["war"]:.4f} '
+            f'({results["num_examples"]} clips)', flush=True)
+    return results
+
+  def save(step: int, results: dict[str, Any] | None = None) -> None:
+    ckpts.save(step, checkpoint.to_saved(state, mask),
+               {'uar': results['uar'], 'war': results['war']} if results else None)
+
+  # ---------------------------------------------------------------- Train loop
+  local_bs = config.batch_size // jax.process_count()
+  train_iter: Iterator[dict[str, np.ndarray]] = pipeline.make_train_iterator(
+      config.data, batch_size=local_bs, seed=config.seed, start_step=start_step)
+  progress = Progress(total_steps, config.batch_size, start_step)
+  report_progress = periodic_actions.ReportProgress(
+      num_train_steps=total_steps, writer=writer, every_steps=config.log_every_steps)
+  preemption = Preemption()
+  pending: list[tuple[int, Any]] = []
+  results = None
+  with metric_writers.ensure_flushes(writer):
+    for step in range(start_step + 1, total_steps + 1):
+      with jax.profiler.StepTraceAnnotation('train', step_num=step):
+        batch = pipeline.to_global_arrays(next(train_iter), mesh)
+        state, step_metrics = train_step(state, batch)
+      report_progress(step)
+      pending.append((step, step_metrics['loss']))
+      if step % config.log_every_steps == 0 or step == total_steps:
+        _check_finite(pending, workdir, last_saved)
+        scalars = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+        writer.write_scalars(step, {f'train/{k}': v for k, v in scalars.items()})
+        if is_chief:
+          print(progress.line(step, scalars), flush=True)
+      results = None
+      if step % eval_every == 0 or step == total_steps:
+        _check_finite(pending, workdir, last_saved)
+        results = run_eval(step)
+        save(step, results)
+        last_saved = step
+      elif step % config.checkpoint_every_steps == 0:
+        _check_finite(pending, workdir, last_saved)
+        save(step)
+        last_saved = step
+      if preemption.reached(step):
+        _check_finite(pending, workdir, last_saved)
+        if last_saved != step:
+          save(step)
+        ckpts.wait()
+        logging.warning('Preempted: checkpoint at step %d written; rerun to resume.', step)
+        if is_chief:
+          print(f'Preempted (SIGTERM): checkpoint at step {step} written to {workdir}; '
+                'rerun the same command to resume.', flush=True)
+        ckpts.close()
+        return {'preempted': True, 'step': step}
+
+    # -------------------------------------------------------------- Final results and export
+    if results is None:
+      results = run_eval(total_steps)
+      save(total_steps, results)
+    ckpts.wait()
+    ckpts.close()
+    export = os.path.join(workdir, EXPORT_DIR)
+    if is_chief:
+      checkpoint.save_params(export, jax.device_get(partition.subtree(state['params'], mask)),
+                             mc)
+      with open(os.path.join(export, INIT_FILE), 'w') as f:
+        json.dump({'backbone': os.path.abspath(config.init.checkpoint)
+                   if config.init.checkpoint else '', 'seed': config.seed,
+                   'trainable': list(config.trainable)}, f, indent=2)
+      results.update(
+          method=config.method, trainable_params=report.trainable, total_params=report.total,
+          export_bytes=checkpoint.directory_bytes(export))
+      with open(os.path.join(workdir, RESULTS_FILE), 'w') as f:
+        json.dump(results, f, indent=2)
+      metrics_lib.plot_confusion(np.asarray(results['confusion_matrix']), info.class_names,
+                                 os.path.join(workdir, 'confusion_matrix.png'),
+                                 f'{config.method} step {total_steps}: UAR '
+                                 f'{results["uar"]:.3f} WAR {results["war"]:.3f}')
+      print(f'Results: UAR {results["uar"]:.4f} WAR {results["war"]:.4f} | trainable '
+            f'{report.trainable:,} of {report.total:,} params | exported '
+            f'{results["export_bytes"] / 1e6:.2f} MB to {export} | {workdir}/{RESULTS_FILE}',
+            flush=True)
+  return results

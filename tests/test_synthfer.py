@@ -1,0 +1,181 @@
+"""Tests of the SynthFER renderer and its TFDS builder `synth_fer`."""
+
+import itertools
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from feadapter_jax.data import synth_fer
+from feadapter_jax.data import synthfer
+
+PARAMS = synthfer.RenderParams()
+ONSET, OFFSET = (synthfer.CLASS_NAMES.index(n) for n in synthfer.TIME_REVERSED_PAIR)
+
+
+def _render(label, seeds, num_frames=6, resolution=16, static=False):
+  """(n t h w 3) float clips in [0, 1], one per seed."""
+  return np.stack([synthfer.render_clip(np.random.default_rng(s), label, num_frames, resolution,
+                                        PARAMS, static=static) for s in seeds]) / 255.0
+
+
+def _ridge_accuracy(train_x, train_y, test_x, test_y, reg=1e-2):
+  """Test accuracy of a one-vs-rest ridge regression classifier on standardised features."""
+  mean, std = train_x.mean(0), train_x.std(0) + 1e-6
+  a, b = (train_x - mean) / std, (test_x - mean) / std
+  targets = 2.0 * np.eye(train_y.max() + 1)[train_y] - 1.0
+  weights = np.linalg.solve(a.T @ a + reg * len(a) * np.eye(a.shape[1]), a.T @ targets)
+  return np.mean((b @ weights).argmax(1) == test_y)
+
+
+def _pool(clips, factor=2):
+  """Average-pools (n t h w c) by `factor` in space, to keep the classifiers small."""
+  n, t, h, w, c = clips.shape
+  return clips.reshape(n, t, h // factor, factor, w // factor, factor, c).mean((3, 5))
+
+
+def test_render_is_deterministic_given_seed():
+  a = synthfer.render_clip(np.random.default_rng(7), 0, 4, 16, PARAMS)
+  b = synthfer.render_clip(np.random.default_rng(7), 0, 4, 16, PARAMS)
+  c = synthfer.render_clip(np.random.default_rng(8), 0, 4, 16, PARAMS)
+  assert a.dtype == np.uint8 and a.shape == (4, 16, 16, 3)
+  np.testing.assert_array_equal(a, b)
+  assert np.abs(a.astype(int) - c).mean() > 10  # another face, not a few flipped pixels
+
+
+def test_pair_shares_apex_and_other_classes_differ():
+  apex = {n: np.asarray(v) for n, v in synthfer.APEX.items()}
+  np.testing.assert_array_equal(*(apex[n] for n in synthfer.TIME_REVERSED_PAIR))
+  distinct = [n for n in synthfer.CLASS_NAMES if n != synthfer.TIME_REVERSED_PAIR[1]]
+  for a, b in itertools.combinations(distinct, 2):
+    assert np.abs(apex[a] - apex[b]).max() >= 0.5, (a, b)
+
+
+def test_pair_expression_curves_are_time_reversed():
+  """Per-frame expression values: same distribution as a set, opposite order in time."""
+  num_frames, draws = 8, 400
+  tracks = {label: np.stack([synthfer.expression_track(np.random.default_rng(s), label,
+                                                       num_frames, PARAMS)
+                             for s in range(draws)]) for label in (ONSET, OFFSET)}
+  opening = synthfer.EXPRESSION_COMPONENTS.index('mouth_open')
+  onset, offset = tracks[ONSET][..., opening], tracks[OFFSET][..., opening]
+  # In time order: the onset opens its mouth, the offset closes it.
+  assert onset[:, 0].mean() < 0.1 and onset[:, -1].mean() > 0.7
+  assert offset[:, 0].mean() > 0.7 and offset[:, -1].mean() < 0.1
+  np.testing.assert_allclose(onset.mean(0), offset.mean(0)[::-1], atol=0.05)
+  # As unordered sets of frames: matching quantiles.
+  quantiles = np.linspace(0.05, 0.95, 10)
+  np.testing.assert_allclose(np.quantile(onset, quantiles), np.quantile(offset, quantiles),
+                             atol=0.06)
+
+
+def test_nuisance_tracks_are_stationary():
+  """Motion and lighting have the same law at every frame (needed for the pair's equality)."""
+  tracks = np.stack([synthfer.stationary_track(np.random.default_rng(s), 12, PARAMS)
+                     for s in range(3000)])
+  assert np.abs(tracks.mean(0)).max() < 0.03
+  variance = tracks.var(0)
+  assert variance.min() > 0.05 and variance.max() / variance.min() < 1.25
+
+
+def test_pair_needs_time_other_classes_need_only_appearance():
+  """A linear classifier on the mean frame is at chance on the pair but not on other classes;
+  on the first and second half of the clip, in order, it separates the pair."""
+  num_train, num_test = 240, 120
+  seeds = {split: [(split_id, i) for i in range(n)]
+           for split_id, (split, n) in enumerate((('train', num_train), ('test', num_test)))}
+  features = {}
+  for split, split_seeds in seeds.items():
+    for label in (ONSET, OFFSET, synthfer.CLASS_NAMES.index('Happy')):
+      clips = _pool(_render(label, [(label, *s) for s in split_seeds]))
+      half = clips.shape[1] // 2
+      features[split, label] = {
+          'mean': clips.mean(1).reshape(len(clips), -1),
+          'ordered': np.concatenate([clips[:, :half].mean(1), clips[:, half:].mean(1)],
+                                    -1).reshape(len(clips), -1)}
+
+  def accuracy(labels, kind):
+    xs = {s: np.concatenate([features[s, l][kind] for l in labels]) for s in seeds}
+    ys = {s: np.repeat(np.arange(len(labels)), len(seeds[s])) for s in seeds}
+    return _ridge_accuracy(xs['train'], ys['train'], xs['test'], ys['test'])
+
+  happy = synthfer.CLASS_NAMES.index('Happy')
+  assert accuracy((ONSET, OFFSET), 'mean') < 0.62        # chance is 0.5 (240 test clips)
+  assert accuracy((ONSET, OFFSET), 'ordered') > 0.9
+  assert accuracy((ONSET, happy), 'mean') > 0.9
+
+
+def test_apex_images_differ_between_classes_except_the_pair():
+  """Same face, pose and noise (same seed), different class: only the pair renders identically."""
+  images = {label: _render(label, [(3, i) for i in range(20)], num_frames=1, resolution=32,
+                           static=True) for label in range(len(synthfer.CLASS_NAMES))}
+  np.testing.assert_array_equal(images[ONSET], images[OFFSET])
+  for a, b in itertools.combinations(range(len(synthfer.CLASS_NAMES)), 2):
+    if {a, b} != {ONSET, OFFSET}:
+      # Summed |difference| per face; 4 is e.g. 4 pixels turning from skin to mouth interior.
+      assert np.abs(images[a] - images[b]).sum(axis=(1, 2, 3, 4)).min() > 4.0, (a, b)
+
+
+def test_apex_images_are_linearly_separable_up_to_the_pair():
+  num_train, num_test = 120, 60
+  labels = np.arange(len(synthfer.CLASS_NAMES))
+  data, targets = {}, {}
+  for split_id, (split, n) in enumerate((('train', num_train), ('test', num_test))):
+    data[split] = np.concatenate([
+        _pool(_render(label, [(split_id, label, i) for i in range(n)], num_frames=1,
+                      resolution=32, static=True)).reshape(n, -1) for label in labels])
+    # The pair is one class in images, by construction.
+    targets[split] = np.repeat(np.where(labels == OFFSET, ONSET, labels), n)
+  assert _ridge_accuracy(data['train'], targets['train'], data['test'], targets['test']) > 0.8
+
+
+def test_synth_config_names_and_validation():
+  assert synth_fer.synth_config('video').name == 'video'
+  assert synth_fer.synth_config('image', num_frames=16).name == 'image'
+  assert synth_fer.synth_config('image').num_frames == 1
+  config = synth_fer.synth_config('video', resolution=64, noise_std=0.0)
+  assert config.name == 'video_resolution64_noise_std0.0'
+  assert config.resolution == 64 and config.render.noise_std == 0.0
+  with pytest.raises(ValueError, match='Unknown synth_fer parameters'):
+    synth_fer.synth_config('video', resolutoin=64)
+  with pytest.raises(ValueError, match='variant'):
+    synth_fer.synth_config('audio')
+
+
+def _stored_videos(config, data_dir):
+  builder = tfds.builder('synth_fer', config=config, data_dir=str(data_dir))
+  builder.download_and_prepare()
+  ds = builder.as_dataset(split='test', decoders={'video': tfds.decode.SkipDecoding()})
+  return {ex['clip_id']: (tuple(ex['video']), ex['label'], ex['num_frames'])
+          for ex in tfds.as_numpy(ds)}, builder
+
+
+def test_builder_is_deterministic_and_stores_jpeg_frames(tmp_path):
+  kwargs = dict(num_frames=4, resolution=16, num_train=2, num_validation=2, num_test=9)
+  config = synth_fer.synth_config('video', **kwargs)
+  first, builder = _stored_videos(config, tmp_path / 'a')
+  second, _ = _stored_videos(config, tmp_path / 'b')
+  other, _ = _stored_videos(synth_fer.synth_config('video', seed=1, **kwargs), tmp_path / 'c')
+
+  assert first == second  # same JPEG bytes
+  assert builder.info.splits['test'].num_examples == 9
+  assert builder.info.features['label'].names == list(synthfer.CLASS_NAMES)
+  clip_id = synth_fer.clip_name('test', 3).encode()
+  frames, label, num_frames = first[clip_id]
+  assert num_frames == 4 and len(frames) == 4
+  assert all(f[:2] == b'\xff\xd8' for f in frames)  # JPEG start-of-image marker
+  assert first[clip_id][0] != other[clip_id][0]
+  # Labels are balanced: 9 examples over 7 classes -> counts 1 or 2.
+  counts = np.bincount([v[1] for v in first.values()], minlength=7)
+  assert counts.min() == 1 and counts.max() == 2
+  rendered, rendered_label = synth_fer.render_example(config, 'test', 3)
+  assert rendered_label == label and rendered.shape == (4, 16, 16, 3)
+
+
+def test_image_variant_stores_one_apex_frame(tmp_path):
+  config = synth_fer.synth_config('image', resolution=16, num_train=2, num_validation=2,
+                                  num_test=7)
+  stored, _ = _stored_videos(config, tmp_path)
+  assert {v[2] for v in stored.values()} == {1}
+  assert {len(v[0]) for v in stored.values()} == {1}
+  assert sorted(v[1] for v in stored.values()) == list(range(7))

@@ -1,0 +1,140 @@
+"""The trainer end to end on SynthFER with a tiny ViT: learning, resume after a real kill,
+SIGTERM checkpoint, NaN stop, results and exports."""
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from feadapter_jax import checkpoint
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_ARGS = ['--config.model.width=32', '--config.model.depth=2', '--config.model.num_heads=2',
+             '--config.model.mlp_dim=64', '--config.model.adapter.width=8',
+             '--config.batch_size=16', '--config.eval_batch_size=32',
+             '--config.checkpoint_async=False']
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp('tfds'))
+
+
+def command(workdir, data_dir, config='configs/synthetic.py:quick,init=', *overrides):
+  return [sys.executable, '-m', 'feadapter_jax.main', f'--config={config}',
+          f'--workdir={workdir}', f'--config.data.data_dir={data_dir}', *TINY_ARGS, *overrides]
+
+
+def env():
+  # One CPU device per process: identical XLA programs in every run of a comparison.
+  e = dict(os.environ, PYTHONUNBUFFERED='1')
+  e.pop('XLA_FLAGS', None)
+  return e
+
+
+def run(*args, **kw):
+  proc = subprocess.run(command(*args, **kw), cwd=ROOT, env=env(), capture_output=True,
+                        text=True, timeout=600)
+  return proc
+
+
+def read_results(workdir):
+  with open(os.path.join(workdir, 'results.json')) as f:
+    return json.load(f)
+
+
+def test_training_learns_and_writes_results(tmp_path, data_dir):
+  wd = str(tmp_path / 'run')
+  proc = run(wd, data_dir, 'configs/synthetic.py:quick,init=,method=full_finetune',
+             '--config.total_steps=40', '--config.log_every_steps=10',
+             '--config.optim.lr=2e-3')
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  losses = [float(line.split('loss ')[1].split(' ')[0]) for line in proc.stdout.splitlines()
+            if line.startswith('step ')]
+  assert len(losses) == 4 and losses[-1] < losses[0] - 0.2, proc.stdout
+  assert 'ETA' in proc.stdout and 'clips/s' in proc.stdout
+  results = read_results(wd)
+  assert results['war'] > 0.35 and results['uar'] > 0.3  # chance: 1/7
+  assert 0 <= results['uar'] <= 1 and results['num_examples'] == 64
+  assert np.asarray(results['confusion_matrix']).sum() == 64
+  assert results['step'] == 40
+  for name in ('confusion_matrix.png', 'config.json', 'export/model_config.json'):
+    assert os.path.exists(os.path.join(wd, name)), name
+  assert any(f.startswith('events.out.tfevents') for f in os.listdir(wd))
+
+
+def final_params(workdir):
+  params, _ = checkpoint.load_params(os.path.join(workdir, 'export'))
+  return params
+
+
+def test_killed_run_resumes_to_identical_parameters(tmp_path, data_dir):
+  steps = ['--config.total_steps=12', '--config.log_every_steps=1',
+           '--config.checkpoint_every_steps=4', '--config.eval_every_steps=100']
+  reference = str(tmp_path / 'reference')
+  assert run(reference, data_dir, 'configs/synthetic.py:quick,init=', *steps).returncode == 0
+
+  killed = str(tmp_path / 'killed')
+  proc = subprocess.Popen(command(killed, data_dir, 'configs/synthetic.py:quick,init=', *steps),
+                          cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                          text=True)
+  for line in proc.stdout:
+    if line.startswith('step 7/'):
+      proc.send_signal(signal.SIGKILL)  # for real: no handler, no cleanup
+      break
+  proc.wait(timeout=60)
+  assert proc.returncode == -signal.SIGKILL
+  assert not os.path.exists(os.path.join(killed, 'results.json'))
+  resumed = run(killed, data_dir, 'configs/synthetic.py:quick,init=', *steps)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert 'Resumed from step 4' in resumed.stdout
+  ref, res = final_params(reference), final_params(killed)
+  assert len(jax.tree.leaves(ref)) == len(jax.tree.leaves(res)) > 0
+  for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(res)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_sigterm_writes_a_checkpoint_and_exits_cleanly(tmp_path, data_dir):
+  wd = str(tmp_path / 'preempted')
+  proc = subprocess.Popen(
+      command(wd, data_dir, 'configs/synthetic.py:quick,init=', '--config.total_steps=200',
+              '--config.log_every_steps=1', '--config.checkpoint_every_steps=1000',
+              '--config.eval_every_steps=1000'),
+      cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+  for line in proc.stdout:
+    if line.startswith('step 3/'):
+      proc.send_signal(signal.SIGTERM)
+      break
+  out = proc.stdout.read()
+  assert proc.wait(timeout=120) == 0
+  assert 'Preempted (SIGTERM)' in out
+  steps = checkpoint.Checkpoints(os.path.join(wd, 'checkpoints'), keep_last=2).steps()
+  assert len(steps) == 1 and 3 <= steps[0] < 200
+
+
+def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path, data_dir):
+  wd = str(tmp_path / 'nan')
+  proc = run(wd, data_dir, 'configs/synthetic.py:quick,init=,method=full_finetune',
+             '--config.total_steps=30', '--config.log_every_steps=2',
+             '--config.checkpoint_every_steps=2', '--config.eval_every_steps=1000',
+             '--config.optim.lr=1e12', '--config.optim.grad_clip_norm=0',
+             '--config.optim.warmup_epochs=0')
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert 'Training loss is nan' in proc.stderr or 'Training loss is inf' in proc.stderr
+  assert 'last good checkpoint is step' in proc.stderr
+  steps = checkpoint.Checkpoints(os.path.join(wd, 'checkpoints'), keep_last=2).steps()
+  assert steps and max(steps) < 30
+
+
+def test_real_dataset_without_data_stops_with_the_manual_download_message(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, '-m', 'feadapter_jax.main', '--config=configs/dfew.py:fold=2',
+       f'--workdir={tmp_path / "dfew"}', f'--config.data.data_dir={tmp_path / "tfds"}',
+       f'--config.data.manual_dir={tmp_path / "missing"}'],
+      cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2
+  assert 'manual_dir' in proc.stderr and 'Traceback' not in proc.stderr
