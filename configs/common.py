@@ -5,8 +5,11 @@ after ':' in `--config=configs/dfew.py:fold=3`); bare words are flags set to Tru
 """
 from __future__ import annotations
 
+import dataclasses
+
 import ml_collections
 
+from feadapter_jax import models
 from feadapter_jax.data import pipeline
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -54,7 +57,9 @@ def base_config(method: str) -> ml_collections.ConfigDict:
   """The training recipe (peers' published one: S2D / FRU-Adapter), ViT-B/16, 16x224."""
   if method not in METHODS:
     raise ValueError(f'Unknown method {method!r}; one of {sorted(METHODS)}')
-  adapter, trainable = METHODS[method]
+  preset, trainable = METHODS[method]
+  # Every adapter knob in the config (so any can be overridden), the method's preset on top.
+  adapter = {**dataclasses.asdict(models.AdapterConfig()), **preset}
   c = ml_collections.ConfigDict()
   c.method = method
   c.seed = 0

@@ -1,4 +1,4 @@
-"""PyTorch -> Flax conversion: logit parity per source, files, CLI, errors, safety, video round trip.
+"""PyTorch -> Flax conversion: parity per source, files, CLI, errors, safety, video round trip.
 
 Every PyTorch model has random weights, perturbed so that no bias or norm parameter keeps its
 zero/one init (a permuted bias would otherwise go unnoticed); comparisons are fp32 on CPU.
@@ -29,6 +29,11 @@ from feadapter_jax.convert import readers  # noqa: E402
 
 torch.set_grad_enabled(False)
 TOL = 1e-4
+
+
+@pytest.fixture(autouse=True)
+def seeded():
+  torch.manual_seed(0)  # PyTorch modules draw their init from the global generator.
 
 
 def randomized(model, seed=0):
@@ -62,17 +67,17 @@ def max_diff(a, b):
   return float(np.abs(a - b).max())
 
 
-@pytest.mark.parametrize('name, kwargs, size, classes', [
-    ('vit_tiny_patch16_224', {}, 224, 1000),
-    ('vit_small_patch16_224', dict(num_classes=7, img_size=96), 96, 7),
+@pytest.mark.parametrize('name, num_classes, width, num_heads', [
+    ('vit_tiny_patch16_224', 1000, 192, 3),
+    ('vit_small_patch16_224', 7, 384, 6),
 ])
-def test_timm_logits_match(name, kwargs, size, classes):
-  model = randomized(timm.create_model(name, pretrained=False, **kwargs))
+def test_timm_logits_match(name, num_classes, width, num_heads):
+  model = randomized(timm.create_model(name, pretrained=False, num_classes=num_classes))
   params, model_config = convert.convert_state_dict(model.state_dict())
-  assert model_config == dict(width=model.embed_dim, depth=12, num_heads=model.blocks[0].attn.num_heads,
-                              mlp_dim=4 * model.embed_dim, patch_size=16, image_size=size,
-                              num_classes=classes, layer_norm_eps=1e-6)
-  x = images(2, size)
+  assert model_config == dict(width=width, depth=12, num_heads=num_heads, mlp_dim=4 * width,
+                              patch_size=16, image_size=224, num_classes=num_classes,
+                              layer_norm_eps=1e-6)
+  x = images(2, 224)
   diff = max_diff(flax_logits(params, model_config, x), torch_logits(model, x))
   print(f'{name}: max |logit diff| {diff:.2e}')
   assert diff <= TOL
@@ -112,14 +117,22 @@ def small_hf_config(**kwargs):
                                            image_size=32, patch_size=8, num_labels=5), **kwargs})
 
 
-def test_hf_classifier_logits_match():
+@pytest.mark.parametrize('layout', ['hf_v5', 'hf'])
+def test_hf_classifier_logits_match(tmp_path, layout):
   model = randomized(transformers.ViTForImageClassification(small_hf_config()))
-  params, model_config = convert.convert_state_dict(model.state_dict())
-  assert model_config['layer_norm_eps'] == 1e-12 and model_config['num_classes'] == 5
+  if layout == 'hf_v5':  # transformers 5 module names, as `state_dict()` gives them.
+    state = model.state_dict()
+  else:  # The hub file layout, which save_pretrained writes.
+    model.save_pretrained(tmp_path)
+    state = convert.read_checkpoint(tmp_path)
+  conversion = convert.convert(state)
+  assert conversion.layout == layout
+  assert conversion.model_config['layer_norm_eps'] == 1e-12
+  assert conversion.model_config['num_classes'] == 5
   x = images(2, 32)
-  diff = max_diff(flax_logits(params, model_config, x),
+  diff = max_diff(flax_logits(conversion.params, conversion.model_config, x),
                   torch_logits(lambda t: model(pixel_values=t).logits, x))
-  print(f'HF ViTForImageClassification: max |logit diff| {diff:.2e}')
+  print(f'HF ViTForImageClassification ({layout}): max |logit diff| {diff:.2e}')
   assert diff <= TOL
 
 
@@ -176,7 +189,9 @@ def test_video_model_with_zero_init_fe_adapter_averages_image_logits():
   assert any('adapter' in k for k in traverse_util.flatten_dict(init, sep='/'))
   logits = np.asarray(video.apply({'params': merged(init, params)}, clip))
   per_frame = torch_logits(model, clip.reshape(6, 32, 32, 3)).reshape(2, 3, -1)
-  assert max_diff(logits, per_frame.mean(1)) <= TOL
+  diff = max_diff(logits, per_frame.mean(1))
+  print(f'video model + zero-init FE-Adapter vs timm frame average: {diff:.2e}')
+  assert diff <= TOL
 
 
 def run_cli(capsys, *args):
@@ -249,15 +264,28 @@ def test_cli_reads_hub_directory_metadata(tmp_path, capsys):
 
 def test_interrupted_save_leaves_no_complete_looking_directory(tmp_path, monkeypatch):
   params, model_config = convert.convert_state_dict(tiny_timm().state_dict())
+  real_dump = json.dump
 
-  def fail(*args, **kwargs):
-    raise KeyboardInterrupt
+  def interrupted(obj, *args, **kwargs):
+    if 'width' in obj:  # The model config, written after the params.
+      raise KeyboardInterrupt
+    return real_dump(obj, *args, **kwargs)
 
-  # The model config is written after the params: fail there.
-  monkeypatch.setattr(json, 'dump', fail)
+  monkeypatch.setattr(json, 'dump', interrupted)
   with pytest.raises(KeyboardInterrupt):
     convert.save(tmp_path / 'out', params, model_config)
   assert not (tmp_path / 'out').exists()
+  with pytest.raises(FileNotFoundError, match='not a parameter directory'):
+    convert.load(tmp_path / 'out')
+
+
+def test_cli_failed_verification_writes_nothing(tmp_path, capsys, monkeypatch):
+  path = tmp_path / 'vit.safetensors'
+  safetensors.torch.save_file(tiny_timm().state_dict(), str(path))
+  monkeypatch.setattr(cli.verify, 'max_logit_difference', lambda *_: (0.5, 'simulated bug'))
+  code, out, err = run_cli(capsys, '--checkpoint', path, '--out', tmp_path / 'bb', '--verify')
+  assert code == 2 and 'Verification failed: difference 0.5' in err
+  assert 'verify: max |logit difference| 0.5' in out and not (tmp_path / 'bb').exists()
 
 
 @pytest.fixture(scope='module')
@@ -265,31 +293,34 @@ def tiny_state():
   return readers.unwrap(tiny_timm().state_dict())
 
 
-def edited(state, drop=(), **changes):
-  new = {k: v for k, v in state.items() if k not in drop}
-  new.update({k.replace('__', '.'): v for k, v in changes.items()})
-  return new
+def edited(state, drop=(), put=None):
+  return {**{k: v for k, v in state.items() if k not in drop}, **(put or {})}
 
 
-ARRAY = np.zeros((1, 1, 192), np.float32)
+TOKEN = np.zeros((1, 1, 192), np.float32)
+# name, state dict edit, convert() arguments, expected message.
 ERRORS = [
-    ('unknown key', lambda s: edited(s, blocks__0__attn__foo__weight=np.zeros((2, 2))),
+    ('unknown key', lambda s: edited(s, put={'blocks.0.attn.foo.weight': np.zeros((2, 2))}),
      {}, r"Unknown keys for a timm VisionTransformer checkpoint: 'blocks.0.attn.foo.weight'"),
     ('missing key', lambda s: edited(s, drop=('blocks.1.mlp.fc2.bias', 'norm.weight')), {},
      r"missing keys: 'norm.weight', 'blocks.1.mlp.fc2.bias'"),
-    ('shape mismatch', lambda s: edited(s, blocks__0__mlp__fc2__weight=np.zeros((192, 769))), {},
+    ('shape mismatch',
+     lambda s: edited(s, put={'blocks.0.mlp.fc2.weight': np.zeros((192, 769))}), {},
      r'Shape mismatch: blocks.0.mlp.fc2.weight gives blocks_0/mlp/fc2/kernel of shape '
      r'\(769, 192\), the model expects \(768, 192\)'),
-    ('wrong rank', lambda s: edited(s, blocks__0__norm1__weight=np.zeros((192, 1))), {},
+    ('wrong rank', lambda s: edited(s, put={'blocks.0.norm1.weight': np.zeros((192, 1))}), {},
      r'blocks.0.norm1.weight has shape \(192, 1\), expected a 1-D array'),
-    ('register tokens', lambda s: edited(s, reg_token=ARRAY), {}, r'register tokens \(reg_token\)'),
-    ('distillation', lambda s: edited(s, dist_token=ARRAY), {}, 'distillation token'),
+    ('register tokens', lambda s: edited(s, put={'reg_token': TOKEN}), {},
+     r'Unsupported architecture: .*register tokens \(reg_token\)'),
+    ('distillation', lambda s: edited(s, put={'dist_token': TOKEN}), {}, 'distillation token'),
     ('no class token', lambda s: edited(s, drop=('cls_token',)), {}, 'no class token'),
-    ('no_embed_class', lambda s: edited(s, pos_embed=s['pos_embed'][:, 1:]), {},
+    ('no_embed_class', lambda s: edited(s, put={'pos_embed': s['pos_embed'][:, 1:]}), {},
      'no_embed_class'),
     ('wrong heads', lambda s: s, dict(num_heads=5), 'num_heads=5 does not divide the width 192'),
     ('bad image size', lambda s: s, dict(image_size=36), 'not a positive multiple of the patch'),
     ('unknown source', lambda s: s, dict(source='jax'), "Unknown source 'jax'"),
+    ('wrong source', lambda s: s, dict(source='torchvision'),
+     'Unrecognised checkpoint for --source torchvision'),
     ('not a vit', lambda s: {'conv1.weight': np.zeros((2, 3, 3, 3))}, {},
      r"Unrecognised checkpoint.*'conv1.weight'"),
 ]
@@ -340,6 +371,7 @@ class Payload:
     return os.system, (f'touch {self.marker}',)
 
 
+@pytest.mark.filterwarnings('ignore:Detected pickle protocol')  # torch, on the raw pickle.
 @pytest.mark.parametrize('layout', ['zip', 'raw_pickle'])
 def test_pickle_that_runs_code_is_refused_unrun(tmp_path, layout):
   marker = tmp_path / 'pwned'

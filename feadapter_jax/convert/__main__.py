@@ -64,7 +64,8 @@ def run(args: argparse.Namespace) -> None:
       print(f'verify: max |logit difference| {diff:.3g} ({what})')
       if not diff <= VERIFY_TOLERANCE:
         raise ValueError(f'Verification failed: difference {diff:.3g} > {VERIFY_TOLERANCE}; '
-                         'nothing written. Check --num_heads and --source.')
+                         'nothing written. The Flax model does not reproduce this checkpoint '
+                         '(an unsupported variant or a converter bug).')
   metadata = dict(conversion.metadata, checkpoint=os.path.abspath(args.checkpoint))
   store.save(args.out, conversion.params, conversion.model_config, metadata)
   print(f'wrote {args.out}: params/ + model_config.json')

@@ -58,7 +58,7 @@ def _listing(names: Sequence[str]) -> str:
 
 def _map(state: Mapping[str, np.ndarray], source: keymaps.Source) -> tuple[dict[str, Any], int]:
   """Flat `{flax path: array}` through the source's rules, and the depth."""
-  depth = len(source.block_indices(state))
+  depth = source.block_indices(state)[-1] + 1  # A gap in the indices shows as missing keys.
   rules = source.rules(depth)
   head_names = {n for r in source.head for n in r.sources}
   if not head_names & set(state):

@@ -100,12 +100,15 @@ def _read_torch_pickle(path: str) -> dict[str, Any]:
   try:
     return torch.load(path, map_location='cpu', weights_only=True)
   except pickle.UnpicklingError as e:
-    first_line = str(e).strip().splitlines()[0]
+    # torch's message opens with advice to set weights_only=False; the GLOBAL line says what
+    # the pickle wanted to import.
+    lines = [line for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
+    detail = next((line for line in lines if 'GLOBAL' in line), lines[0])
     raise ValueError(
         f'Refusing to load {path}: it is a pickle that needs arbitrary code to load (not a '
         'plain state dict of tensors), and unpickling it could run that code. Load it only if '
         'you trust it, in PyTorch, and save `model.state_dict()` with '
-        f'safetensors.torch.save_file. (torch: {first_line})') from e
+        f'safetensors.torch.save_file. (torch: {detail.strip()})') from e
 
 
 def _is_array(value: Any) -> bool:
