@@ -7,8 +7,9 @@ Adapts the tiny image classifier made by `configs/synthetic_image.py` (run it fi
   python -m feadapter_jax.main --config=configs/synthetic.py --workdir=workdirs/synth_video
 
 Args (after ':'): method=fe_adapter|fe_multibranch|st_adapter|aim|linear_probe|full_finetune,
-seed=N, quick (a smoke run of at most two minutes that still trains, evaluates and checkpoints),
-init=DIR (the image classifier, default workdirs/synth_image/export).
+seed=N, quick (a smoke run of under a minute that trains, evaluates, checkpoints and writes
+results, on a random backbone unless init is given), init=DIR (the image classifier, default
+workdirs/synth_image/export).
 """
 import ml_collections
 
@@ -34,8 +35,9 @@ def synth_data(variant: str, quick: bool, **overrides) -> ml_collections.ConfigD
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  arg = common.parse_arg(arg, method='fe_adapter', seed=0, quick=False,
-                         init='workdirs/synth_image/export')
+  arg = common.parse_arg(arg, method='fe_adapter', seed=0, quick=False, init='default')
+  if arg.init == 'default':
+    arg.init = '' if arg.quick else 'workdirs/synth_image/export'
   c = common.base_config(arg.method)
   c.seed = arg.seed
   c.model.update(TINY_VIT)

@@ -58,7 +58,7 @@ def main(argv) -> None:
                jax.devices())
   try:
     train.train_and_evaluate(config, _WORKDIR.value)
-  except (pipeline.DatasetNotFoundError, train.NonFiniteLossError) as e:
+  except (pipeline.DatasetNotFoundError, train.NonFiniteLossError, FileNotFoundError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
 
