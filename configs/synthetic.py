@@ -9,7 +9,8 @@ Adapts the tiny image classifier made by `configs/synthetic_image.py` (run it fi
 Args (after ':'): method=fe_adapter|fe_multibranch|st_adapter|aim|linear_probe|full_finetune,
 seed=N, quick (a smoke run of under a minute that trains, evaluates, checkpoints and writes
 results, on a random backbone unless init is given), init=DIR (the image classifier, default
-workdirs/synth_image/export).
+workdirs/synth_image/export), fold=K (SynthFER drawn with data seed K, so the k-fold driver
+`python -m feadapter_jax.kfold` can be tried without a real dataset).
 """
 import ml_collections
 
@@ -35,7 +36,7 @@ def synth_data(variant: str, quick: bool, **overrides) -> ml_collections.ConfigD
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  arg = common.parse_arg(arg, method='fe_adapter', seed=0, quick=False, init='default')
+  arg = common.parse_arg(arg, method='fe_adapter', seed=0, quick=False, init='default', fold=0)
   if arg.init == 'default':
     arg.init = '' if arg.quick else 'workdirs/synth_image/export'
   c = common.base_config(arg.method)
@@ -47,6 +48,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.adapter.width = TINY_ADAPTERS[arg.method]
   c.init.checkpoint = arg.init
   c.data = synth_data('video', arg.quick)
+  c.data.synth.seed = arg.fold
   c.batch_size = 32
   c.eval_batch_size = 64
   c.num_epochs = 2.0 if arg.quick else 9.0

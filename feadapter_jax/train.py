@@ -25,6 +25,7 @@ import ml_collections
 import numpy as np
 
 from feadapter_jax import checkpoint
+from feadapter_jax import evaluate as evaluate_lib
 from feadapter_jax import metrics as metrics_lib
 from feadapter_jax import models
 from feadapter_jax import optim
@@ -33,9 +34,7 @@ from feadapter_jax import sharding
 from feadapter_jax import step as step_lib
 from feadapter_jax.data import pipeline
 
-CONFIG_FILE = 'config.json'
 RESULTS_FILE = 'results.json'
-EXPORT_DIR = 'export'
 INIT_FILE = 'init.json'
 
 
@@ -135,23 +134,6 @@ class Preemption:
     return self.requested
 
 
-def evaluate(eval_step, params: Any, config: ml_collections.ConfigDict, mesh: Any,
-             class_names: list[str], split: str) -> dict[str, Any]:
-  """WAR, UAR, per-class recall and the confusion matrix over a whole split."""
-  local_bs = config.eval_batch_size // jax.process_count()
-  labels, preds = [], []
-  for batch in pipeline.make_eval_iterator(config.data, split, batch_size=local_bs):
-    batch = pipeline.to_global_arrays({k: batch[k] for k in ('video', 'label', 'mask')}, mesh)
-    probs = eval_step(params, batch)
-    probs, label, mask = multihost_utils.process_allgather(
-        (probs, batch['label'], batch['mask']), tiled=True)
-    labels.append(np.asarray(label)[np.asarray(mask)])
-    preds.append(np.argmax(np.asarray(probs), -1)[np.asarray(mask)])
-  cm = metrics_lib.confusion_matrix(np.concatenate(labels), np.concatenate(preds),
-                                    len(class_names))
-  return metrics_lib.summarize(cm, class_names)
-
-
 def _check_finite(pending: list[tuple[int, Any]], workdir: str, last_saved: int | None) -> None:
   for step, loss in pending:
     if not np.isfinite(float(loss)):
@@ -171,7 +153,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief,
                                                 asynchronous=True)
   if is_chief:
-    with open(os.path.join(workdir, CONFIG_FILE), 'w') as f:
+    with open(os.path.join(workdir, evaluate_lib.CONFIG_FILE), 'w') as f:
       f.write(config.to_json_best_effort(indent=2))
   mesh = sharding.make_mesh([tuple(a) for a in config.mesh])
   n_batch_shards = math.prod(mesh.shape[a] for a in sharding.batch_axes(mesh))
@@ -239,7 +221,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                       out_shardings=batch_sh)
 
   def run_eval(step: int) -> dict[str, Any]:
-    results = evaluate(eval_step, state['params'], config, mesh, info.class_names,
+    results = evaluate_lib.evaluate(eval_step, state['params'], config, mesh, info.class_names,
                        config.data.eval_split)
     results['step'] = step
     writer.write_scalars(step, {f'eval/{k}': results[k] for k in ('uar', 'war')})
@@ -303,7 +285,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       save(total_steps, results)
     ckpts.wait()
     ckpts.close()
-    export = os.path.join(workdir, EXPORT_DIR)
+    export = os.path.join(workdir, evaluate_lib.EXPORT_DIR)
     if is_chief:
       checkpoint.save_params(export, jax.device_get(partition.subtree(state['params'], mask)),
                              mc)

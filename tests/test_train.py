@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 
 from feadapter_jax import checkpoint
+from feadapter_jax import kfold
+from feadapter_jax import partition
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_ARGS = ['--config.model.width=32', '--config.model.depth=2', '--config.model.num_heads=2',
@@ -75,12 +77,37 @@ def final_params(workdir):
   return params
 
 
-def test_killed_run_resumes_to_identical_parameters(tmp_path, data_dir):
-  steps = ['--config.total_steps=12', '--config.log_every_steps=1',
-           '--config.checkpoint_every_steps=4', '--config.eval_every_steps=100']
-  reference = str(tmp_path / 'reference')
-  assert run(reference, data_dir, 'configs/synthetic.py:quick,init=', *steps).returncode == 0
+STEPS = ['--config.total_steps=12', '--config.log_every_steps=1',
+         '--config.checkpoint_every_steps=4', '--config.eval_every_steps=100']
 
+
+@pytest.fixture(scope='module')
+def reference(tmp_path_factory, data_dir):
+  """An uninterrupted 12-step FE-Adapter run."""
+  workdir = str(tmp_path_factory.mktemp('reference'))
+  proc = run(workdir, data_dir, 'configs/synthetic.py:quick,init=', *STEPS)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return workdir
+
+
+def test_exported_adapters_on_the_backbone_reproduce_the_results(reference):
+  proc = subprocess.run([sys.executable, '-m', 'feadapter_jax.evaluate',
+                         f'--workdir={reference}'], cwd=ROOT, env=env(), capture_output=True,
+                        text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with open(os.path.join(reference, 'results_test_1clip.json')) as f:
+    again = json.load(f)
+  results = read_results(reference)
+  assert again['confusion_matrix'] == results['confusion_matrix']
+  assert again['uar'] == results['uar']
+  # The export holds the trainable parameters only: a small fraction of the model.
+  params = final_params(reference)
+  assert all('adapter' in n or n.startswith('head') for n in partition.flatten(params))
+  assert results['export_bytes'] < 0.5 * 4 * results['total_params']
+
+
+def test_killed_run_resumes_to_identical_parameters(tmp_path, data_dir, reference):
+  steps = STEPS
   killed = str(tmp_path / 'killed')
   proc = subprocess.Popen(command(killed, data_dir, 'configs/synthetic.py:quick,init=', *steps),
                           cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
@@ -141,3 +168,22 @@ def test_real_dataset_without_data_stops_with_the_manual_download_message(tmp_pa
       cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
   assert proc.returncode == 2
   assert 'manual_dir' in proc.stderr and 'Traceback' not in proc.stderr
+
+
+def test_kfold_table_reports_each_fold_and_the_mean():
+  md = kfold.table({1: {'uar': 0.5, 'war': 0.6}, 2: {'uar': 0.7, 'war': 0.8}})
+  assert '| 1 | 50.00 | 60.00 |' in md and '| mean | 60.00 +- 10.00 | 70.00 +- 10.00 |' in md
+
+
+def test_kfold_driver_trains_each_fold_and_resumes_finished_ones(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)  # the config's relative data_dir lands here
+  config = os.path.join(ROOT, 'configs', 'synthetic.py')
+  kfold.run(config, 'quick', str(tmp_path / 'k'), [1, 2])
+  for fold in (1, 2):
+    assert read_results(str(tmp_path / 'k' / f'fold{fold}'))['step'] == 10
+  with open(tmp_path / 'k' / 'kfold.json') as f:
+    first = json.load(f)
+  assert set(first) == {'1', '2'} and first['1'] != first['2']  # different data per fold
+  mtime = os.path.getmtime(tmp_path / 'k' / 'fold1' / 'results.json')
+  kfold.run(config, 'quick', str(tmp_path / 'k'), [1, 2])  # finished folds are not retrained
+  assert os.path.getmtime(tmp_path / 'k' / 'fold1' / 'results.json') == mtime

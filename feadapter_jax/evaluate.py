@@ -1,0 +1,96 @@
+r"""Evaluation: metrics over a whole split, and evaluating a trained run's export.
+
+  python -m feadapter_jax.evaluate --workdir=DIR [--split=test] [--num_clips=2]
+
+rebuilds the model from DIR/config.json, puts the exported trainable parameters (DIR/export) on
+top of the frozen backbone named there, and writes DIR/results_<split>_<clips>clip.json.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from absl import app
+from absl import flags
+import jax
+from jax.experimental import multihost_utils
+import ml_collections
+import numpy as np
+
+from feadapter_jax import checkpoint
+from feadapter_jax import metrics as metrics_lib
+from feadapter_jax import models
+from feadapter_jax import partition
+from feadapter_jax import sharding
+from feadapter_jax import step as step_lib
+from feadapter_jax.data import pipeline
+
+CONFIG_FILE = 'config.json'
+EXPORT_DIR = 'export'
+
+
+def evaluate(eval_step, params: Any, config: ml_collections.ConfigDict, mesh: Any,
+             class_names: list[str], split: str) -> dict[str, Any]:
+  """WAR, UAR, per-class recall and the confusion matrix over a whole split (all processes)."""
+  local_bs = config.eval_batch_size // jax.process_count()
+  labels, preds = [], []
+  for batch in pipeline.make_eval_iterator(config.data, split, batch_size=local_bs):
+    batch = pipeline.to_global_arrays({k: batch[k] for k in ('video', 'label', 'mask')}, mesh)
+    probs = eval_step(params, batch)
+    probs, label, mask = multihost_utils.process_allgather(
+        (probs, batch['label'], batch['mask']), tiled=True)
+    mask = np.asarray(mask)
+    labels.append(np.asarray(label)[mask])
+    preds.append(np.argmax(np.asarray(probs), -1)[mask])
+  cm = metrics_lib.confusion_matrix(np.concatenate(labels), np.concatenate(preds),
+                                    len(class_names))
+  return metrics_lib.summarize(cm, class_names)
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  with open(os.path.join(workdir, CONFIG_FILE)) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def load_trained(workdir: str, config: ml_collections.ConfigDict) -> tuple[Any, Any]:
+  """(model, params): the run's initial parameters with its exported trainable ones on top."""
+  from feadapter_jax import train  # pylint: disable=g-import-not-at-top  (train imports us)
+  trained, _ = checkpoint.load_params(os.path.join(workdir, EXPORT_DIR))
+  model = models.build(train.model_config(config))
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
+                                             train.dummy_input(config)))['params']
+  initial = train.initial_params(model, config, train.load_backbone(config, shapes))
+  mask = partition.trainable_mask(shapes, config.trainable)
+  frozen = partition.subtree(initial, mask, keep=False)
+  return model, partition.merge(frozen, trained)
+
+
+def evaluate_workdir(workdir: str, split: str, num_clips: int = 0) -> dict[str, Any]:
+  config = load_config(workdir)
+  if num_clips:
+    config.data.num_clips = num_clips
+  model, params = load_trained(workdir, config)
+  mesh = sharding.make_mesh([tuple(a) for a in config.mesh])
+  eval_step = jax.jit(step_lib.make_eval_step(model), out_shardings=sharding.batch_sharding(mesh))
+  info = pipeline.dataset_info(config.data)
+  results = evaluate(eval_step, params, config, mesh, info.class_names, split)
+  results.update(split=split, num_clips=config.data.num_clips)
+  path = os.path.join(workdir, f'results_{split}_{config.data.num_clips}clip.json')
+  with open(path, 'w') as f:
+    json.dump(results, f, indent=2)
+  print(f'{workdir} {split} ({config.data.num_clips} clip): UAR {results["uar"]:.4f} '
+        f'WAR {results["war"]:.4f} ({results["num_examples"]} clips) -> {path}')
+  return results
+
+
+def main(argv) -> None:
+  del argv
+  evaluate_workdir(flags.FLAGS.workdir, flags.FLAGS.split, flags.FLAGS.num_clips)
+
+
+if __name__ == '__main__':
+  flags.DEFINE_string('workdir', None, 'A finished training run.', required=True)
+  flags.DEFINE_string('split', 'test', 'Split to evaluate.')
+  flags.DEFINE_integer('num_clips', 0, 'Temporal clips averaged (0: as trained).')
+  app.run(main)
