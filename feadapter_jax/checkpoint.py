@@ -82,13 +82,24 @@ class Checkpoints:
     self.manager.close()
 
 
+def _process_local_checkpointer() -> ocp.StandardCheckpointer:
+  # Parameter directories are written and read by one process alone (the chief exports, any
+  # process converts or predicts): no barrier with processes that are not taking part.
+  me = jax.process_index()
+  return ocp.StandardCheckpointer(multiprocessing_options=ocp.options.MultiprocessingOptions(
+      primary_host=me, active_processes={me}, barrier_sync_key_prefix=f'params{me}'))
+
+
 def save_params(directory: str, params: Any, model_config: Mapping[str, Any]) -> None:
-  """Writes `params` and the model config they fit; the directory appears only when complete."""
+  """Writes `params` and the model config they fit; the directory appears only when complete.
+
+  Process-local: call it from one process (e.g. the chief) only.
+  """
   directory = os.path.abspath(directory)
   tmp = directory + '.tmp'
   shutil.rmtree(tmp, ignore_errors=True)
   os.makedirs(tmp)
-  with ocp.StandardCheckpointer() as ckptr:
+  with _process_local_checkpointer() as ckptr:
     ckptr.save(os.path.join(tmp, PARAMS), jax.tree.map(np.asarray, params))
     ckptr.wait_until_finished()
   with open(os.path.join(tmp, MODEL_CONFIG), 'w') as f:
@@ -107,7 +118,7 @@ def load_params(directory: str) -> tuple[Any, dict[str, Any]]:
         'a training workdir\'s export/ folder.')
   with open(config_path) as f:
     model_config = json.load(f)
-  with ocp.StandardCheckpointer() as ckptr:
+  with _process_local_checkpointer() as ckptr:
     params = ckptr.restore(os.path.join(os.path.abspath(directory), PARAMS))
   return jax.tree.map(np.asarray, params), model_config
 

@@ -4,7 +4,8 @@ Every dataset (SynthFER and the real ones) stores `video` as JPEG frames in temp
 pipeline reads those byte strings undecoded, picks T frames per clip (`sample_indices`: one per
 equal segment), decodes only those, and then
   * train: one random resized crop and one horizontal flip for the whole clip, resize to S x S;
-  * eval:  resize to S x S, `num_clips` temporal views per clip;
+  * eval:  resize to S x S, `num_clips` temporal views per clip (`eval_clip`, which prediction
+    on user videos applies to decoded frames);
 and normalises with mean/std (in [0, 1] pixel units). Batches are numpy dicts, ready for
 `to_global_arrays`.
 
@@ -199,15 +200,20 @@ def eval_offsets(num_frames: int, num_clips: int) -> np.ndarray:
 # ----------------------------------------------------------------------------- Clip ops.
 
 
+def decode_jpeg(jpeg: bytes | tf.Tensor) -> tf.Tensor:
+  """Decodes one JPEG frame -> (h w 3) uint8, exactly as the pipeline decodes stored frames."""
+  # TF's default DCT (INTEGER_FAST) is off by up to ~18 levels from PIL/OpenCV, which image
+  # classifiers are trained with; INTEGER_ACCURATE matches them exactly at the same speed here.
+  return tf.io.decode_jpeg(jpeg, channels=3, dct_method=_DCT_METHOD)
+
+
 def _decode_frames(encoded: tf.Tensor, indices: tf.Tensor, num: int,
                    crop_window: tf.Tensor | None = None) -> tf.Tensor:
   """Decodes the `num` frames `encoded[indices]` -> (num h w 3) uint8, optionally cropped."""
   selected = tf.gather(encoded, indices)
-  # TF's default DCT (INTEGER_FAST) is off by up to ~18 levels from PIL/OpenCV, which image
-  # classifiers are trained with; INTEGER_ACCURATE matches them exactly at the same speed here.
   def decode(jpeg: tf.Tensor) -> tf.Tensor:
     if crop_window is None:
-      return tf.io.decode_jpeg(jpeg, channels=3, dct_method=_DCT_METHOD)
+      return decode_jpeg(jpeg)
     # Decoding only the window skips the rows of the frame that the crop drops.
     return tf.io.decode_and_crop_jpeg(jpeg, crop_window, channels=3, dct_method=_DCT_METHOD)
 
@@ -263,14 +269,42 @@ def _train_clip(encoded: tf.Tensor, key: tf.Tensor,
   return _finish(frames, data_config)
 
 
-def _eval_clip(encoded: tf.Tensor, data_config: ml_collections.ConfigDict) -> tf.Tensor:
-  """(L,) JPEG frames -> (num_clips t S S 3): segment-centred views, no crop or flip."""
-  num_clips, num_frames = data_config.num_clips, data_config.num_frames
-  indices = sample_indices(tf.shape(encoded)[0], eval_offsets(num_frames, num_clips))
-  frames = _decode_frames(encoded, tf.reshape(indices, [-1]), num_clips * num_frames)
-  frames = _finish(frames, data_config)
+def eval_clip_indices(clip_length: int | tf.Tensor,
+                      data_config: ml_collections.ConfigDict) -> tf.Tensor:
+  """Frames evaluation reads from a clip of `clip_length` frames: (num_clips * t,), view-major."""
+  offsets = eval_offsets(data_config.num_frames, data_config.num_clips)
+  return tf.reshape(sample_indices(clip_length, offsets), [-1])
+
+
+def _eval_views(selected: tf.Tensor, data_config: ml_collections.ConfigDict) -> tf.Tensor:
+  """The (num_clips * t, h, w, 3) frames at `eval_clip_indices` -> (num_clips t S S 3)."""
   size = data_config.image_size
-  return tf.reshape(frames, [num_clips, num_frames, size, size, 3])
+  return tf.reshape(_finish(selected, data_config),
+                    [data_config.num_clips, data_config.num_frames, size, size, 3])
+
+
+def eval_clip(frames: np.ndarray | tf.Tensor, data_config: ml_collections.ConfigDict) -> tf.Tensor:
+  """A decoded clip -> the evaluation views of it, exactly as `make_eval_iterator` makes them.
+
+  Prediction on user videos calls this on each window, so it sees what evaluation sees.
+
+  Args:
+    frames: (L, h, w, 3) uint8 frames of one clip in temporal order, L >= 1.
+    data_config: `config.data` (num_frames, num_clips, image_size, mean, std, dtype).
+
+  Returns:
+    (num_clips, t, S, S, 3) segment-centred views, resized and normalised, in config dtype.
+  """
+  frames = tf.convert_to_tensor(frames, tf.uint8)
+  indices = eval_clip_indices(tf.shape(frames)[0], data_config)
+  return _eval_views(tf.gather(frames, indices), data_config)
+
+
+def _eval_clip(encoded: tf.Tensor, data_config: ml_collections.ConfigDict) -> tf.Tensor:
+  """(L,) JPEG frames -> `eval_clip` of them, decoding only the sampled frames."""
+  indices = eval_clip_indices(tf.shape(encoded)[0], data_config)
+  num_views = data_config.num_clips * data_config.num_frames
+  return _eval_views(_decode_frames(encoded, indices, num_views), data_config)
 
 
 # ----------------------------------------------------------------------------- Datasets.

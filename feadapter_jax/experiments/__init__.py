@@ -1,0 +1,1 @@
+"""Experiments built on the trainer: drivers that run several configs and report them together."""

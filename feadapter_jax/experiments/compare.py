@@ -1,0 +1,470 @@
+r"""FE-Adapter against its peers on one frozen image classifier: one table and one figure.
+
+  python -m feadapter_jax.experiments.compare --config=configs/synthetic.py \
+      --workdir=workdirs/compare [--seeds=0,1,2] [--methods=fe_adapter,aim] [--budget=STEPS] \
+      [--docs_dir=docs]
+
+1. Pre-trains the image classifier once (`--image_config`, in WORKDIR/image), or reuses it when
+   that run has finished, so every method adapts the SAME frozen backbone (WORKDIR/image/export).
+2. Trains every method x seed from `get_config('method=M,seed=S,init=WORKDIR/image/export')` for
+   the same number of steps (`--budget`), evaluating once at the end, in WORKDIR/<method>/seed<S>.
+3. Writes WORKDIR/results.md (table + what it shows, generated from the numbers) and
+   WORKDIR/accuracy_vs_params.png (UAR against trainable parameters, the paper's Figure 1), and
+   copies both to `--docs_dir` when given.
+
+Resumable: a killed comparison, rerun with the same flags, reads finished runs from their
+results.json and lets `train.train_and_evaluate` resume the unfinished one from its checkpoint.
+
+Train clips/s is `batch_size` x the median of the steps/s that clu's ReportProgress logs to the
+run's TensorBoard events every `log_every_steps` (wall time between two reports, so compilation,
+which happens before the first report, and the final evaluation are left out).
+"""
+from __future__ import annotations
+
+import os
+
+# TensorFlow only feeds data: keep it off accelerators and quiet before anything imports it.
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
+
+import ast  # pylint: disable=g-import-not-at-top
+import dataclasses
+import glob
+import json
+import runpy
+import shutil
+from typing import Any, Sequence
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+import matplotlib
+import matplotlib.transforms
+import ml_collections
+import numpy as np
+import tensorflow as tf
+
+from feadapter_jax import evaluate as evaluate_lib
+from feadapter_jax import models
+from feadapter_jax import train
+from feadapter_jax.data import synthfer
+
+METHODS = ('linear_probe', 'full_finetune', 'st_adapter', 'aim', 'fe_adapter', 'fe_multibranch')
+LABELS = {
+    'linear_probe': 'linear probe',
+    'full_finetune': 'full fine-tuning',
+    'st_adapter': 'ST-Adapter',
+    'aim': 'AIM',
+    'fe_adapter': 'FE-Adapter',
+    'fe_multibranch': 'FE-Adapter (multi-branch)',
+}
+TABLE_FILE = 'results.md'
+FIGURE_FILE = 'accuracy_vs_params.png'
+IMAGE_DIR = 'image'
+# What the comparison is expected to show (results.md says whether the numbers do).
+TARGET_UAR = 0.9
+TARGET_PAIR = 0.9
+PAIR_CHANCE, PAIR_CHANCE_TOLERANCE = 0.5, 0.1
+MAX_FRACTION_OF_FULL = 0.1
+DEFAULT_SEEDS = (0, 1, 2)
+MAX_BUBBLE_AREA_PT2, MIN_BUBBLE_AREA_PT2 = 2500, 30
+# Vertical offsets (points) of a bubble's label, tried in turn (right of it, then left) until the
+# label covers no other label or bubble.
+LABEL_OFFSETS_PT = (0, 12, -12, 24, -24, 36, -36, 48, -48, 60, -60, 72, -72)
+# 250 steps (about 6 epochs of SynthFER) x 6 methods x 3 seeds + the image pre-training: about
+# 35 minutes on 2 CPU cores, FE-Adapter's runs (the slowest step) a third of it.
+DEFAULT_BUDGET_STEPS = 250
+DEFAULT_IMAGE_CONFIG = 'configs/synthetic_image.py'
+
+_CONFIG = flags.DEFINE_string('config', 'configs/synthetic.py',
+                              'Video config file with method, seed and init args.')
+_CONFIG_ARG = flags.DEFINE_string('config_arg', '',
+                                  "Other video config args, e.g. 'quick' (method, seed and init "
+                                  'are set by the comparison).')
+_IMAGE_CONFIG = flags.DEFINE_string('image_config', DEFAULT_IMAGE_CONFIG,
+                                    'Config that pre-trains the image classifier.')
+_IMAGE_CONFIG_ARG = flags.DEFINE_string('image_config_arg', '', "Its args, e.g. 'seed=1'.")
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Parent directory of all runs.', required=True)
+_METHODS = flags.DEFINE_list('methods', list(METHODS), 'Methods to compare.')
+_SEEDS = flags.DEFINE_list('seeds', list(map(str, DEFAULT_SEEDS)), 'Seeds per method.')
+_BUDGET = flags.DEFINE_integer('budget', DEFAULT_BUDGET_STEPS,
+                               'Training steps of every video run.')
+_OVERRIDES = flags.DEFINE_multi_string(
+    'override', [], "'field=value' set in the image config and every video config, e.g. "
+    "'model.width=32' (a Python literal, or a bare string such as a path); repeatable.")
+_DOCS_DIR = flags.DEFINE_string('docs_dir', '', 'Also copy the table and figure here.')
+
+
+def load_config(path: str, arg: str, overrides: Sequence[str]) -> ml_collections.ConfigDict:
+  """`get_config(arg)` of the config file at `path`, with `overrides` applied."""
+  config = runpy.run_path(path)['get_config'](arg)
+  apply_overrides(config, overrides)
+  return config
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str]) -> None:
+  """Sets 'a.b=value' fields in place; values are Python literals or bare strings."""
+  for item in overrides:
+    key, eq, text = item.partition('=')
+    if not eq:
+      raise ValueError(f"Override {item!r} is not 'field=value'")
+    parent = config
+    *path, leaf = key.split('.')
+    for part in path:
+      parent = parent.get(part) if isinstance(parent, ml_collections.ConfigDict) else None
+    if not isinstance(parent, ml_collections.ConfigDict) or leaf not in parent:
+      raise KeyError(f'Override {item!r}: the config has no field {key!r}')
+    try:
+      value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      value = text  # a path or a name
+    parent[leaf] = value
+
+
+def pair_accuracy(confusion: Any, class_names: Sequence[str],
+                  pair: Sequence[str] = synthfer.TIME_REVERSED_PAIR) -> float:
+  """Accuracy over the clips of the `pair` classes: right class (of all classes) / clips."""
+  cm = np.asarray(confusion)
+  idx = [list(class_names).index(name) for name in pair]
+  return float(sum(cm[i, i] for i in idx) / cm[idx].sum())
+
+
+def clips_per_second(run_dir: str, batch_size: int) -> float:
+  """`batch_size` x the median logged steps/s over the run's event files (NaN if none)."""
+  steps_per_s = []
+  for path in glob.glob(os.path.join(run_dir, 'events.out.tfevents.*')):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      steps_per_s += [float(tf.make_ndarray(v.tensor)) for v in event.summary.value
+                      if v.tag == 'steps_per_sec']
+  return batch_size * float(np.median(steps_per_s)) if steps_per_s else float('nan')
+
+
+def num_params(config: ml_collections.ConfigDict) -> int:
+  """Parameters of the model `config` builds (shapes only, nothing is allocated)."""
+  model = models.build(train.model_config(config))
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), train.dummy_input(config)))
+  return sum(leaf.size for leaf in jax.tree.leaves(shapes))
+
+
+@dataclasses.dataclass
+class Plan:
+  """What to run: configs, their args and overrides, methods, seeds and the step budget."""
+  config: str
+  workdir: str
+  methods: Sequence[str] = METHODS
+  seeds: Sequence[int] = DEFAULT_SEEDS
+  budget_steps: int = DEFAULT_BUDGET_STEPS
+  config_arg: str = ''
+  image_config: str = DEFAULT_IMAGE_CONFIG
+  image_config_arg: str = ''
+  overrides: Sequence[str] = ()
+  docs_dir: str = ''  # also copy the table and figure here
+
+  def command(self) -> str:
+    """The command line that reproduces this plan (defaults left out)."""
+    flags_ = [f'--config={self.config}', f'--workdir={self.workdir}',
+              f'--seeds={",".join(map(str, self.seeds))}', f'--budget={self.budget_steps}']
+    if tuple(self.methods) != METHODS:
+      flags_.append(f'--methods={",".join(self.methods)}')
+    for name in ('config_arg', 'image_config_arg'):
+      if getattr(self, name):
+        flags_.append(f'--{name}={getattr(self, name)}')
+    if self.image_config != DEFAULT_IMAGE_CONFIG:
+      flags_.append(f'--image_config={self.image_config}')
+    flags_ += [f"--override='{o}'" for o in self.overrides]
+    if self.docs_dir:
+      flags_.append(f'--docs_dir={self.docs_dir}')
+    return ' '.join(['python -m feadapter_jax.experiments.compare', *flags_])
+
+  @property
+  def backbone(self) -> str:
+    return os.path.join(self.workdir, IMAGE_DIR, 'export')
+
+  def image_run(self) -> ml_collections.ConfigDict:
+    return load_config(self.image_config, self.image_config_arg, self.overrides)
+
+  def video_run(self, method: str, seed: int) -> ml_collections.ConfigDict:
+    arg = ','.join(filter(None, [self.config_arg, f'method={method}', f'seed={seed}',
+                                 f'init={self.backbone}']))
+    config = load_config(self.config, arg, self.overrides)
+    config.total_steps = self.budget_steps
+    # One evaluation, after the last step: every method is scored at the same point.
+    config.eval_every_steps = self.budget_steps
+    return config
+
+
+def train_or_read(config: ml_collections.ConfigDict, run_dir: str) -> dict[str, Any] | None:
+  """The run's results: read when finished, else trained (resuming); None when preempted.
+
+  Raises:
+    ValueError: run_dir holds a run of another config (a changed budget, override or arg).
+  """
+  saved = os.path.join(run_dir, evaluate_lib.CONFIG_FILE)
+  if os.path.exists(saved):
+    with open(saved) as f:
+      if json.load(f) != json.loads(config.to_json_best_effort()):
+        raise ValueError(f'{run_dir} holds a run of another config than this comparison\'s '
+                         f'(compare {saved}): rerun with the flags it was started with, or use '
+                         'a new --workdir.')
+  done = os.path.join(run_dir, train.RESULTS_FILE)
+  if not os.path.exists(done):
+    print(f'== {config.method} seed {config.seed} -> {run_dir}', flush=True)
+    if train.train_and_evaluate(config, run_dir).get('preempted'):
+      return None
+  with open(done) as f:
+    return json.load(f)
+
+
+@dataclasses.dataclass
+class Runs:
+  """The image pre-training's results and {method: [results per seed]} of the video runs."""
+  image: dict[str, Any]
+  video: dict[str, list[dict[str, Any]]]
+
+
+def run_all(plan: Plan) -> Runs | None:
+  """Trains (or reads) every run; adds pair accuracy and clips/s. None when preempted."""
+  if unknown := sorted(set(plan.methods) - set(METHODS)):
+    raise ValueError(f'Unknown methods {unknown}; known: {list(METHODS)}')
+  image = train_or_read(plan.image_run(), os.path.join(plan.workdir, IMAGE_DIR))
+  if image is None:
+    return None
+  video = {}
+  for method in plan.methods:
+    video[method] = []
+    for seed in plan.seeds:
+      config = plan.video_run(method, seed)
+      run_dir = os.path.join(plan.workdir, method, f'seed{seed}')
+      results = train_or_read(config, run_dir)
+      if results is None:
+        return None
+      results['pair_accuracy'] = pair_accuracy(results['confusion_matrix'],
+                                               results['class_names'])
+      results['clips_per_s'] = clips_per_second(run_dir, config.batch_size)
+      video[method].append(results)
+  return Runs(image, video)
+
+
+@dataclasses.dataclass
+class Row:
+  """One method over its seeds: accuracies as (mean, std) fractions, std with ddof=1."""
+  method: str
+  trainable_params: int
+  fraction_of_full: float
+  uar: tuple[float, float]
+  war: tuple[float, float]
+  pair: tuple[float, float]
+  clips_per_s: float
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+  values = np.asarray(values, np.float64)
+  # Sample std: three seeds estimate the seed noise; a single seed shows none.
+  return float(values.mean()), (float(values.std(ddof=1)) if len(values) > 1 else 0.0)
+
+
+def summarize(runs: dict[str, list[dict[str, Any]]], full_params: int) -> list[Row]:
+  """One row per method; `full_params` is what full fine-tuning trains."""
+  rows = []
+  for method, seeds in runs.items():
+    trainable = seeds[0]['trainable_params']
+    rows.append(Row(
+        method=method, trainable_params=trainable, fraction_of_full=trainable / full_params,
+        uar=_mean_std([r['uar'] for r in seeds]), war=_mean_std([r['war'] for r in seeds]),
+        pair=_mean_std([r['pair_accuracy'] for r in seeds]),
+        clips_per_s=float(np.mean([r['clips_per_s'] for r in seeds]))))
+  return rows
+
+
+def _pct(mean_std: tuple[float, float]) -> str:
+  return f'{100 * mean_std[0]:.1f} +- {100 * mean_std[1]:.1f}'
+
+
+def table(rows: Sequence[Row]) -> str:
+  """The markdown table: one row per method, accuracies in % (mean +- std over seeds)."""
+  lines = ['| method | trainable params | % of full FT | UAR (%) | WAR (%) | '
+           f'{"/".join(synthfer.TIME_REVERSED_PAIR)} accuracy (%) | train clips/s |',
+           '|---|---:|---:|---:|---:|---:|---:|']
+  for r in rows:
+    lines.append(f'| {LABELS[r.method]} | {r.trainable_params:,} | '
+                 f'{100 * r.fraction_of_full:.2f} | {_pct(r.uar)} | {_pct(r.war)} | '
+                 f'{_pct(r.pair)} | {r.clips_per_s:.1f} |')
+  return '\n'.join(lines)
+
+
+def per_seed_table(runs: dict[str, list[dict[str, Any]]], seeds: Sequence[int]) -> str:
+  """The markdown table of every run: one row per method and seed."""
+  lines = ['| method | seed | UAR (%) | WAR (%) | '
+           f'{"/".join(synthfer.TIME_REVERSED_PAIR)} accuracy (%) | train clips/s |',
+           '|---|---:|---:|---:|---:|---:|']
+  for method, results in runs.items():
+    for seed, r in zip(seeds, results):
+      lines.append(f'| {LABELS[method]} | {seed} | {100 * r["uar"]:.1f} | '
+                   f'{100 * r["war"]:.1f} | {100 * r["pair_accuracy"]:.1f} | '
+                   f'{r["clips_per_s"]:.1f} |')
+  return '\n'.join(lines)
+
+
+def findings(rows: Sequence[Row]) -> str:
+  """What the numbers show, sentence by sentence, each claim checked against its target."""
+  by = {r.method: r for r in rows}
+  pair = ' vs '.join(synthfer.TIME_REVERSED_PAIR)
+  out = []
+  fe = by.get('fe_adapter')
+  if fe:
+    out.append(f'FE-Adapter reaches {_pct(fe.uar)}% UAR '
+               f'({"meets" if fe.uar[0] >= TARGET_UAR else "misses"} the '
+               f'{100 * TARGET_UAR:.0f}% target) and separates {pair}, the two classes that '
+               f'differ only by the direction of time, at {_pct(fe.pair)}% '
+               f'({"meets" if fe.pair[0] >= TARGET_PAIR else "misses"} the '
+               f'{100 * TARGET_PAIR:.0f}% target).')
+  lp = by.get('linear_probe')
+  if lp:
+    near = abs(lp.pair[0] - PAIR_CHANCE) <= PAIR_CHANCE_TOLERANCE
+    why = ', as their frames, taken as a set, have the same distribution' if near else ''
+    num_classes = len(synthfer.CLASS_NAMES)
+    out.append(f'The linear probe, which averages the frozen image features over frames, '
+               f'gets {_pct(lp.pair)}% on that pair: {"near" if near else "not near"} chance '
+               f'({100 * PAIR_CHANCE:.0f}% +- {100 * PAIR_CHANCE_TOLERANCE:.0f}){why}; its UAR '
+               f'is {_pct(lp.uar)}%, where a model blind to time tops out at '
+               f'{num_classes - 1}/{num_classes} = {100 * (1 - 1 / num_classes):.1f}%.')
+  full = by.get('full_finetune')
+  if fe and full:
+    diff = fe.uar[0] - full.uar[0]
+    noise = float(np.hypot(fe.uar[1], full.uar[1]))
+    verdict = ('above' if diff > noise else
+               'within seed noise of' if abs(diff) <= noise else 'below')
+    small = fe.fraction_of_full <= MAX_FRACTION_OF_FULL
+    out.append(f'FE-Adapter trains {100 * fe.fraction_of_full:.2f}% of the parameters full '
+               f'fine-tuning trains ({"within" if small else "over"} the '
+               f'{100 * MAX_FRACTION_OF_FULL:.0f}% target) and its UAR is '
+               f'{100 * diff:+.1f} points from full fine-tuning\'s, against a seed std of the '
+               f'difference of {100 * noise:.1f} points: {verdict} full fine-tuning.')
+  return ' '.join(out)
+
+
+def _place_labels(ax: Any, points: Sequence[tuple[float, float]], radii_pt: Sequence[float],
+                  texts: Sequence[str]) -> None:
+  """Labels beside their bubbles (right, else left), moved up or down until each lies inside the
+  axes and covers no other label or bubble; the first place is the fallback."""
+  renderer = ax.figure.canvas.get_renderer()
+  px_per_pt = ax.figure.dpi / 72
+  inside = ax.get_window_extent(renderer)
+  bubbles = [matplotlib.transforms.Bbox.from_bounds(cx - r * px_per_pt, cy - r * px_per_pt,
+                                                    2 * r * px_per_pt, 2 * r * px_per_pt)
+             for (cx, cy), r in zip(ax.transData.transform(points), radii_pt)]
+  places = [(side, dy) for side in (1, -1) for dy in LABEL_OFFSETS_PT]
+  placed = []
+  for i, ((x, y), r, text) in enumerate(zip(points, radii_pt, texts)):
+    obstacles = placed + bubbles[:i] + bubbles[i + 1:]
+
+    def label(place, x=x, y=y, r=r, text=text):
+      side, dy = place
+      return ax.annotate(text, (x, y), xytext=(side * (r + 4), dy), textcoords='offset points',
+                         fontsize=8, va='center', ha='left' if side > 0 else 'right')
+
+    def free(place):
+      trial = label(place)
+      box = trial.get_window_extent(renderer)
+      trial.remove()
+      return (inside.containsx(box.x0) and inside.containsx(box.x1) and
+              inside.containsy(box.y0) and inside.containsy(box.y1) and
+              not any(box.overlaps(other) for other in obstacles))
+
+    side, dy = next(filter(free, places), places[0])
+    placed.append(label((side, dy)).get_window_extent(renderer))
+    if dy:  # a leader line from a moved label to its bubble
+      ax.annotate('', (x, y), xytext=(side * (r + 4), dy), textcoords='offset points',
+                  arrowprops=dict(arrowstyle='-', lw=0.5, color='0.4'))
+
+
+def plot(rows: Sequence[Row], path: str, title: str) -> None:
+  """Bubble chart: x = trainable parameters (log), y = UAR +- seed std, area ~ parameters."""
+  matplotlib.use('Agg')  # files only, also without a display
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top  (after the backend)
+  params = np.array([r.trainable_params for r in rows], np.float64)
+  uar = np.array([100 * r.uar[0] for r in rows])
+  std = np.array([100 * r.uar[1] for r in rows])
+  # Area proportional to parameters; the floor keeps the smallest (a head alone) visible.
+  area = np.maximum(MAX_BUBBLE_AREA_PT2 * params / params.max(), MIN_BUBBLE_AREA_PT2)
+  colours = ['tab:red' if r.method.startswith('fe_') else 'tab:blue' for r in rows]
+  fig, ax = plt.subplots(figsize=(7.5, 4.8))
+  ax.scatter(params, uar, s=area, c=colours, alpha=0.45, edgecolors='k', linewidths=0.8,
+             zorder=2)
+  ax.errorbar(params, uar, yerr=std, fmt='none', ecolor='k', capsize=3, zorder=3)
+  ax.set_xscale('log')
+  ax.set_xlim(params.min() / 3, params.max() * 6)
+  ax.set_ylim(max(min(uar.min() - std.max(), 100) - 10, 0), 105)
+  ax.set_xlabel('trainable parameters (log scale; bubble area proportional)')
+  ax.set_ylabel('UAR (%), mean +- std over seeds')
+  ax.set_title(title, fontsize=10)
+  ax.grid(True, which='major', alpha=0.3)
+  fig.tight_layout()
+  _place_labels(ax, list(zip(params, uar)), np.sqrt(area / np.pi),
+                [f'{LABELS[r.method]} ({r.trainable_params:,})' for r in rows])
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def report(plan: Plan, runs: Runs) -> list[Row]:
+  """Writes WORKDIR/results.md and WORKDIR/accuracy_vs_params.png; returns the rows."""
+  rows = summarize(runs.video, num_params(plan.video_run('full_finetune', plan.seeds[0])))
+  video = plan.video_run(plan.methods[0], plan.seeds[0])
+  synth = video.data.synth
+  pair = '/'.join(synthfer.TIME_REVERSED_PAIR)
+  setup = (f'SynthFER ({synth.num_train} train / {synth.num_test} test clips of '
+           f'{synth.num_frames} frames at {synth.resolution}x{synth.resolution}, 7 classes). '
+           f'Every method adapts the same frozen image classifier (ViT width '
+           f'{video.model.width}, depth {video.model.depth}) pre-trained on single apex frames '
+           f'({100 * runs.image["uar"]:.1f}% UAR on images, where {pair} is ambiguous) and '
+           f'trains {plan.budget_steps} steps of batch {video.batch_size} with its config\'s '
+           f'learning rate; seeds {", ".join(map(str, plan.seeds))} set the initialisation, '
+           'data order and augmentation. Accuracies are on the test split after the last step, '
+           f'mean +- std over seeds. {pair} accuracy: clips of these two time-reversed classes '
+           'predicted as their own class (of all 7), over those clips; chance between the two '
+           'is 50%. Train clips/s: batch size x the median steps/s logged during training '
+           '(compilation and evaluation excluded), mean over seeds, on a CPU shared with '
+           'whatever else ran.')
+  text = '\n\n'.join([
+      '# FE-Adapter and its peers on SynthFER', setup, table(rows),
+      '**What it shows.** ' + findings(rows),
+      f'![UAR against trainable parameters]({FIGURE_FILE})',
+      '## Per seed', per_seed_table(runs.video, plan.seeds),
+      f'Generated by `{plan.command()}`.'])
+  with open(os.path.join(plan.workdir, TABLE_FILE), 'w') as f:
+    f.write(text + '\n')
+  seeds = f'{len(plan.seeds)} seed{"s" if len(plan.seeds) > 1 else ""}'
+  plot(rows, os.path.join(plan.workdir, FIGURE_FILE),
+       f'SynthFER: UAR against trainable parameters ({seeds}, {plan.budget_steps} steps each)')
+  return rows
+
+
+def run(plan: Plan) -> list[Row] | None:
+  """Runs the comparison and writes its table and figure; None when preempted (rerun)."""
+  runs = run_all(plan)
+  if runs is None:
+    print('Comparison preempted: rerun the same command to resume.', flush=True)
+    return None
+  rows = report(plan, runs)
+  print(table(rows) + '\n\n' + findings(rows), flush=True)
+  if plan.docs_dir:
+    os.makedirs(plan.docs_dir, exist_ok=True)
+    for name in (TABLE_FILE, FIGURE_FILE):
+      shutil.copy(os.path.join(plan.workdir, name), os.path.join(plan.docs_dir, name))
+  return rows
+
+
+def main(argv) -> None:
+  del argv
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # orbax and clu are chatty at INFO
+  run(Plan(config=_CONFIG.value, workdir=_WORKDIR.value, methods=_METHODS.value,
+           seeds=[int(s) for s in _SEEDS.value], budget_steps=_BUDGET.value,
+           config_arg=_CONFIG_ARG.value, image_config=_IMAGE_CONFIG.value,
+           image_config_arg=_IMAGE_CONFIG_ARG.value, overrides=_OVERRIDES.value,
+           docs_dir=_DOCS_DIR.value))
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,99 @@
+"""The method comparison: pair accuracy, the generated findings, and a tiny end-to-end run that
+writes the table and the figure, then resumes without retraining."""
+import os
+import re
+
+import numpy as np
+import pytest
+
+from feadapter_jax.data import synthfer
+from feadapter_jax.experiments import compare
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_OVERRIDES = ('model.width=32', 'model.depth=2', 'model.num_heads=2', 'model.mlp_dim=64',
+                  'model.adapter.width=8', 'batch_size=16', 'eval_batch_size=32',
+                  'checkpoint_async=False')
+
+
+def test_pair_accuracy_counts_only_the_right_class_of_all():
+  names = list(synthfer.CLASS_NAMES)
+  surprise, fear = names.index('Surprise'), names.index('Fear')
+  cm = np.arange(49).reshape(7, 7) % 5  # the other rows must not matter
+  cm[surprise] = 0
+  cm[fear] = 0
+  cm[surprise, [surprise, fear, 0]] = (6, 3, 1)  # 6 right, 3 as the partner, 1 as Happy
+  cm[fear, [fear, surprise, 2]] = (2, 7, 1)
+  assert compare.pair_accuracy(cm, names) == pytest.approx((6 + 2) / 20)
+  # The class order comes from the names, not from a fixed position.
+  perm = np.roll(np.arange(7), 3)
+  assert compare.pair_accuracy(cm[perm][:, perm], [names[i] for i in perm]) == pytest.approx(0.4)
+
+
+def test_overrides_parse_literals_and_reject_unknown_fields():
+  config = compare.load_config(os.path.join(ROOT, 'configs', 'synthetic.py'), 'quick',
+                               ['model.adapter.width=8', 'data.data_dir=/tmp/x y',
+                                'data.crop_scale=(0.5, 1.0)'])
+  assert config.model.adapter.width == 8 and config.data.data_dir == '/tmp/x y'
+  assert tuple(config.data.crop_scale) == (0.5, 1.0)
+  for typo in ('model.widht=3', 'modle.adapter.width=3'):
+    with pytest.raises(KeyError, match=typo.split('=')[0]):
+      compare.apply_overrides(config, [typo])
+
+
+def row(method, params, uar, pair, std=0.01):
+  return compare.Row(method, params, params / 500_000, (uar, std), (uar, std), (pair, std), 1.0)
+
+
+def test_findings_check_each_claim_against_its_target():
+  rows = [row('linear_probe', 700, 0.70, 0.52), row('full_finetune', 500_000, 0.96, 0.95),
+          row('fe_adapter', 44_000, 0.955, 0.97)]
+  text = compare.findings(rows)
+  assert 'meets the 90% target' in text and 'misses' not in text
+  assert 'near chance' in text and 'within the 10% target' in text
+  assert 'within seed noise of full fine-tuning' in text
+  rows = [row('linear_probe', 700, 0.70, 0.75), row('full_finetune', 500_000, 0.99, 0.99),
+          row('fe_adapter', 60_000, 0.85, 0.80)]
+  text = compare.findings(rows)
+  assert text.count('misses the 90% target') == 2 and 'not near chance' in text
+  assert 'over the 10% target' in text and 'below full fine-tuning' in text
+
+
+def numbers(cells):
+  """The numbers in table cells ('44,075', '95.7 +- 0.4'); 'nan' is not one."""
+  return [float(x) for cell in cells for x in re.findall(r'\d+\.?\d*', cell.replace(',', ''))]
+
+
+def test_tiny_comparison_writes_table_and_figure_and_resumes(tmp_path):
+  plan = compare.Plan(
+      config=os.path.join(ROOT, 'configs', 'synthetic.py'), workdir=str(tmp_path / 'cmp'),
+      seeds=(0,), budget_steps=3, config_arg='quick', image_config_arg='quick',
+      image_config=os.path.join(ROOT, 'configs', 'synthetic_image.py'),
+      overrides=TINY_OVERRIDES + (f'data.data_dir={tmp_path / "tfds"}',),
+      docs_dir=str(tmp_path / 'docs'))
+  rows = compare.run(plan)
+  assert [r.method for r in rows] == list(compare.METHODS)
+  for where in (plan.workdir, plan.docs_dir):
+    with open(os.path.join(where, compare.TABLE_FILE)) as f:
+      md = f.read()
+    with open(os.path.join(where, compare.FIGURE_FILE), 'rb') as f:
+      assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+  lines = md.split('\n\n')[2].splitlines()  # the main table: header, rule, one row per method
+  assert [line.split('|')[1].strip() for line in lines[2:]] == [
+      compare.LABELS[m] for m in compare.METHODS]
+  for line in lines[2:]:
+    values = numbers(line.split('|')[2:-1])
+    # params, % of full, (mean, std) of UAR, WAR and pair accuracy, clips/s
+    assert len(values) == 9 and np.all(np.isfinite(values)), line
+  assert '**What it shows.** FE-Adapter reaches' in md
+  by = {r.method: r for r in rows}
+  assert by['full_finetune'].fraction_of_full == 1.0
+  assert by['linear_probe'].trainable_params < by['fe_adapter'].trainable_params
+
+  # Rerun: every run is read back from its results.json, nothing retrains.
+  done = os.path.join(plan.workdir, 'fe_adapter', 'seed0', 'results.json')
+  mtime = os.path.getmtime(done)
+  assert compare.run(plan) == rows
+  assert os.path.getmtime(done) == mtime
+  # A changed budget is refused rather than mixed with the finished runs.
+  with pytest.raises(ValueError, match='another config'):
+    compare.run(compare.dataclasses.replace(plan, budget_steps=4))
