@@ -44,14 +44,16 @@ class Checkpoints:
   def __init__(self, directory: str, *, keep_last: int, best_metric: str = 'uar',
                asynchronous: bool = True):
     self.best_metric = best_metric
+    score = lambda m: m[best_metric] if m else float('-inf')  # steps saved without an eval
     policy = policies.AnyPreservationPolicy([
         policies.LatestN(keep_last),
-        policies.BestN(get_metric_fn=lambda m: m[best_metric], n=1,
-                       keep_checkpoints_without_metrics=False)])
+        policies.BestN(get_metric_fn=score, n=1, keep_checkpoints_without_metrics=False)])
     self.manager = ocp.CheckpointManager(
         os.path.abspath(directory),
         options=ocp.CheckpointManagerOptions(
             preservation_policy=policy, cleanup_tmp_directories=True,
+            # With best_fn set, orbax also writes each step's metrics (read back on resume).
+            best_fn=score, best_mode='max',
             enable_async_checkpointing=asynchronous))
 
   def steps(self) -> list[int]:
@@ -76,7 +78,10 @@ class Checkpoints:
     return None
 
   def best_step(self) -> int | None:
-    return self.manager.best_step()
+    """The kept step with the highest `best_metric`, None if no step has metrics."""
+    scored = [(m[self.best_metric], step) for step in self.steps()
+              if (m := self.manager.metrics(step))]
+    return max(scored)[1] if scored else None
 
   def close(self) -> None:
     self.manager.close()

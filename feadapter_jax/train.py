@@ -295,7 +295,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                    'trainable': list(config.trainable)}, f, indent=2)
       results.update(
           method=config.method, trainable_params=report.trainable, total_params=report.total,
-          export_bytes=checkpoint.directory_bytes(export))
+          export_bytes=checkpoint.directory_bytes(export),
+          full_model_bytes=sum(partition.size(x) * x.dtype.itemsize
+                               for x in jax.tree.leaves(params_shapes)))
       with open(os.path.join(workdir, RESULTS_FILE), 'w') as f:
         json.dump(results, f, indent=2)
       metrics_lib.plot_confusion(np.asarray(results['confusion_matrix']), info.class_names,
@@ -304,6 +306,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                  f'{results["uar"]:.3f} WAR {results["war"]:.3f}')
       print(f'Results: UAR {results["uar"]:.4f} WAR {results["war"]:.4f} | trainable '
             f'{report.trainable:,} of {report.total:,} params | exported '
-            f'{results["export_bytes"] / 1e6:.2f} MB to {export} | {workdir}/{RESULTS_FILE}',
+            f'{results["export_bytes"] / 1e6:.2f} MB (full model '
+            f'{results["full_model_bytes"] / 1e6:.2f} MB) to {export} | {workdir}/{RESULTS_FILE}',
             flush=True)
   return results

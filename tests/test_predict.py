@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 
+import cv2
 import jax
 import numpy as np
 import pytest
@@ -153,7 +154,6 @@ def test_sliding_windows(num_frames, window, stride, expected):
 
 
 def test_frame_folder_reads_natural_order_and_skips_hidden_files(tmp_path):
-  import cv2  # pylint: disable=g-import-not-at-top
   for i in range(12):  # lexicographic order would put clip_10, clip_11 before clip_2
     cv2.imwrite(str(tmp_path / f'clip_{i + 1}.png'), np.full((8, 8, 3), 20 * i, np.uint8))
   (tmp_path / '._clip_1.jpg').write_bytes(b'macOS resource fork')
@@ -187,7 +187,6 @@ def test_json_and_csv_outputs_parse(tmp_path, predictor):
 
 
 def test_render_writes_every_frame_with_the_prediction_drawn(tmp_path, predictor):
-  import cv2  # pylint: disable=g-import-not-at-top
   folder = tmp_path / 'odd_size'
   folder.mkdir()
   clip = _clip(3, 20, 64)[:, :63, :61]  # odd size: the render is cut to even
