@@ -145,6 +145,15 @@ def _check_finite(pending: list[tuple[int, Any]], workdir: str, last_saved: int 
   pending.clear()
 
 
+def _portable(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The config with absolute paths, so evaluate/predict work from any directory."""
+  config = config.copy_and_resolve_references()
+  for section, key in (('init', 'checkpoint'), ('data', 'data_dir'), ('data', 'manual_dir')):
+    if config[section][key]:
+      config[section][key] = os.path.abspath(config[section][key])
+  return config
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains (resuming from workdir if it holds checkpoints), evaluates, exports. Returns results."""
   # ---------------------------------------------------------------- Set up logging, mesh
@@ -154,7 +163,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                                 asynchronous=True)
   if is_chief:
     with open(os.path.join(workdir, evaluate_lib.CONFIG_FILE), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2))
+      f.write(_portable(config).to_json_best_effort(indent=2))
   mesh = sharding.make_mesh([tuple(a) for a in config.mesh])
   n_batch_shards = math.prod(mesh.shape[a] for a in sharding.batch_axes(mesh))
   for name, bs in (('batch_size', config.batch_size), ('eval_batch_size', config.eval_batch_size)):
