@@ -10,6 +10,8 @@ import builtins
 import io
 import logging
 import os
+import subprocess
+import sys
 
 import numpy as np
 from PIL import Image
@@ -428,3 +430,16 @@ def test_non_jpeg_frame_is_converted(tmp_path):
   Image.new('RGB', (8, 8), (200, 10, 10)).save(path)
   decoded = tf.io.decode_jpeg(frames.load_frame_jpeg(path)).numpy()
   np.testing.assert_allclose(decoded.reshape(-1, 3).mean(0), (200, 10, 10), atol=6)
+
+
+def test_prepare_cli_builds_a_fold_and_prints_the_report(tmp_path):
+  manual = tmp_path / 'manual'
+  make_dfew(manual, damaged=True)
+  proc = subprocess.run(
+      [sys.executable, '-m', 'feadapter_jax.data.prepare', '--dataset=dfew/fold2',
+       f'--manual_dir={manual}', f'--data_dir={tmp_path / "tfds"}'],
+      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), capture_output=True,
+      text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert 'Prepared dfew/fold2' in proc.stdout
+  assert f'{DFEW_ALL_CORRUPT:05d}' in proc.stdout  # the skipped clip is reported by id
