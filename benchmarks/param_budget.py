@@ -24,9 +24,10 @@ METHODS = ('linear_probe', 'full_finetune', 'st_adapter', 'aim', 'fe_adapter')
 
 def count(method: str) -> dict:
   config = common.base_config(method)
+  config.data = common.data_config('dfew', 'fold1')
   model = models.build(config.model)
-  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
-                                             jnp.zeros((1, 2, 224, 224, 3))))['params']
+  clip = (1, config.data.num_frames, 224, 224, 3)  # AIM's time embedding has one row per frame
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros(clip)))['params']
   report = partition.report(shapes, partition.trainable_mask(shapes, config.trainable))
   return {'method': method, 'total': report.total, 'trainable': report.trainable}
 

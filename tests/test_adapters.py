@@ -126,3 +126,24 @@ def test_fe_adapter_budget_for_vit_b16_with_7_classes():
   assert abs(report.trainable - 6_600_000) <= 300_000, report
   assert report.groups['backbone'][1] == 0
   assert report.groups['backbone'][0] == 86_567_656 - 769_000
+
+
+def perturb(params, scale=0.1):
+  leaves, treedef = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(3), len(leaves))
+  return treedef.unflatten([p + scale * jax.random.normal(k, p.shape)
+                            for p, k in zip(leaves, keys)])
+
+
+@pytest.mark.parametrize('name', sorted(ADAPTERS) + ['none'])
+def test_temporal_adapters_see_frame_order_and_the_image_model_does_not(name):
+  # Onset vs offset of one expression differ only in frame order: an adapter must tell them apart.
+  clip = jax.random.normal(jax.random.key(1), (2, 4, 32, 32, 3))
+  model = models.build(tiny(ADAPTERS.get(name)))
+  params = perturb(model.init(jax.random.key(0), clip)['params'])
+  forward = model.apply({'params': params}, clip)
+  backward = model.apply({'params': params}, clip[:, ::-1])
+  if name == 'none':
+    np.testing.assert_allclose(forward, backward, atol=1e-5)
+  else:
+    assert not np.allclose(forward, backward, atol=1e-4)

@@ -175,6 +175,12 @@ class ViT(nn.Module):
     x = jnp.concatenate([jnp.broadcast_to(cls_token, (b * t, 1, self.width)).astype(x.dtype), x],
                         axis=1)
     x = x + pos_embed.astype(x.dtype)
+    if self.adapter.kind == 'aim':
+      # AIM's learned temporal position embedding (zero-initialised): without it attention
+      # along time is permutation-equivariant and cannot tell onset from offset.
+      time_embed = self.param('adapter_time_embed', nn.initializers.zeros, (1, t, 1, self.width))
+      x = einops.rearrange(einops.rearrange(x, '(b t) n d -> b t n d', t=t)
+                           + time_embed.astype(x.dtype), 'b t n d -> (b t) n d')
 
     block_cls = nn.remat(Block) if self.remat else Block
     for i in range(self.depth):
