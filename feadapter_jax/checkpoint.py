@@ -3,8 +3,10 @@
 Train state checkpoints (`Checkpoints`) hold what a resumed run cannot rebuild: the trainable
 parameters, the optimizer state, the step and the RNG; the frozen backbone comes back from
 `config.init`. Orbax writes each step to a temporary directory and renames it when complete, so
-a killed save never leaves a step that looks whole; a step that fails to restore (truncated,
-tampered) is skipped with a warning and the previous one is used.
+a killed save never leaves a step that looks whole (the partial one is reported and removed).
+Each step also holds a checksum of every array, because orbax's compressed chunks do not detect
+a changed byte; a step that fails to restore (truncated, tampered, checksum mismatch) is skipped
+with a warning and the previous one is used. docs/reliability.md lists the faults this handles.
 
 Parameter directories (`save_params` / `load_params`): `params/` (orbax) + `model_config.json`;
 the format of converted backbones and of exported adapters.
@@ -18,6 +20,8 @@ from typing import Any, Mapping
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
@@ -26,6 +30,13 @@ from feadapter_jax import partition
 
 MODEL_CONFIG = 'model_config.json'
 PARAMS = 'params'
+# The items of a train state checkpoint step.
+STATE, CHECKSUMS = 'state', 'checksums'
+_UINT_OF_SIZE = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}
+
+
+class CheckpointError(Exception):
+  """A checkpoint could not be written, or checkpoints exist and none of them restores."""
 
 
 def to_saved(state: Mapping[str, Any], mask: Any) -> dict[str, Any]:
@@ -38,44 +49,146 @@ def from_saved(saved: Mapping[str, Any], frozen: Any) -> dict[str, Any]:
   return {**saved, 'params': partition.merge(saved['params'], frozen)}
 
 
+@jax.jit
+def _leaf_checksums(tree: Any) -> Any:
+  def checksum(x: jax.Array) -> jax.Array:
+    x = x.astype(jnp.uint8) if x.dtype == jnp.bool_ else x
+    bits = jax.lax.bitcast_convert_type(x, _UINT_OF_SIZE[x.dtype.itemsize]).astype(jnp.uint32)
+    # Odd weights: a change to any one element changes the sum mod 2**32. Integer sums are exact
+    # in any order, so every sharding and process count computes the same value.
+    weights = (2 * jnp.arange(bits.size, dtype=jnp.uint32) + 1).reshape(bits.shape)
+    return jnp.sum(bits * weights, dtype=jnp.uint32)
+  return jax.tree.map(checksum, tree)
+
+
+def checksums(tree: Any) -> dict[str, int]:
+  """{leaf path: 32-bit position-weighted sum of its bits} (detects corruption, not forgery)."""
+  flat, _ = jax.tree_util.tree_flatten_with_path(jax.device_get(_leaf_checksums(tree)))
+  # Plain 'a/0/b' names: a target built from the saved metadata has dicts for optax's tuples.
+  return {jax.tree_util.keystr(path, simple=True, separator='/'): int(value)
+          for path, value in flat}
+
+
+def _brief(error: Exception) -> str:
+  # Tensorstore appends its whole JSON spec to every message: the cause comes before it.
+  return f'{type(error).__name__}: {str(error).split(" [tensorstore_spec")[0]}'
+
+
 class Checkpoints:
   """The last `keep_last` steps plus the best by `best_metric`, written atomically."""
 
   def __init__(self, directory: str, *, keep_last: int, best_metric: str = 'uar',
                asynchronous: bool = True):
     self.best_metric = best_metric
+    directory = os.path.abspath(directory)
+    if os.path.isdir(directory):
+      partial = ocp.path.step.tmp_checkpoints(directory)
+      if partial:
+        logging.warning('Removing %s from %s: partially written checkpoints (a run stopped '
+                        'while saving them).', sorted(partial), directory)
     score = lambda m: m[best_metric] if m else float('-inf')  # steps saved without an eval
     policy = policies.AnyPreservationPolicy([
         policies.LatestN(keep_last),
         policies.BestN(get_metric_fn=score, n=1, keep_checkpoints_without_metrics=False)])
     self.manager = ocp.CheckpointManager(
-        os.path.abspath(directory),
+        directory,
         options=ocp.CheckpointManagerOptions(
             preservation_policy=policy, cleanup_tmp_directories=True,
             # With best_fn set, orbax also writes each step's metrics (read back on resume).
             best_fn=score, best_mode='max',
             enable_async_checkpointing=asynchronous))
+    self._writing: int | None = None  # the step of a write that may still be in progress
+    self._unrestorable: set[int] = set()
 
   def steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
 
   def save(self, step: int, saved_state: Any, metrics: Mapping[str, float] | None = None
            ) -> None:
-    self.manager.save(step, args=ocp.args.StandardSave(saved_state),
-                      metrics=dict(metrics) if metrics else None, force=True)
+    """Writes `step` (in the background if asynchronous), replacing it if it did not restore.
+
+    Raises:
+      CheckpointError: this write or the previous asynchronous one failed (e.g. disk full).
+    """
+    self.wait()
+    if step in self._unrestorable:
+      self.manager.delete(step)
+      self._unrestorable.discard(step)
+    args = ocp.args.Composite(**{STATE: ocp.args.StandardSave(saved_state),
+                                 CHECKSUMS: ocp.args.JsonSave(checksums(saved_state))})
+    self._writing = step
+    try:
+      self.manager.save(step, args=args, metrics=dict(metrics) if metrics else None, force=True)
+    except Exception as e:  # pylint: disable=broad-except  (reported with its cause)
+      raise self._write_failed(e) from e
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    """Blocks until the last write is complete; raises CheckpointError if it failed."""
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except  (reported with its cause)
+      raise self._write_failed(e) from e
+    self._writing = None
+
+  def _write_failed(self, error: Exception) -> CheckpointError:
+    self.manager.reload()  # forget the step that failed
+    complete = self.steps()
+    return CheckpointError(
+        f'Writing checkpoint step {self._writing} to {self.manager.directory} failed '
+        f'({_brief(error)}). The last complete checkpoint is '
+        f'{f"step {complete[-1]}" if complete else "none"}: make room (or fix the directory) '
+        'and rerun the same command to resume from it.')
+
+  def restore(self, step: int, abstract_saved_state: Any) -> Any:
+    """The saved state of `step` in the form of the target, checked against its checksums.
+
+    Raises:
+      CheckpointError: an array differs from its checksum; other errors: unreadable files.
+    """
+    restored = self.manager.restore(step, args=ocp.args.Composite(**{
+        STATE: ocp.args.StandardRestore(abstract_saved_state),
+        CHECKSUMS: ocp.args.JsonRestore()}))
+    expected, actual = restored[CHECKSUMS], checksums(restored[STATE])
+    differ = sorted(k for k in expected.keys() | actual.keys() if expected.get(k) != actual.get(k))
+    if differ:
+      raise CheckpointError(f'{len(differ)} arrays differ from the checksums saved with them '
+                            f'(first: {differ[0]})')
+    return restored[STATE]
 
   def restore_latest(self, abstract_saved_state: Any) -> Any | None:
-    """The newest step that restores, None if there is none; broken steps are reported."""
+    """The newest step that restores intact, None if there is no step; broken ones are reported.
+
+    Raises:
+      CheckpointError: steps exist but none restores (never silently starts over).
+    """
+    failures = []
     for step in reversed(self.steps()):
       try:
-        return self.manager.restore(step, args=ocp.args.StandardRestore(abstract_saved_state))
+        return self.restore(step, abstract_saved_state)
       except Exception as e:  # pylint: disable=broad-except  (any damage: fall back)
-        logging.warning('Checkpoint step %d in %s cannot be restored (%s: %s); trying the '
-                        'previous one.', step, self.manager.directory, type(e).__name__, e)
+        failures.append(f'step {step}: {_brief(e)}')
+        self._unrestorable.add(step)
+        logging.warning('Checkpoint step %d in %s cannot be restored (%s); trying the previous '
+                        'one.', step, self.manager.directory, _brief(e))
+    if failures:
+      raise CheckpointError(
+          f'No checkpoint in {self.manager.directory} restores:\n  ' + '\n  '.join(failures) +
+          '\nIf the config changed since they were written, restore it or use a new workdir; '
+          'to start this run over, delete that directory.')
     return None
+
+  def set_aside(self, step: int, tag: str) -> str:
+    """Moves `step` out of the resumable steps, kept for inspection as '<step>.<tag>'."""
+    self.wait()
+    source = os.path.join(self.manager.directory, str(step))
+    kept = f'{source}.{tag}'
+    if jax.process_index() == 0:  # one shared directory: one process renames
+      shutil.rmtree(kept, ignore_errors=True)  # the same step set aside by an earlier attempt
+      os.replace(source, kept)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f'checkpoint step {step} set aside')
+    self.manager.reload()
+    return kept
 
   def best_step(self) -> int | None:
     """The kept step with the highest `best_metric`, None if no step has metrics."""

@@ -134,13 +134,23 @@ class Preemption:
     return self.requested
 
 
-def _check_finite(pending: list[tuple[int, Any]], workdir: str, last_saved: int | None) -> None:
+def _check_finite(pending: list[tuple[int, Any]], ckpts: checkpoint.Checkpoints,
+                  last_saved: int | None) -> None:
+  """Raises NonFiniteLossError at the first non-finite loss in `pending`, else clears it."""
   for step, loss in pending:
     if not np.isfinite(float(loss)):
-      where = (f'the last good checkpoint is step {last_saved} in {workdir}/checkpoints'
-               if last_saved is not None else 'no checkpoint was written yet')
+      set_aside = ''
+      if last_saved == step - 1:
+        # Its parameters gave this loss (saves follow a finite check, so older ones are good):
+        # resuming from it would fail again at once.
+        kept = ckpts.set_aside(last_saved, 'nonfinite')
+        set_aside = (f' The checkpoint of step {last_saved}, whose parameters gave this loss, '
+                     f'was moved to {kept}.')
+        last_saved = max(ckpts.steps(), default=None)
+      where = (f'the last good checkpoint is step {last_saved} in {ckpts.manager.directory}'
+               if last_saved is not None else 'no good checkpoint was written yet')
       raise NonFiniteLossError(
-          f'Training loss is {float(loss)} at step {step}; stopping ({where}). Lower '
+          f'Training loss is {float(loss)} at step {step}; stopping ({where}).{set_aside} Lower '
           'config.optim.lr, enable config.optim.grad_clip_norm, or check the input data.')
   pending.clear()
 
@@ -261,23 +271,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       report_progress(step)
       pending.append((step, step_metrics['loss']))
       if step % config.log_every_steps == 0 or step == total_steps:
-        _check_finite(pending, workdir, last_saved)
+        _check_finite(pending, ckpts, last_saved)
         scalars = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
         writer.write_scalars(step, {f'train/{k}': v for k, v in scalars.items()})
         if is_chief:
           print(progress.line(step, scalars), flush=True)
       results = None
       if step % eval_every == 0 or step == total_steps:
-        _check_finite(pending, workdir, last_saved)
+        _check_finite(pending, ckpts, last_saved)
         results = run_eval(step)
         save(step, results)
         last_saved = step
       elif step % config.checkpoint_every_steps == 0:
-        _check_finite(pending, workdir, last_saved)
+        _check_finite(pending, ckpts, last_saved)
         save(step)
         last_saved = step
       if preemption.reached(step):
-        _check_finite(pending, workdir, last_saved)
+        _check_finite(pending, ckpts, last_saved)
         if last_saved != step:
           save(step)
         ckpts.wait()
@@ -291,7 +301,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # -------------------------------------------------------------- Final results and export
     if results is None:
       results = run_eval(total_steps)
-      save(total_steps, results)
+      if last_saved != total_steps:  # not when resumed from the final checkpoint: it exists
+        save(total_steps, results)
     ckpts.wait()
     ckpts.close()
     export = os.path.join(workdir, evaluate_lib.EXPORT_DIR)
