@@ -18,12 +18,6 @@ from absl import app
 from absl import flags
 import numpy as np
 
-_CONFIG = flags.DEFINE_string('config', None, 'Config file with a `fold` arg.', required=True)
-_CONFIG_ARG = flags.DEFINE_string('config_arg', '', "Other config args, e.g. 'method=aim'.")
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Parent directory of the folds.', required=True)
-_FOLDS = flags.DEFINE_list('folds', ['1', '2', '3', '4', '5'], 'Folds to run.')
-
-
 def load_config(path: str, arg: str):
   spec = importlib.util.spec_from_file_location('kfold_config', path)
   module = importlib.util.module_from_spec(spec)
@@ -66,8 +60,14 @@ def run(config_path: str, config_arg: str, workdir: str, folds: Sequence[int]) -
 
 def main(argv) -> None:
   del argv
-  run(_CONFIG.value, _CONFIG_ARG.value, _WORKDIR.value, [int(f) for f in _FOLDS.value])
+  f = flags.FLAGS
+  run(f.config, f.config_arg, f.workdir, [int(k) for k in f.folds])
 
 
 if __name__ == '__main__':
+  # Flags only when run as a program: importing this module (tests, other drivers) defines none.
+  flags.DEFINE_string('config', None, 'Config file with a `fold` arg.', required=True)
+  flags.DEFINE_string('config_arg', '', "Other config args, e.g. 'method=aim'.")
+  flags.DEFINE_string('workdir', None, 'Parent directory of the folds.', required=True)
+  flags.DEFINE_list('folds', ['1', '2', '3', '4', '5'], 'Folds to run.')
   app.run(main)

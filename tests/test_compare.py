@@ -46,11 +46,13 @@ def row(method, params, uar, pair, std=0.01):
 
 def test_findings_check_each_claim_against_its_target():
   rows = [row('linear_probe', 700, 0.70, 0.52), row('full_finetune', 500_000, 0.96, 0.95),
+          row('st_adapter', 40_000, 0.90, 0.99), row('aim', 58_000, 0.95, 0.99),
           row('fe_adapter', 44_000, 0.955, 0.97)]
   text = compare.findings(rows)
   assert 'meets the 90% target' in text and 'misses' not in text
   assert 'near chance' in text and 'within the 10% target' in text
   assert 'within seed noise of full fine-tuning' in text
+  assert 'AIM does best, 95.0 +- 1.0% with 1.32x' in text and 'within seed noise of it' in text
   rows = [row('linear_probe', 700, 0.70, 0.75), row('full_finetune', 500_000, 0.99, 0.99),
           row('fe_adapter', 60_000, 0.85, 0.80)]
   text = compare.findings(rows)

@@ -44,8 +44,8 @@ import matplotlib.transforms
 import ml_collections
 import numpy as np
 import tensorflow as tf
+from tensorflow.core.util import event_pb2
 
-from feadapter_jax import evaluate as evaluate_lib
 from feadapter_jax import models
 from feadapter_jax import train
 from feadapter_jax.data import synthfer
@@ -62,6 +62,7 @@ LABELS = {
 TABLE_FILE = 'results.md'
 FIGURE_FILE = 'accuracy_vs_params.png'
 IMAGE_DIR = 'image'
+REQUEST_FILE = 'compare_config.json'
 # What the comparison is expected to show (results.md says whether the numbers do).
 TARGET_UAR = 0.9
 TARGET_PAIR = 0.9
@@ -134,7 +135,8 @@ def clips_per_second(run_dir: str, batch_size: int) -> float:
   """`batch_size` x the median logged steps/s over the run's event files (NaN if none)."""
   steps_per_s = []
   for path in glob.glob(os.path.join(run_dir, 'events.out.tfevents.*')):
-    for event in tf.compat.v1.train.summary_iterator(path):
+    for record in tf.data.TFRecordDataset(path):
+      event = event_pb2.Event.FromString(record.numpy())
       steps_per_s += [float(tf.make_ndarray(v.tensor)) for v in event.summary.value
                       if v.tag == 'steps_per_sec']
   return batch_size * float(np.median(steps_per_s)) if steps_per_s else float('nan')
@@ -200,13 +202,19 @@ def train_or_read(config: ml_collections.ConfigDict, run_dir: str) -> dict[str, 
   Raises:
     ValueError: run_dir holds a run of another config (a changed budget, override or arg).
   """
-  saved = os.path.join(run_dir, evaluate_lib.CONFIG_FILE)
-  if os.path.exists(saved):
-    with open(saved) as f:
-      if json.load(f) != json.loads(config.to_json_best_effort()):
+  # The config as this comparison asks for it (the trainer's own config.json rewrites paths).
+  requested = os.path.join(run_dir, REQUEST_FILE)
+  wanted = json.loads(config.to_json_best_effort())
+  if os.path.exists(requested):
+    with open(requested) as f:
+      if json.load(f) != wanted:
         raise ValueError(f'{run_dir} holds a run of another config than this comparison\'s '
-                         f'(compare {saved}): rerun with the flags it was started with, or use '
-                         'a new --workdir.')
+                         f'(compare {requested}): rerun with the flags it was started with, or '
+                         'use a new --workdir.')
+  else:
+    os.makedirs(run_dir, exist_ok=True)
+    with open(requested, 'w') as f:
+      json.dump(wanted, f, indent=2)
   done = os.path.join(run_dir, train.RESULTS_FILE)
   if not os.path.exists(done):
     print(f'== {config.method} seed {config.seed} -> {run_dir}', flush=True)
@@ -306,10 +314,21 @@ def per_seed_table(runs: dict[str, list[dict[str, Any]]], seeds: Sequence[int]) 
   return '\n'.join(lines)
 
 
+def _versus(a: Row, b: Row) -> tuple[float, float, str]:
+  """(UAR of a - UAR of b, the seed std of that difference, 'above' | 'within seed noise of' |
+  'below')."""
+  diff = a.uar[0] - b.uar[0]
+  noise = float(np.hypot(a.uar[1], b.uar[1]))
+  verdict = 'above' if diff > noise else 'within seed noise of' if diff >= -noise else 'below'
+  return diff, noise, verdict
+
+
 def findings(rows: Sequence[Row]) -> str:
   """What the numbers show, sentence by sentence, each claim checked against its target."""
   by = {r.method: r for r in rows}
   pair = ' vs '.join(synthfer.TIME_REVERSED_PAIR)
+  num_classes = len(synthfer.CLASS_NAMES)
+  ceiling = f'{num_classes - 1}/{num_classes} = {100 * (1 - 1 / num_classes):.1f}%'
   out = []
   fe = by.get('fe_adapter')
   if fe:
@@ -323,24 +342,38 @@ def findings(rows: Sequence[Row]) -> str:
   if lp:
     near = abs(lp.pair[0] - PAIR_CHANCE) <= PAIR_CHANCE_TOLERANCE
     why = ', as their frames, taken as a set, have the same distribution' if near else ''
-    num_classes = len(synthfer.CLASS_NAMES)
     out.append(f'The linear probe, which averages the frozen image features over frames, '
                f'gets {_pct(lp.pair)}% on that pair: {"near" if near else "not near"} chance '
                f'({100 * PAIR_CHANCE:.0f}% +- {100 * PAIR_CHANCE_TOLERANCE:.0f}){why}; its UAR '
-               f'is {_pct(lp.uar)}%, where a model blind to time tops out at '
-               f'{num_classes - 1}/{num_classes} = {100 * (1 - 1 / num_classes):.1f}%.')
+               f'is {_pct(lp.uar)}%, where a model blind to time tops out at {ceiling}.')
   full = by.get('full_finetune')
   if fe and full:
-    diff = fe.uar[0] - full.uar[0]
-    noise = float(np.hypot(fe.uar[1], full.uar[1]))
-    verdict = ('above' if diff > noise else
-               'within seed noise of' if abs(diff) <= noise else 'below')
+    diff, noise, verdict = _versus(fe, full)
     small = fe.fraction_of_full <= MAX_FRACTION_OF_FULL
     out.append(f'FE-Adapter trains {100 * fe.fraction_of_full:.2f}% of the parameters full '
                f'fine-tuning trains ({"within" if small else "over"} the '
                f'{100 * MAX_FRACTION_OF_FULL:.0f}% target) and its UAR is '
                f'{100 * diff:+.1f} points from full fine-tuning\'s, against a seed std of the '
-               f'difference of {100 * noise:.1f} points: {verdict} full fine-tuning.')
+               f'difference of {100 * noise:.1f} points: {verdict} full fine-tuning, which '
+               f'also processes frames one by one and is bound by the same {ceiling}.')
+  peers = [by[m] for m in ('st_adapter', 'aim') if m in by]
+  if fe and peers:
+    best = max(peers, key=lambda r: r.uar[0])
+    diff, noise, verdict = _versus(fe, best)
+    out.append(f'Of the other adapters, {LABELS[best.method]} does best, {_pct(best.uar)}% '
+               f'with {best.trainable_params / fe.trainable_params:.2f}x FE-Adapter\'s trainable '
+               f'parameters: FE-Adapter is {verdict} it ({100 * diff:+.1f} points, seed std '
+               f'{100 * noise:.1f}).')
+  if fe and full:
+    speed = (f'FE-Adapter trains at {fe.clips_per_s:.0f} clips/s, '
+             f'{fe.clips_per_s / full.clips_per_s:.2f}x full fine-tuning\'s '
+             f'{full.clips_per_s:.0f}')
+    st = by.get('st_adapter')
+    if st and fe.clips_per_s < st.clips_per_s:
+      speed += (f', and {fe.clips_per_s / st.clips_per_s:.2f}x ST-Adapter\'s '
+                f'{st.clips_per_s:.0f} (same place in the block, a fixed temporal conv): its '
+                'per-location dynamic dilated 3D conv costs compute, not parameters')
+    out.append(speed + '.')
   return ' '.join(out)
 
 
