@@ -147,3 +147,40 @@ def test_temporal_adapters_see_frame_order_and_the_image_model_does_not(name):
     np.testing.assert_allclose(forward, backward, atol=1e-5)
   else:
     assert not np.allclose(forward, backward, atol=1e-4)
+
+
+@pytest.mark.parametrize('features,kernel,dilation,depthwise', [
+    (6, (3, 3, 3), (1, 1, 1), True),     # the fixed conv
+    (6, (3, 1, 1), (2, 1, 1), True),     # ST-Adapter's, dilated
+    (18, (1, 3, 3), (1, 2, 1), True),    # the dynamic conv's taps: 3 copies per channel
+    (2, (3, 1, 1), (1, 1, 1), False),    # the dilation predictor
+    (4, (3, 3, 1), (1, 1, 1), False)])
+def test_shift_conv_equals_nn_conv_values_and_gradients(features, kernel, dilation, depthwise):
+  x = jax.random.normal(jax.random.key(1), (2, 5, 4, 3, 6))
+  ours = adapters.ShiftConv3D(features, kernel, dilation, depthwise=depthwise)
+  ref = nn.Conv(features, kernel, kernel_dilation=dilation, padding='SAME',
+                feature_group_count=6 if depthwise else 1)
+  params = ref.init(jax.random.key(0), x)
+  assert jax.tree.map(jnp.shape, ours.init(jax.random.key(0), x)) == jax.tree.map(
+      jnp.shape, params)
+  params = jax.tree.map(lambda p: p + 0.1, params)  # a non-zero bias
+  np.testing.assert_allclose(ours.apply(params, x), ref.apply(params, x), atol=1e-5)
+  grad = lambda m: jax.grad(lambda p, x: jnp.sum(jnp.sin(m.apply(p, x))), (0, 1))(params, x)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4), grad(ours), grad(ref))
+
+
+def test_dynamic_reads_hand_written_gradient_equals_autodiff_of_the_general_path():
+  x = jax.random.normal(jax.random.key(1), (2, 6, 4, 4, 3))
+  fast = adapters.DynamicDilatedConv3D(max_dilation=2.5)
+  general = adapters.DynamicDilatedConv3D(max_dilation=2.5, force_general=True)
+  params = fast.init(jax.random.key(0), x)['params']
+  # Spread dilations over (0, 2.5], fractional, some capped.
+  params['dilation']['kernel'] = 0.8 * jax.random.normal(jax.random.key(2),
+                                                          params['dilation']['kernel'].shape)
+  to_general = lambda p: {**p, 'taps': p['taps']['kernel']}  # noqa: E731
+  loss = lambda m, p, x: jnp.sum(jnp.sin(3 * m.apply({'params': p}, x)))  # noqa: E731
+  g_fast = jax.grad(lambda p, x: loss(fast, p, x), (0, 1))(params, x)
+  g_general = jax.grad(lambda p, x: loss(general, to_general(p), x), (0, 1))(params, x)
+  assert float(jnp.abs(g_fast[0]['dilation']['kernel']).sum()) > 1e-2
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+               g_fast, g_general)

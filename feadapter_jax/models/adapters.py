@@ -19,6 +19,7 @@ folded the `t` frames into the batch, and the patch tokens form an `(h, w)` grid
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import math
 from typing import Any, Mapping, Sequence
@@ -117,7 +118,8 @@ def _shift(x: jax.Array, offset: int, axis: int) -> jax.Array:
   return jax.lax.slice_in_dim(jnp.pad(x, pad), start, start + n, axis=axis)
 
 
-def _interp_reads(offset: jax.Array, lo: float, hi: float) -> list[tuple[int, jax.Array]]:
+def _interp_reads(offset: jax.Array, shifts: Sequence[int], slope: bool = False
+                  ) -> list[tuple[int, jax.Array]]:
   """Linear interpolation at a fractional per-location offset, as weighted integer shifts.
 
   Reading f at i + offset equals the sum over integers m of w_m * f[i + m], with
@@ -126,17 +128,17 @@ def _interp_reads(offset: jax.Array, lo: float, hi: float) -> list[tuple[int, ja
   offset exists at integer offsets, where the zero-initialised predictor starts.
 
   Args:
-    offset: per-location offsets, any shape, within [lo, hi].
-    lo: lower bound of the offsets.
-    hi: upper bound of the offsets. The bounds fix the static set of shifts read.
+    offset: per-location offsets, any shape, within [min(shifts), max(shifts)].
+    shifts: the integer shifts that may be read (a static range covering the offsets).
+    slope: return d w_m / d offset instead (-1 at floor(offset), +1 at floor(offset) + 1).
 
   Returns:
     (m, weight) pairs, weights shaped like `offset`.
   """
   base = jax.lax.stop_gradient(jnp.floor(offset))
-  frac = offset - base
-  return [(m, jnp.where(base == m, 1.0 - frac, 0.0) + jnp.where(base + 1 == m, frac, 0.0))
-          for m in range(math.floor(lo), math.ceil(hi) + 1)]
+  lower, upper = (-1.0, 1.0) if slope else (1.0 - (offset - base), offset - base)
+  return [(m, jnp.where(base == m, lower, 0.0) + jnp.where(base + 1 == m, upper, 0.0))
+          for m in shifts]
 
 
 def _tap_reads(k: int, dilation: jax.Array | int, max_dilation: float):
@@ -144,7 +146,132 @@ def _tap_reads(k: int, dilation: jax.Array | int, max_dilation: float):
   if isinstance(dilation, int):
     return [(k * dilation, 1.0)]
   lo, hi = sorted((0.0, k * max_dilation))
-  return _interp_reads(k * dilation, lo, hi)
+  return _interp_reads(k * dilation, range(math.floor(lo), math.ceil(hi) + 1))
+
+
+def _temporal_shifts(x: jax.Array, shifts: Sequence[int]) -> dict[int, jax.Array]:
+  """{m: x shifted by m along time (axis 1), zero outside}: one pad, one slice per shift."""
+  lo, hi = min(0, *shifts), max(0, *shifts)
+  padded = jnp.pad(x, [(0, 0), (-lo, hi), *((0, 0),) * (x.ndim - 2)])
+  return {m: jax.lax.slice_in_dim(padded, m - lo, m - lo + x.shape[1], axis=1) for m in shifts}
+
+
+def _reads_per_tap(kt: int, max_dilation: float) -> list[tuple[int, list[int]]]:
+  """(k, the integer shifts its reads may touch) for every temporal tap k, k = -(kt//2)..kt//2."""
+  out = []
+  for k in range(-(kt // 2), kt // 2 + 1):
+    lo, hi = sorted((0.0, k * max_dilation))
+    out.append((k, list(range(math.floor(lo), math.ceil(hi) + 1)) if k else [0]))
+  return out
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def dynamic_temporal_reads(taps: jax.Array, d: jax.Array, max_dilation: float) -> jax.Array:
+  """y(t) = sum_k taps_k(t + k d(t)), each read interpolated linearly along time.
+
+  Args:
+    taps: `(kt, b, t, h, w, c)`, one map per temporal tap k = -(kt//2)..kt//2.
+    d: `(b, t, h, w, 1)` dilation per location, in (0, max_dilation].
+    max_dilation: bounds the static set of shifts read.
+
+  Returns:
+    `(b, t, h, w, c)`. The backward pass is written out (shifted weighted sums, one reduction
+    over channels for d): XLA's transpose of the forward's pads and slices ran ~10x slower.
+  """
+  y = 0.0
+  for j, (k, shifts) in enumerate(_reads_per_tap(taps.shape[0], max_dilation)):
+    moved = _temporal_shifts(taps[j], shifts)
+    y += taps[j] if not k else sum(w * moved[m] for m, w in _interp_reads(k * d, shifts))
+  return y
+
+
+def _reads_fwd(taps, d, max_dilation):
+  return dynamic_temporal_reads(taps, d, max_dilation), (taps, d)
+
+
+def _reads_bwd(max_dilation, residuals, g):
+  taps, d = residuals
+  g_taps, g_d = [], 0.0
+  for j, (k, shifts) in enumerate(_reads_per_tap(taps.shape[0], max_dilation)):
+    if not k:
+      g_taps.append(g)
+      continue
+    # Adjoint of "w_m * shift(x, m)": shift(w_m * g, -m).
+    weights = dict(_interp_reads(k * d, shifts))
+    back = _temporal_shifts(g, [-m for m in shifts])
+    back_w = {m: _temporal_shifts(weights[m], [-m])[-m] for m in shifts}
+    g_taps.append(sum(back_w[m] * back[-m] for m in shifts))
+    # d(read)/d(offset) = next sample minus this one; d(offset)/d(d) = k. Channels are
+    # contracted per shift first (one einsum: ~4x faster on CPU than reducing the sum).
+    moved = _temporal_shifts(taps[j], shifts)
+    dots = jnp.einsum('bthwmc,bthwc->bthwm', jnp.stack([moved[m] for m in shifts], -2), g)
+    slopes = jnp.concatenate([a for _, a in _interp_reads(k * d, shifts, slope=True)], -1)
+    g_d += k * jnp.sum(slopes * dots, axis=-1, keepdims=True)
+  return jnp.stack(g_taps).astype(taps.dtype), jnp.asarray(g_d, d.dtype)
+
+
+dynamic_temporal_reads.defvjp(_reads_fwd, _reads_bwd)
+
+
+def _tap_views(x: jax.Array, kernel_size: Sequence[int], dilation: Sequence[int]):
+  """(tap index, view) for every tap of a 'SAME' 3-D kernel: x shifted by the tap's offset.
+
+  x: `(b, t, h, w, ...)`; views have x's shape, zero where the tap reads outside.
+  """
+  pads = [(k // 2) * d for k, d in zip(kernel_size, dilation)]
+  padded = jnp.pad(x, [(0, 0), *((p, p) for p in pads), *((0, 0),) * (x.ndim - 4)])
+  for tap in itertools.product(*(range(k) for k in kernel_size)):
+    start = (0, *(j * d for j, d in zip(tap, dilation)), *(0,) * (x.ndim - 4))
+    yield tap, jax.lax.slice(padded, start, tuple(s + n for s, n in zip(start, x.shape)))
+
+
+class ShiftConv3D(nn.Module):
+  """A 3-D conv ('SAME', zero padding) computed as one shifted read per tap.
+
+  Parameters are `nn.Conv`'s (names, shapes, init), so checkpoints and converters are shared.
+  Depthwise (`depthwise=True`, `features` = m x the input channels c; output channel `i m + j`
+  is copy j of channel i, as `feature_group_count=c`): each tap scales a shifted view. Dense:
+  one matmul maps the channels to every tap's outputs, which are shifted and summed. XLA fuses
+  either into a few loops; its CPU conv kernels ran 10-100x slower at the adapters' shapes
+  (depthwise and grouped 3-D convs; `benchmarks/train_step.py`, docs/performance.md).
+
+  Input `(b, t, h, w, c)`; output `(b, t, h, w, features)`, or `(m, b, t, h, w, c)` with
+  `split_multiplier` (depthwise only: copy j of every channel in slice j).
+  """
+  features: int
+  kernel_size: tuple[int, int, int]
+  kernel_dilation: tuple[int, int, int] = (1, 1, 1)
+  depthwise: bool = False
+  split_multiplier: bool = False
+  use_bias: bool = True
+  kernel_init: Any = nn.initializers.lecun_normal()
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    c = x.shape[-1]
+    _check(not self.depthwise or self.features % c == 0,
+           f'a depthwise conv needs features ({self.features}) a multiple of channels ({c})')
+    _check(self.depthwise or not self.split_multiplier, 'split_multiplier needs depthwise')
+    kernel = self.param('kernel', self.kernel_init,
+                        (*self.kernel_size, 1 if self.depthwise else c, self.features))
+    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+    bias = (self.param('bias', nn.initializers.zeros, (self.features,)).astype(self.dtype)
+            if self.use_bias else jnp.zeros((self.features,), self.dtype))
+    if not self.depthwise:
+      taps = math.prod(self.kernel_size)
+      per_tap = einops.rearrange(kernel, 't h w c f -> c (t h w f)')
+      maps = (x @ per_tap).reshape(*x.shape[:-1], taps, self.features)
+      views = _tap_views(maps, self.kernel_size, self.kernel_dilation)
+      return sum(view[..., i, :] for i, (_, view) in enumerate(views)) + bias
+    m = self.features // c
+    kernel = kernel.reshape(*self.kernel_size, c, m)
+    # One loop per copy j, each reading every tap: copies stay in separate arrays, which XLA
+    # differentiates far faster than an interleaved (c m) channel axis.
+    views = list(_tap_views(x, self.kernel_size, self.kernel_dilation))
+    y = jnp.stack([sum(view * kernel[tap][:, j] for tap, view in views) for j in range(m)])
+    y += einops.rearrange(bias, '(c m) -> m 1 1 1 1 c', m=m)
+    return y if self.split_multiplier else einops.rearrange(y, 'm b t h w c -> b t h w (c m)')
 
 
 class DynamicDilatedConv3D(nn.Module):
@@ -170,8 +297,8 @@ class DynamicDilatedConv3D(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     c = x.shape[-1]
     axes = [a for a in AXES if a in self.dynamic_axes]
-    z = nn.Conv(len(axes), self.predictor_kernel, padding='SAME', dtype=self.dtype,
-                kernel_init=nn.initializers.zeros, name='dilation')(x)
+    z = ShiftConv3D(len(axes), self.predictor_kernel, dtype=self.dtype,
+                    kernel_init=nn.initializers.zeros, name='dilation')(x)
     # Capped so every tap stays inside the static set of shifts read.
     factor = nn.elu(z.astype(jnp.float32)) + 1.0
     dyn = {a: jnp.minimum(factor[..., i:i + 1] * self.dilation[AXES.index(a)], self.max_dilation)
@@ -191,18 +318,10 @@ class DynamicDilatedConv3D(nn.Module):
     """Factorised path: spatial depthwise conv per temporal tap, then dynamic temporal reads."""
     kt, kh, kw = self.kernel_size
     c = x.shape[-1]
-    spatial = nn.Conv(c * kt, (1, kh, kw), kernel_dilation=(1, *self.dilation[1:]),
-                      padding='SAME', feature_group_count=c, use_bias=False, dtype=self.dtype,
-                      name='taps')(x)
-    spatial = einops.rearrange(spatial, 'b t h w (c k) -> k b t h w c', k=kt)
-    y = jnp.zeros(x.shape, jnp.float32)
-    for j, k in enumerate(self._taps(0)):
-      if k == 0:
-        y += spatial[j]
-        continue
-      for m, w in _tap_reads(k, d_t, self.max_dilation):
-        y += w * _shift(spatial[j], m, axis=1)
-    return y
+    spatial = ShiftConv3D(c * kt, (1, kh, kw), (1, *self.dilation[1:]), depthwise=True,
+                          split_multiplier=True, use_bias=False, dtype=self.dtype,
+                          name='taps')(x)  # (k b t h w c)
+    return dynamic_temporal_reads(spatial, d_t, self.max_dilation)
 
   def _general(self, x: jax.Array, dyn: dict[str, jax.Array]) -> jax.Array:
     """Any dynamic axes: every tap reads x at its scaled offset, interpolated per axis."""
@@ -242,9 +361,8 @@ class MultiBranchConv3D(nn.Module):
     gates = jax.nn.softmax(gates.astype(jnp.float32), axis=-1)  # (b, branches)
     y = 0.0
     for i, d in enumerate(self.branch_dilations):
-      branch = nn.Conv(c, self.kernel_size, kernel_dilation=(d, *self.dilation[1:]),
-                       padding='SAME', feature_group_count=c, dtype=self.dtype,
-                       name=f'branch_{i}')(x)
+      branch = ShiftConv3D(c, self.kernel_size, (d, *self.dilation[1:]), depthwise=True,
+                           dtype=self.dtype, name=f'branch_{i}')(x)
       y += gates[:, i, None, None, None, None] * branch
     return y.astype(self.dtype)
 
@@ -287,9 +405,8 @@ class TokenAdapter(nn.Module):
       return MultiBranchConv3D(cfg.kernel_size, cfg.dilation, cfg.branch_dilations,
                                dtype=self.dtype, name='conv')
     init = nn.initializers.zeros if cfg.zero_init == 'conv' else nn.initializers.lecun_normal()
-    return nn.Conv(cfg.width, cfg.kernel_size, kernel_dilation=cfg.dilation, padding='SAME',
-                   feature_group_count=cfg.width, kernel_init=init, dtype=self.dtype,
-                   name='conv')
+    return ShiftConv3D(cfg.width, cfg.kernel_size, cfg.dilation, depthwise=True,
+                       kernel_init=init, dtype=self.dtype, name='conv')
 
 
 class Bottleneck(nn.Module):
