@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from feadapter_jax import models, partition
+from feadapter_jax.models import vit
 from tests.tiny import tiny
 
 
@@ -70,3 +71,13 @@ def test_stochastic_depth_is_per_sample_and_off_at_eval():
   np.testing.assert_array_equal(eval_a, model.apply({'params': params}, clip))
   train = model.apply({'params': params}, clip, train=True, rngs={'dropout': jax.random.key(2)})
   assert not np.allclose(train, eval_a, atol=1e-4)
+
+
+def test_cpu_attention_equals_fused_dot_product_attention():
+  x = jax.random.normal(jax.random.key(0), (2, 5, 12))
+  explicit, fused = vit.Attention(3, fused=False), vit.Attention(3, fused=True)
+  params = explicit.init(jax.random.key(1), x)
+  np.testing.assert_allclose(explicit.apply(params, 4 * x), fused.apply(params, 4 * x),
+                             atol=1e-5)
+  grad = lambda m: jax.grad(lambda x: jnp.sum(jnp.sin(m.apply(params, 4 * x))))(x)  # noqa: E731
+  np.testing.assert_allclose(grad(explicit), grad(fused), atol=1e-5)

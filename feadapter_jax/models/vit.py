@@ -49,18 +49,33 @@ def gelu(x: jax.Array) -> jax.Array:
 
 
 class Attention(nn.Module):
-  """Multi-head self-attention with a fused qkv projection. `(b, n, d) -> (b, n, d)`."""
+  """Multi-head self-attention with a fused qkv projection. `(b, n, d) -> (b, n, d)`.
+
+  `fused`: `jax.nn.dot_product_attention` (cuDNN flash attention on GPU); None picks it
+  everywhere but on CPU, where the explicit form below trains a ViT-B block ~1.4x faster
+  (heads-major layout for XLA's batched matmuls, softmax normalised after the value product).
+  """
   num_heads: int
+  fused: bool | None = None
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     d = x.shape[-1]
     qkv = nn.Dense(3 * d, dtype=self.dtype, name='qkv')(x)
-    q, k, v = einops.rearrange(qkv, 'b n (three h e) -> three b n h e', three=3,
-                               h=self.num_heads)
-    y = jax.nn.dot_product_attention(q, k, v)
-    y = einops.rearrange(y, 'b n h e -> b n (h e)')
+    fused = jax.default_backend() != 'cpu' if self.fused is None else self.fused
+    if fused:
+      q, k, v = einops.rearrange(qkv, 'b n (three h e) -> three b n h e', three=3,
+                                 h=self.num_heads)
+      y = einops.rearrange(jax.nn.dot_product_attention(q, k, v), 'b n h e -> b n (h e)')
+    else:
+      q, k, v = einops.rearrange(qkv, 'b n (three h e) -> three b h n e', three=3,
+                                 h=self.num_heads)
+      logits = jnp.einsum('bhqe,bhke->bhqk', q * q.shape[-1] ** -0.5, k)
+      logits = logits.astype(jnp.float32)
+      p = jnp.exp(logits - jax.lax.stop_gradient(logits.max(-1, keepdims=True)))
+      y = jnp.einsum('bhqk,bhke->bhqe', p.astype(v.dtype), v) / p.sum(-1, keepdims=True)
+      y = einops.rearrange(y.astype(self.dtype), 'b h n e -> b n (h e)')
     return nn.Dense(d, dtype=self.dtype, name='proj')(y)
 
 
