@@ -12,11 +12,14 @@ backbone by requires_grad=False, AdamW on the trainable parameters, eager, on as
 as JAX uses); `remat` variants of fe_adapter and full_finetune; fe_adapter with conv='fixed'
 (same width, 3x3x3) for the dynamic dilation's share.
 
-Speed: ONE child process builds every step (JAX and PyTorch), then runs rounds; a round measures
-the matmul peak (square `jnp.dot` and `torch.mm`, n = 2048 and 4096) and steps every method once.
-A figure is its best round, so on a shared machine the ratios (vs the peak, vs PyTorch, between
-methods) compare samples taken under the same load. Memory: one child process per row builds,
-compiles, resets the RSS high-water mark and runs one step; its peak RSS is that row's.
+Each spec (a method in one framework) runs alone in its own child process: build and compile,
+warm-up steps, timed steps, then the float32 matmul peak of its framework (square `jnp.dot` or
+`torch.mm`, n = 2048 and 4096). A round runs every spec's process in turn (the order alternates
+between rounds); a step time is its best over rounds and the machine's peak the best of all
+peaks, so on a shared machine the ratios compare samples taken minutes apart in one run. One
+process per spec because a process holding every model ran JAX steps up to 1.7x slower (memory
+and the frameworks' thread pools interfere). Peak memory: the process's RSS high-water mark over
+its first timed step (reset just before it), so model, optimizer state and one step's buffers.
 
 Model FLOPs are counted analytically (`common.analytic_flops`: matmuls and convs, 2 FLOP per
 multiply-add, the unit of the matmul peak, forward + the backward a step really needs); XLA's
@@ -42,9 +45,9 @@ from benchmarks import common  # pylint: disable=g-import-not-at-top
 METHODS = ('fe_adapter', 'st_adapter', 'aim', 'linear_probe', 'full_finetune')
 REMAT_METHODS = ('fe_adapter', 'full_finetune')
 SIZES = {
-    # clips per step, frames per clip; default rounds: warm-up, timed (and a time cap).
-    'base': dict(batch=1, frames=16, warmup=1, steps=2, max_seconds=900.0),
-    'tiny': dict(batch=32, frames=8, warmup=2, steps=5, max_seconds=120.0),
+    # clips per step, frames per clip; processes per spec; steps per process (and a cap).
+    'base': dict(batch=1, frames=16, rounds=2, warmup=1, steps=1, max_seconds=900.0),
+    'tiny': dict(batch=32, frames=8, rounds=2, warmup=2, steps=4, max_seconds=120.0),
 }
 MARK = 'RESULT_JSON '
 
@@ -99,8 +102,13 @@ def _report(result: dict) -> None:
   print(MARK + json.dumps(result), flush=True)
 
 
-def _build_jax(sp: dict, compiler_options: dict | None) -> dict:
-  """The trainer's model, optimizer and jitted (donating) train step for `sp`, compiled."""
+def build_jax(sp: dict, compiler_options: dict | None, with_hlo: bool = False
+              ) -> tuple[dict, Any]:
+  """The trainer's model, optimizer and jitted (donating) train step for `sp`, compiled.
+
+  Returns (facts: compile time, XLA FLOPs and temp bytes, the HLO text if `with_hlo`; a
+  function that runs one step and blocks).
+  """
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
@@ -134,6 +142,8 @@ def _build_jax(sp: dict, compiler_options: dict | None) -> dict:
   memory = compiled.memory_analysis()
   run = dict(compile_s=compile_s, xla_flops=float(cost['flops']), forward_flops=forward_flops,
              temp_bytes=int(getattr(memory, 'temp_size_in_bytes', 0) or 0))
+  if with_hlo:
+    run['hlo'] = compiled.as_text()
   box = {'state': state}
 
   def step_fn():
@@ -163,58 +173,42 @@ def _build_torch(sp: dict) -> tuple[dict, Any]:
 
 
 def _build(sp: dict, compiler_options: dict | None):
-  return _build_jax(sp, compiler_options) if sp['framework'] == 'jax' else _build_torch(sp)
+  return build_jax(sp, compiler_options) if sp['framework'] == 'jax' else _build_torch(sp)
 
 
-def time_child(specs: list[dict], warmup: int, steps: int, max_seconds: float,
-               peak_sizes: list[int], compiler_options: dict | None) -> dict:
-  """Builds every spec in this one process, then times them in rounds.
+def spec_child(sp: dict, warmup: int, steps: int, max_seconds: float, peak_sizes: list[int],
+               compiler_options: dict | None) -> dict:
+  """One spec alone in this process: build, warm up, time steps, then its framework's peak.
 
-  A round measures the matmul peak (jnp.dot and torch.mm) and steps every spec once, so all
-  figures of a round share the machine's state: on a shared machine the ratios hold even when
-  the absolute numbers move. A step's time is its best round.
+  Peak memory is the RSS high-water mark of the first timed step (reset just before it), so it
+  holds the model, optimizer state and that step's buffers, not the build's transients.
   """
-  frameworks = {sp['framework'] for sp in specs}
-  if 'pytorch' in frameworks:
-    import torch  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
-  built = [_build(sp, compiler_options) for sp in specs]
-  runs = [dict(run, label=sp['label'], times=[]) for sp, (run, _) in zip(specs, built)]
-  peaks: dict[str, list[float]] = {'jax': [], 'pytorch': []}
-
-  def one_round(timed: bool) -> None:
-    if timed:
-      peaks['jax'].append(common.jax_matmul_peak(peak_sizes, repeats=2)['gflops'])
-      if 'pytorch' in frameworks:
-        peaks['pytorch'].append(common.torch_matmul_peak(peak_sizes, repeats=2,
-                                                         threads=common.cores())['gflops'])
-    for run, (_, step_fn) in zip(runs, built):
-      start = time.perf_counter()
-      step_fn()
-      if timed:
-        run['times'].append(time.perf_counter() - start)
-
+  baseline = common.rss_bytes()
+  run, step_fn = _build(sp, compiler_options)
   for _ in range(warmup):
-    one_round(timed=False)
+    step_fn()
+  run['times'] = []
   started = time.perf_counter()
-  for _ in range(steps):
-    one_round(timed=True)
+  for i in range(steps):
+    if i == 1:
+      run['peak_memory_bytes'] = common.peak_rss_bytes()
+    if i == 0:
+      common.reset_peak_rss()
+    start = time.perf_counter()
+    step_fn()
+    run['times'].append(time.perf_counter() - start)
     if time.perf_counter() - started > max_seconds:
       break
-  return {'runs': runs, 'peaks': peaks}
-
-
-def memory_child(sp: dict, compiler_options: dict | None) -> dict:
-  """Peak RSS of one step of one spec, alone in this process, after building (and compiling)."""
-  baseline = common.rss_bytes()
-  _, step_fn = _build(sp, compiler_options)
-  common.reset_peak_rss()
-  step_fn()
-  return {'baseline_rss_bytes': baseline, 'peak_memory_bytes': common.peak_rss_bytes()}
+  run.setdefault('peak_memory_bytes', common.peak_rss_bytes())
+  run['baseline_rss_bytes'] = baseline
+  peak = common.jax_matmul_peak if sp['framework'] == 'jax' else common.torch_matmul_peak
+  run['peak_gflops'] = peak(peak_sizes, repeats=3)['gflops']
+  return run
 
 
 # ------------------------------------------------------------------------------ parent
 
-def row(sp: dict, run: dict, memory: dict | None, peak_gflops: float) -> dict:
+def row(sp: dict, run: dict, peak_gflops: float) -> dict:
   flops = common.analytic_flops(sp['model'], sp['frames'], sp['trainable'])
   best = min(run['times'])
   model_flops = flops['train']  # per clip
@@ -235,8 +229,8 @@ def row(sp: dict, run: dict, memory: dict | None, peak_gflops: float) -> dict:
                                      if run.get('forward_flops') else None),
       'achieved_flops_per_s': achieved,
       'utilisation': achieved / (peak_gflops * 1e9),
-      'peak_memory_bytes': memory['peak_memory_bytes'] if memory else None,
-      'baseline_rss_bytes': memory['baseline_rss_bytes'] if memory else None,
+      'peak_memory_bytes': run['peak_memory_bytes'],
+      'baseline_rss_bytes': run['baseline_rss_bytes'],
       'xla_temp_bytes': run['temp_bytes'],
       'compile_s': run['compile_s'],
   }
@@ -251,9 +245,9 @@ def print_report(size: str, machine: dict, rows: list[dict], dilation: dict | No
         + ('ViT-B/16, 1 clip of 16 x 224 x 224, 7 classes' if size == 'base' else
            'tiny ViT (configs/synthetic.py TINY_VIT), 32 clips of 8 x 32 x 32'))
   print(f"Machine: {machine['cpu']}, {machine['cores']} cores; float32 matmul peak "
-        f"{machine['peak_gflops']:.0f} GFLOP/s (best round: jnp.dot {machine['jax_peak']:.0f}, "
+        f"{machine['peak_gflops']:.0f} GFLOP/s (best: jnp.dot {machine['jax_peak']:.0f}, "
         f"torch.mm {_fmt(machine['torch_peak'], '.0f')}; square n x n for n in "
-        f"{', '.join(str(n) for n in machine['peak_sizes'])}, measured in every timed round); "
+        f"{', '.join(str(n) for n in machine['peak_sizes'])}, measured after every spec's steps); "
         f"load average at start {machine['load_start'][0]:.2f}, at end "
         f"{machine['load_end'][0]:.2f} (1 min)"
         + (f"; XLA options {machine['xla_options']}" if machine['xla_options'] else '') + '\n')
@@ -271,11 +265,11 @@ def print_report(size: str, machine: dict, rows: list[dict], dilation: dict | No
         common.gib(r['xla_temp_bytes']) if r['xla_temp_bytes'] else 'n/a',
         _fmt(r['compile_s'], '.1f')])
   print(common.markdown_table(headers, table))
-  print('\nAll steps and the peak were timed in one process, round-robin (best round counts), '
-        'so ratios share the machine state. model GFLOP/clip: analytic matmul/conv FLOPs of the '
-        'step (forward + the backward it needs); util. = achieved / matmul peak; peak RSS: a '
-        'separate process per row, one step after building and compiling (high-water mark reset '
-        'before the step); XLA temp: the compiled step\'s scratch buffers.')
+  print('\nEvery spec ran alone in its own process, in turn, for every round (best step counts). '
+        'model GFLOP/clip: analytic matmul/conv FLOPs of the step (forward + the backward it '
+        'needs); util. = achieved / matmul peak; peak RSS: the process\'s high-water mark over '
+        'one step (reset before it: model, optimizer state, the step\'s buffers); XLA temp: the '
+        'compiled step\'s scratch buffers.')
 
   by = {(r['framework'], r['variant']): r for r in rows}
   lines = []
@@ -323,7 +317,7 @@ def print_report(size: str, machine: dict, rows: list[dict], dilation: dict | No
                    f"{b['step_s'] / a['step_s']:.2f}x")
   if dilation:
     lines.append(f"Dynamic dilation: fe_adapter conv=dynamic / conv=fixed step time = "
-                 f"{dilation['ratio']:.3f} (best of {dilation['steps']} alternating steps each: "
+                 f"{dilation['ratio']:.3f} (best of {dilation['steps']} steps each: "
                  f"{dilation['dynamic_s']:.3f} s vs {dilation['fixed_s']:.3f} s; target <= 1.03)")
   print('\n' + '\n'.join(f'- {line}' for line in lines))
 
@@ -344,17 +338,17 @@ def main() -> None:
   parser.add_argument('--size', choices=tuple(SIZES), default='tiny')
   parser.add_argument('--methods', default=','.join(METHODS),
                       help='comma-separated subset of ' + ','.join(METHODS))
+  parser.add_argument('--rounds', type=int, default=None,
+                      help='processes per spec, run in turn over all specs (default per size)')
   parser.add_argument('--warmup', type=int, default=None,
-                      help='untimed rounds (every step once; default per size)')
+                      help='untimed steps per process (default per size)')
   parser.add_argument('--steps', type=int, default=None,
-                      help='timed rounds (every step and the matmul peak once; default per size)')
+                      help='timed steps per process (default per size)')
   parser.add_argument('--max_seconds', type=float, default=None,
-                      help='start no further timed round after this many seconds of them')
+                      help='start no further timed step after this many seconds of them')
   parser.add_argument('--no_torch', action='store_true', help='skip the PyTorch reference')
   parser.add_argument('--no_remat', action='store_true', help='skip the remat rows')
   parser.add_argument('--no_dilation', action='store_true', help='skip dynamic vs fixed conv')
-  parser.add_argument('--no_memory', action='store_true',
-                      help='skip the per-method peak-memory processes')
   parser.add_argument('--json', action='store_true', help='rows as JSON lines')
   parser.add_argument('--peak_sizes', default='2048,4096',
                       help='square matmul sizes for the peak (the best counts)')
@@ -368,6 +362,7 @@ def main() -> None:
   parser.add_argument('--specs', default=None, help=argparse.SUPPRESS)
   args = parser.parse_args()
   size = SIZES[args.size]
+  rounds = size['rounds'] if args.rounds is None else args.rounds
   warmup = size['warmup'] if args.warmup is None else args.warmup
   steps = size['steps'] if args.steps is None else args.steps
   max_seconds = size['max_seconds'] if args.max_seconds is None else args.max_seconds
@@ -375,11 +370,8 @@ def main() -> None:
   compiler_options = _xla_options(args.xla_option)
   peak_sizes = [int(n) for n in args.peak_sizes.split(',')]
   if args.child:  # worker mode
-    specs = json.loads(args.specs)
-    if args.child == 'time':
-      _report(time_child(specs, warmup, steps, max_seconds, peak_sizes, compiler_options))
-    elif args.child == 'memory':
-      _report(memory_child(specs[0], compiler_options))
+    _report(spec_child(json.loads(args.specs), warmup, steps, max_seconds, peak_sizes,
+                       compiler_options))
     return
 
   methods = [m for m in args.methods.split(',') if m]
@@ -403,23 +395,26 @@ def main() -> None:
   if not args.no_torch:
     specs += [{**spec(args.size, m), 'framework': 'pytorch'} for m in methods]
 
-  log(f'load average {load_start}; timing {len(specs)} train steps in one process, '
-      f'{warmup} warm-up + {steps} timed rounds')
-  timed = run_child(['--child', 'time', '--specs', json.dumps(specs), '--warmup', str(warmup),
-                     '--steps', str(steps), '--max_seconds', str(max_seconds),
-                     '--peak_sizes', args.peak_sizes, *options])
-  memory: dict[int, dict] = {}
-  if not args.no_memory:
-    for i, sp in enumerate(specs):
-      if sp['model'].get('adapter', {}).get('conv') == 'fixed' and sp['method'] == 'fe_adapter':
-        continue  # only a speed comparison
-      log(f"peak memory: {sp['framework']} {sp['label']}")
-      memory[i] = run_child(['--child', 'memory', '--specs', json.dumps([sp]), *options])
-  jax_peak = max(timed['peaks']['jax'])
-  torch_peak = max(timed['peaks']['pytorch']) if timed['peaks']['pytorch'] else None
+  log(f'load average {load_start}; {rounds} round(s) over {len(specs)} train steps, each in '
+      f'its own process: {warmup} warm-up + {steps} timed steps, then the matmul peak')
+  runs: list[list[dict]] = [[] for _ in specs]
+  for r in range(rounds):
+    order = list(range(len(specs)))[::(-1) ** r]  # alternate, so no spec always runs first
+    for i in order:
+      log(f"round {r + 1}/{rounds}: {specs[i]['framework']} {specs[i]['label']}")
+      runs[i].append(run_child(['--child', 'spec', '--specs', json.dumps(specs[i]),
+                                '--warmup', str(warmup), '--steps', str(steps),
+                                '--max_seconds', str(max_seconds),
+                                '--peak_sizes', args.peak_sizes, *options]))
+  merged = [dict(rs[0], times=[t for x in rs for t in x['times']],
+                 peak_memory_bytes=min(x['peak_memory_bytes'] for x in rs), label=sp['label'])
+            for sp, rs in zip(specs, runs)]
+  peaks = {f: [x['peak_gflops'] for sp, rs in zip(specs, runs) if sp['framework'] == f
+               for x in rs] for f in ('jax', 'pytorch')}
+  jax_peak = max(peaks['jax'])
+  torch_peak = max(peaks['pytorch']) if peaks['pytorch'] else None
   peak = max(jax_peak, torch_peak or 0.0)
-  rows = [row(sp, run, memory.get(i), peak)
-          for i, (sp, run) in enumerate(zip(specs, timed['runs']))]
+  rows = [row(sp, run, peak) for sp, run in zip(specs, merged)]
   dilation = None
   by = {(r['framework'], r['variant']): r for r in rows}
   dyn, fixed = by.get(('jax', 'fe_adapter')), by.get(('jax', 'fe_adapter conv=fixed'))

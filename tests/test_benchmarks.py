@@ -144,7 +144,7 @@ def test_benchmark_runs_end_to_end_at_tiny_size_with_json():
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
   out = subprocess.run(
       [sys.executable, os.path.join(root, 'benchmarks', 'train_step.py'), '--size', 'tiny',
-       '--methods', 'fe_adapter,linear_probe', '--warmup', '0', '--steps', '1', '--no_remat',
+       '--methods', 'fe_adapter,linear_probe', '--rounds', '1', '--warmup', '0', '--steps', '1', '--no_remat',
        '--peak_sizes', '512', '--json'],
       capture_output=True, text=True, check=True, env=env, timeout=900).stdout
   rows = [json.loads(line) for line in out.splitlines() if line.startswith('{')]
