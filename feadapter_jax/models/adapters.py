@@ -29,10 +29,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from feadapter_jax.models import layers
+
 KINDS = ('none', 'fe', 'st', 'aim')
 CONVS = ('dynamic', 'multibranch', 'fixed')
 AXES = ('t', 'h', 'w')
-ACTIVATIONS = {'none': lambda x: x, 'gelu': lambda x: nn.gelu(x, approximate=False),
+ACTIVATIONS = {'none': lambda x: x, 'gelu': layers.gelu,
                'relu': nn.relu}
 
 
@@ -225,6 +227,46 @@ def _tap_views(x: jax.Array, kernel_size: Sequence[int], dilation: Sequence[int]
     yield tap, jax.lax.slice(padded, start, tuple(s + n for s, n in zip(start, x.shape)))
 
 
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def depthwise_conv3d(x: jax.Array, kernel: jax.Array, dilation: tuple[int, int, int]
+                     ) -> jax.Array:
+  """'SAME' depthwise 3-D conv, one shifted read per tap.
+
+  Args:
+    x: `(b, t, h, w, c)`.
+    kernel: `(kt, kh, kw, c, m)`: m output copies per channel.
+    dilation: per axis.
+
+  Returns:
+    `(m, b, t, h, w, c)`. The backward pass saves x, not the taps' views (autodiff kept all of
+    them: 27 copies of x for a 3x3x3 kernel).
+  """
+  views = list(_tap_views(x, kernel.shape[:3], dilation))
+  return jnp.stack([sum(view * kernel[tap][:, j] for tap, view in views)
+                    for j in range(kernel.shape[-1])])
+
+
+def _depthwise_fwd(x, kernel, dilation):
+  return depthwise_conv3d(x, kernel, dilation), (x, kernel)
+
+
+def _depthwise_bwd(dilation, residuals, g):
+  x, kernel = residuals
+  size = kernel.shape[:3]
+  views = list(_tap_views(x, size, dilation))
+  reduce = tuple(range(x.ndim - 1))
+  g_kernel = jnp.stack([jnp.stack([jnp.sum(view * g[j], reduce) for j in range(g.shape[0])], -1)
+                        for _, view in views]).reshape(kernel.shape)
+  # The adjoint of a 'SAME' correlation: the same reads of g, with the kernel flipped.
+  g_x = sum(view * kernel[tuple(k - 1 - i for k, i in zip(size, tap))][:, j]
+            for j in range(g.shape[0]) for tap, view in _tap_views(g[j], size, dilation))
+  return g_x.astype(x.dtype), g_kernel.astype(kernel.dtype)
+
+
+depthwise_conv3d.defvjp(_depthwise_fwd, _depthwise_bwd)
+
+
 class ShiftConv3D(nn.Module):
   """A 3-D conv ('SAME', zero padding) computed as one shifted read per tap.
 
@@ -265,11 +307,9 @@ class ShiftConv3D(nn.Module):
       views = _tap_views(maps, self.kernel_size, self.kernel_dilation)
       return sum(view[..., i, :] for i, (_, view) in enumerate(views)) + bias
     m = self.features // c
-    kernel = kernel.reshape(*self.kernel_size, c, m)
-    # One loop per copy j, each reading every tap: copies stay in separate arrays, which XLA
-    # differentiates far faster than an interleaved (c m) channel axis.
-    views = list(_tap_views(x, self.kernel_size, self.kernel_dilation))
-    y = jnp.stack([sum(view * kernel[tap][:, j] for tap, view in views) for j in range(m)])
+    # Copies in separate slices (m first): XLA differentiated an interleaved (c m) channel
+    # axis ~10x slower.
+    y = depthwise_conv3d(x, kernel.reshape(*self.kernel_size, c, m), self.kernel_dilation)
     y += einops.rearrange(bias, '(c m) -> m 1 1 1 1 c', m=m)
     return y if self.split_multiplier else einops.rearrange(y, 'm b t h w c -> b t h w (c m)')
 
@@ -419,7 +459,7 @@ class Bottleneck(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     d = x.shape[-1]
     y = nn.Dense(int(d * self.ratio), dtype=self.dtype, name='fc1')(x)
-    y = nn.gelu(y, approximate=False)
+    y = layers.gelu(y)
     y = nn.Dense(d, kernel_init=nn.initializers.zeros, dtype=self.dtype, name='fc2')(y)
     return x + y if self.skip else y
 

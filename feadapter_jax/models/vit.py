@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from feadapter_jax.models import adapters as adapters_lib
+from feadapter_jax.models.layers import LayerNorm, gelu
 
 # width, depth, heads, mlp_dim: timm's vit_{tiny,small,base,large,huge}.
 PRESETS = {
@@ -41,11 +42,6 @@ def decode_variant(variant: str) -> dict[str, int]:
   width, depth, num_heads, mlp_dim = PRESETS[name]
   return dict(width=width, depth=depth, num_heads=num_heads, mlp_dim=mlp_dim,
               patch_size=int(patch))
-
-
-def gelu(x: jax.Array) -> jax.Array:
-  # Exact (erf) GELU as in timm/torchvision; flax's default tanh form breaks weight parity.
-  return nn.gelu(x, approximate=False)
 
 
 class Attention(nn.Module):
@@ -109,8 +105,8 @@ class Block(nn.Module):
     token_adapters = adapters_lib.placements(cfg, self.index)
     # Stochastic depth: drop a whole sample's residual branch.
     drop = nn.Dropout(self.drop_path, broadcast_dims=(1, 2), deterministic=self.deterministic)
-    norm1 = nn.LayerNorm(self.layer_norm_eps, dtype=self.dtype, name='norm1')
-    norm2 = nn.LayerNorm(self.layer_norm_eps, dtype=self.dtype, name='norm2')
+    norm1 = LayerNorm(self.layer_norm_eps, dtype=self.dtype, name='norm1')
+    norm2 = LayerNorm(self.layer_norm_eps, dtype=self.dtype, name='norm2')
     attn = Attention(self.num_heads, dtype=self.dtype, name='attn')
 
     def token_adapter(where: str) -> nn.Module:
@@ -204,7 +200,7 @@ class ViT(nn.Module):
                     drop_path=self.drop_path_rate * i / max(self.depth - 1, 1),
                     deterministic=not train, layer_norm_eps=self.layer_norm_eps,
                     dtype=self.dtype, name=f'blocks_{i}')(x)
-    x = nn.LayerNorm(self.layer_norm_eps, dtype=self.dtype, name='norm')(x)
+    x = LayerNorm(self.layer_norm_eps, dtype=self.dtype, name='norm')(x)
     # Mean over frames of the class token: a linear head then averages per-frame logits.
     features = einops.reduce(x[:, 0].astype(jnp.float32), '(b t) d -> b d', 'mean', t=t)
     if not self.num_classes:

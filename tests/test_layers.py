@@ -1,0 +1,40 @@
+"""The lean GELU and LayerNorm: flax's values and gradients, one saved array each."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax._src.ad_checkpoint import saved_residuals
+
+from feadapter_jax.models import layers
+
+
+def test_gelu_equals_exact_gelu_in_value_and_gradient():
+  x = jnp.linspace(-6.0, 6.0, 1001)
+  np.testing.assert_allclose(layers.gelu(x), nn.gelu(x, approximate=False), atol=1e-6)
+  ours = jax.grad(lambda x: jnp.sum(jnp.sin(layers.gelu(x))))(x)
+  ref = jax.grad(lambda x: jnp.sum(jnp.sin(nn.gelu(x, approximate=False))))(x)
+  np.testing.assert_allclose(ours, ref, atol=1e-5)
+
+
+def test_layer_norm_equals_flax_in_value_and_every_gradient():
+  x = 3.0 + 2.0 * jax.random.normal(jax.random.key(0), (4, 5, 16))
+  ref = nn.LayerNorm(1e-6)
+  params = jax.tree.map(lambda p: p + jax.random.normal(jax.random.key(1), p.shape),
+                        ref.init(jax.random.key(2), x))
+  ours = layers.LayerNorm(1e-6)
+  np.testing.assert_allclose(ours.apply(params, x), ref.apply(params, x), atol=1e-5)
+  grad = lambda m: jax.grad(lambda p, x: jnp.sum(jnp.sin(3 * m.apply(p, x))), (0, 1))(params, x)  # noqa: E731
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), grad(ours),
+               grad(ref))
+
+
+def test_backward_keeps_one_activation_each():
+  x = jax.random.normal(jax.random.key(0), (8, 32))
+  scale, bias = jnp.ones(32), jnp.zeros(32)
+  big = lambda f, *a: [r for r, _ in saved_residuals(f, *a) if r.shape == x.shape]  # noqa: E731
+  assert len(big(lambda x: layers.gelu(x).sum(), x)) == 1
+  assert len(big(lambda x: layers.layer_norm(x, scale, bias, 1e-6).sum(), x)) == 1
+  # What the textbook forms keep, for contrast.
+  assert len(big(lambda x: nn.gelu(x, approximate=False).sum(), x)) >= 2
+  assert len(big(lambda x: nn.LayerNorm().apply({'params': {'scale': scale, 'bias': bias}},
+                                                x).sum(), x)) >= 2
