@@ -78,6 +78,7 @@ def spec(size: str, method: str, *, remat: bool = False, conv: str | None = None
   return dict(framework='jax', method=method, label=label, size=size, model=model,
               trainable=list(config.trainable), optim=config.optim.to_dict(),
               label_smoothing=config.label_smoothing, batch=SIZES[size]['batch'],
+              cpu_compiler_options=dict(config.cpu_compiler_options),
               frames=SIZES[size]['frames'])
 
 
@@ -135,7 +136,9 @@ def build_jax(sp: dict, compiler_options: dict | None, with_hlo: bool = False
                                             label_smoothing=sp['label_smoothing']),
                        donate_argnums=0)
   start = time.perf_counter()
-  compiled = train_step.lower(state, batch).compile(compiler_options=compiler_options or None)
+  # The config's CPU options (as the trainer uses them), then the command line's.
+  options = {**(sp.get('cpu_compiler_options') or {}), **(compiler_options or {})}
+  compiled = train_step.lower(state, batch).compile(compiler_options=options or None)
   compile_s = time.perf_counter() - start
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -315,6 +318,15 @@ def print_report(size: str, machine: dict, rows: list[dict], dilation: dict | No
       lines.append(f"{b['variant']}: peak RSS {common.gib(b['peak_memory_bytes'])} vs "
                    f"{common.gib(a['peak_memory_bytes'])} without, step time "
                    f"{b['step_s'] / a['step_s']:.2f}x")
+  pipe = machine.get('input_pipeline')
+  if pipe:
+    one = next(r for r in pipe['rows'] if r['cores'] == 1)
+    every = max(pipe['rows'], key=lambda r: r['cores'])
+    lines.append(f"Input pipeline ({one['frames']} JPEG frames at {one['size']}x{one['size']}, "
+                 f"training augmentation): {one['clips_per_s_per_core']:.1f} clips/s on 1 core "
+                 f"(target >= 25), {every['clips_per_s']:.1f} on {every['cores']}; the fastest JAX "
+                 f"step consumes {pipe['fastest_jax_step_clips_per_s']:.3g} clips/s: "
+                 f"{every['clips_per_s'] / pipe['fastest_jax_step_clips_per_s']:.0f}x headroom")
   if dilation:
     lines.append(f"Dynamic dilation: fe_adapter conv=dynamic / conv=fixed step time = "
                  f"{dilation['ratio']:.3f} (best of {dilation['steps']} steps each: "
@@ -350,6 +362,9 @@ def main() -> None:
   parser.add_argument('--no_remat', action='store_true', help='skip the remat rows')
   parser.add_argument('--no_dilation', action='store_true', help='skip dynamic vs fixed conv')
   parser.add_argument('--json', action='store_true', help='rows as JSON lines')
+  parser.add_argument('--input_pipeline', action='store_true',
+                      help='also run benchmarks/input_pipeline.py at this size and compare its '
+                           'clips/s with the fastest train step\'s consumption')
   parser.add_argument('--peak_sizes', default='2048,4096',
                       help='square matmul sizes for the peak (the best counts)')
   parser.add_argument('--remat_policy', default='',
@@ -426,7 +441,17 @@ def main() -> None:
   machine = {'cpu': common.cpu_model(), 'cores': common.cores(), 'peak_gflops': peak,
              'jax_peak': jax_peak, 'torch_peak': torch_peak, 'peak_sizes': peak_sizes,
              'load_start': load_start, 'load_end': common.load_average(),
-             'xla_options': _xla_options(args.xla_option)}
+             'xla_options': {**specs[0].get('cpu_compiler_options', {}),
+                             **_xla_options(args.xla_option)}}
+  if args.input_pipeline:
+    log('input pipeline')
+    frames, size_px = SIZES[args.size]['frames'], specs[0]['model']['image_size']
+    out = subprocess.run([sys.executable, os.path.join(ROOT, 'benchmarks', 'input_pipeline.py'),
+                          '--json', f'--frames={frames}', f'--size={size_px}'],
+                         stdout=subprocess.PIPE, text=True, check=True).stdout
+    pipe = [json.loads(line) for line in out.splitlines() if line.startswith('{')]
+    fastest = max(r['clips_per_s'] for r in rows if r['framework'] == 'jax')
+    machine['input_pipeline'] = {'rows': pipe, 'fastest_jax_step_clips_per_s': fastest}
   if args.json:
     for r in rows:
       print(json.dumps({**r, 'cpu': machine['cpu'], 'cores': machine['cores'],

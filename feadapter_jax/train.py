@@ -164,6 +164,13 @@ def _portable(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return config
 
 
+def compiler_options(config: ml_collections.ConfigDict) -> dict[str, Any] | None:
+  """The config's XLA options for this backend (only CPU has some)."""
+  if jax.default_backend() != 'cpu':
+    return None
+  return dict(config.get('cpu_compiler_options') or {}) or None
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains (resuming from workdir if it holds checkpoints), evaluates, exports. Returns results."""
   # ---------------------------------------------------------------- Set up logging, mesh
@@ -235,7 +242,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   train_step = jax.jit(
       step_lib.make_train_step(model, tx, mask, label_smoothing=config.label_smoothing,
                                grad_accum_steps=config.grad_accum_steps),
-      in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, repl), donate_argnums=0)
+      in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, repl), donate_argnums=0,
+      compiler_options=compiler_options(config))
   eval_step = jax.jit(step_lib.make_eval_step(model), in_shardings=(state_sh['params'], batch_sh),
                       out_shardings=batch_sh)
 

@@ -77,7 +77,7 @@ def test_adapter_gradients_match(method):
   for name, param in trainable.items():
     fname = torch_reference.flax_name(name)
     expected = torch_reference.to_torch_layout(np.asarray(grads[fname]), fname)
-    np.testing.assert_allclose(param.grad.numpy(), expected, atol=1e-4, rtol=1e-3,
+    np.testing.assert_allclose(param.grad.numpy(), expected, atol=3e-4, rtol=1e-3,
                                err_msg=name)
 
 
