@@ -4,12 +4,12 @@ r"""Where a train step's time goes: XLA ops by time, grouped by what they comput
   python benchmarks/profile_step.py --size tiny --method full_finetune --top 20
 
 Builds the same jitted step as `train_step.py` (one host device), traces `--steps` steps with
-`jax.profiler`, and sums the executed XLA thunks' durations per op over every CPU thread. Each
+`jax.profiler`, and sums the executed XLA ops' durations (as the thread that runs each op records
+it; an op's own worker threads are inside that time). Each
 op is classified from the compiled HLO: 'matmul' (a dot or a convolution, fused or not),
 'reduction' (a fusion or op that reduces), 'elementwise' (other fusions), 'copy/layout' (copy,
-transpose, pad, slice, concatenate). Thread time is summed, so shares are of busy core time;
-the wall time per step is printed beside it (busy / (wall x cores) says how idle the cores
-were).
+transpose, pad, slice, concatenate). Shares are of the summed op time; the wall time per step
+is printed beside it (op time below the wall time: gaps between ops; above it: ops overlapping).
 """
 from __future__ import annotations
 
@@ -111,15 +111,14 @@ def main() -> None:
   for name, seconds in per_op.items():
     by_category[categories[name][0]] += seconds
   print(f"## Profile: {sp['label']}, {args.size} (batch {sp['batch']} x {sp['frames']} frames)")
-  print(f'Wall {wall:.3f} s per step; XLA ops busy {busy:.3f} core-s per step on '
-        f'{common.cores()} cores ({100 * busy / (wall * common.cores()):.0f}% of the cores\' '
-        'time).\n')
+  print(f'Wall {wall:.3f} s per step (profiler on); XLA ops {busy:.3f} s per step summed, on a '
+        f'{common.cores()}-core machine.\n')
   print(common.markdown_table(
-      ['category', 'core-s / step', 'share'],
+      ['category', 's / step', 'share'],
       [[c, f'{s:.3f}', f'{100 * s / busy:.1f}%'] for c, s in by_category.most_common()]))
   print()
   print(common.markdown_table(
-      ['op', 'category', 'shape', 'core-s / step', 'share'],
+      ['op', 'category', 'shape', 's / step', 'share'],
       [[name, categories[name][0], categories[name][1][:48], f'{s:.3f}',
         f'{100 * s / busy:.1f}%'] for name, s in per_op.most_common(args.top)]))
 
