@@ -27,8 +27,17 @@ from feadapter_jax.convert import __main__ as cli  # noqa: E402
 from feadapter_jax.convert import posemb  # noqa: E402
 from feadapter_jax.convert import readers  # noqa: E402
 
-torch.set_grad_enabled(False)
 TOL = 1e-4
+
+
+@pytest.fixture(autouse=True, scope='module')
+def no_torch_grad():
+  # For this module's tests only, not at import: a module-level switch would disable autograd
+  # for every test collected in the same session (the PyTorch reference's gradient tests).
+  previous = torch.is_grad_enabled()
+  torch.set_grad_enabled(False)
+  yield
+  torch.set_grad_enabled(previous)
 
 
 @pytest.fixture(autouse=True)
