@@ -54,8 +54,7 @@ MARK = 'RESULT_JSON '
 
 # ------------------------------------------------------------------------------ specs (parent)
 
-def spec(size: str, method: str, *, remat: bool = False, conv: str | None = None,
-         remat_policy: str = '') -> dict:
+def spec(size: str, method: str, *, remat: bool = False, conv: str | None = None) -> dict:
   """Everything a child needs to build one method's model, optimizer and batch (plain JSON)."""
   from configs import common as configs_common  # pylint: disable=g-import-not-at-top
   from configs import synthetic  # pylint: disable=g-import-not-at-top
@@ -67,9 +66,6 @@ def spec(size: str, method: str, *, remat: bool = False, conv: str | None = None
   model = {**(models.decode_variant(variant) if variant else {}), **model}
   model['remat'] = remat
   label = method + (' remat' if remat else '')
-  if remat and remat_policy:  # a library with `ViT.remat_policy` (jax.checkpoint_policies name)
-    model['remat_policy'] = remat_policy
-    label += f'({remat_policy})'
   if conv:
     model['adapter']['conv'] = conv
     label += f' conv={conv}'
@@ -191,18 +187,16 @@ def spec_child(sp: dict, warmup: int, steps: int, max_seconds: float, peak_sizes
   for _ in range(warmup):
     step_fn()
   run['times'] = []
+  common.reset_peak_rss()
   started = time.perf_counter()
   for i in range(steps):
-    if i == 1:
-      run['peak_memory_bytes'] = common.peak_rss_bytes()
-    if i == 0:
-      common.reset_peak_rss()
     start = time.perf_counter()
     step_fn()
     run['times'].append(time.perf_counter() - start)
+    if i == 0:
+      run['peak_memory_bytes'] = common.peak_rss_bytes()
     if time.perf_counter() - started > max_seconds:
       break
-  run.setdefault('peak_memory_bytes', common.peak_rss_bytes())
   run['baseline_rss_bytes'] = baseline
   peak = common.jax_matmul_peak if sp['framework'] == 'jax' else common.torch_matmul_peak
   run['peak_gflops'] = peak(peak_sizes, repeats=3)['gflops']
@@ -367,9 +361,6 @@ def main() -> None:
                            'clips/s with the fastest train step\'s consumption')
   parser.add_argument('--peak_sizes', default='2048,4096',
                       help='square matmul sizes for the peak (the best counts)')
-  parser.add_argument('--remat_policy', default='',
-                      help='jax.checkpoint_policies name for the remat rows (needs a library '
-                           'whose ViT has remat_policy)')
   parser.add_argument('--xla_option', action='append', default=[], metavar='KEY=VALUE',
                       help='XLA compiler option for the JAX train steps, e.g. '
                            'xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED')
@@ -403,7 +394,7 @@ def main() -> None:
     sp['forward_flops'] = m == 'full_finetune'
     specs.append(sp)
   if not args.no_remat:
-    specs += [spec(args.size, m, remat=True, remat_policy=args.remat_policy)
+    specs += [spec(args.size, m, remat=True)
               for m in REMAT_METHODS if m in methods]
   if not args.no_dilation and 'fe_adapter' in methods:
     specs.append(spec(args.size, 'fe_adapter', conv='fixed'))

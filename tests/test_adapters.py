@@ -92,17 +92,23 @@ def test_dilation_predictor_gets_gradient_at_initialisation():
   assert np.abs(grads['dilation']['bias']).sum() > 0
 
 
+def fast_and_general(max_dilation, predictor_scale, x):
+  """The factorised and general paths of one conv, their params, with spread dilations."""
+  fast = adapters.DynamicDilatedConv3D(max_dilation=max_dilation)
+  general = adapters.DynamicDilatedConv3D(max_dilation=max_dilation, force_general=True)
+  params = fast.init(jax.random.key(0), x)['params']
+  params['dilation']['kernel'] = predictor_scale * jax.random.normal(
+      jax.random.key(2), params['dilation']['kernel'].shape)
+  to_general = lambda p: {**p, 'taps': p['taps']['kernel']}  # noqa: E731
+  return fast, general, params, to_general
+
+
 def test_general_path_equals_factorised_path_when_only_time_is_dynamic():
   x = jax.random.normal(jax.random.key(1), (1, 5, 4, 4, 3))
-  fast = adapters.DynamicDilatedConv3D(max_dilation=2.0)
-  general = adapters.DynamicDilatedConv3D(max_dilation=2.0, force_general=True)
-  params = fast.init(jax.random.key(0), x)['params']
-  params['dilation']['kernel'] = 0.3 * jax.random.normal(jax.random.key(2),
-                                                         params['dilation']['kernel'].shape)
+  fast, general, params, to_general = fast_and_general(2.0, 0.3, x)
   params['bias'] = params['bias'] + 0.1
-  general_params = {**params, 'taps': params['taps']['kernel']}
   np.testing.assert_allclose(fast.apply({'params': params}, x),
-                             general.apply({'params': general_params}, x), atol=1e-5)
+                             general.apply({'params': to_general(params)}, x), atol=1e-5)
 
 
 def test_multibranch_starts_as_the_mean_of_its_branches():
@@ -171,13 +177,8 @@ def test_shift_conv_equals_nn_conv_values_and_gradients(features, kernel, dilati
 
 def test_dynamic_reads_hand_written_gradient_equals_autodiff_of_the_general_path():
   x = jax.random.normal(jax.random.key(1), (2, 6, 4, 4, 3))
-  fast = adapters.DynamicDilatedConv3D(max_dilation=2.5)
-  general = adapters.DynamicDilatedConv3D(max_dilation=2.5, force_general=True)
-  params = fast.init(jax.random.key(0), x)['params']
-  # Spread dilations over (0, 2.5], fractional, some capped.
-  params['dilation']['kernel'] = 0.8 * jax.random.normal(jax.random.key(2),
-                                                          params['dilation']['kernel'].shape)
-  to_general = lambda p: {**p, 'taps': p['taps']['kernel']}  # noqa: E731
+  # Dilations spread over (0, 2.5], fractional, some capped.
+  fast, general, params, to_general = fast_and_general(2.5, 0.8, x)
   loss = lambda m, p, x: jnp.sum(jnp.sin(3 * m.apply({'params': p}, x)))  # noqa: E731
   g_fast = jax.grad(lambda p, x: loss(fast, p, x), (0, 1))(params, x)
   g_general = jax.grad(lambda p, x: loss(general, to_general(p), x), (0, 1))(params, x)

@@ -107,17 +107,14 @@ def _check(ok: bool, message: str) -> None:
     raise ValueError(message)
 
 
-def _shift(x: jax.Array, offset: int, axis: int) -> jax.Array:
-  """y[..., i, ...] = x[..., i + offset, ...] along `axis`, zero outside."""
-  n = x.shape[axis]
-  if offset == 0:
-    return x
-  if abs(offset) >= n:
-    return jnp.zeros_like(x)
+def _shifts(x: jax.Array, shifts: Sequence[int], axis: int = 1) -> dict[int, jax.Array]:
+  """{m: y} with y[..., i, ...] = x[..., i + m, ...] along `axis`, zero outside: one pad."""
+  lo, hi = min(0, *shifts), max(0, *shifts)
   pad = [(0, 0)] * x.ndim
-  pad[axis] = (0, offset) if offset > 0 else (-offset, 0)
-  start = max(offset, 0)
-  return jax.lax.slice_in_dim(jnp.pad(x, pad), start, start + n, axis=axis)
+  pad[axis] = (-lo, hi)
+  padded = jnp.pad(x, pad)
+  return {m: jax.lax.slice_in_dim(padded, m - lo, m - lo + x.shape[axis], axis=axis)
+          for m in shifts}
 
 
 def _interp_reads(offset: jax.Array, shifts: Sequence[int], slope: bool = False
@@ -143,28 +140,22 @@ def _interp_reads(offset: jax.Array, shifts: Sequence[int], slope: bool = False
           for m in shifts]
 
 
+def _tap_shifts(k: int, max_dilation: float) -> list[int]:
+  """The integer shifts that tap k's reads at k * d, d in (0, max_dilation], may touch."""
+  lo, hi = sorted((0.0, k * max_dilation))
+  return list(range(math.floor(lo), math.ceil(hi) + 1))
+
+
 def _tap_reads(k: int, dilation: jax.Array | int, max_dilation: float):
   """Reads of kernel tap k at offset k * dilation: [(shift, weight)]."""
   if isinstance(dilation, int):
     return [(k * dilation, 1.0)]
-  lo, hi = sorted((0.0, k * max_dilation))
-  return _interp_reads(k * dilation, range(math.floor(lo), math.ceil(hi) + 1))
-
-
-def _temporal_shifts(x: jax.Array, shifts: Sequence[int]) -> dict[int, jax.Array]:
-  """{m: x shifted by m along time (axis 1), zero outside}: one pad, one slice per shift."""
-  lo, hi = min(0, *shifts), max(0, *shifts)
-  padded = jnp.pad(x, [(0, 0), (-lo, hi), *((0, 0),) * (x.ndim - 2)])
-  return {m: jax.lax.slice_in_dim(padded, m - lo, m - lo + x.shape[1], axis=1) for m in shifts}
+  return _interp_reads(k * dilation, _tap_shifts(k, max_dilation))
 
 
 def _reads_per_tap(kt: int, max_dilation: float) -> list[tuple[int, list[int]]]:
   """(k, the integer shifts its reads may touch) for every temporal tap k, k = -(kt//2)..kt//2."""
-  out = []
-  for k in range(-(kt // 2), kt // 2 + 1):
-    lo, hi = sorted((0.0, k * max_dilation))
-    out.append((k, list(range(math.floor(lo), math.ceil(hi) + 1)) if k else [0]))
-  return out
+  return [(k, _tap_shifts(k, max_dilation)) for k in range(-(kt // 2), kt // 2 + 1)]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -182,7 +173,7 @@ def dynamic_temporal_reads(taps: jax.Array, d: jax.Array, max_dilation: float) -
   """
   y = 0.0
   for j, (k, shifts) in enumerate(_reads_per_tap(taps.shape[0], max_dilation)):
-    moved = _temporal_shifts(taps[j], shifts)
+    moved = _shifts(taps[j], shifts)
     y += taps[j] if not k else sum(w * moved[m] for m, w in _interp_reads(k * d, shifts))
   return y
 
@@ -200,12 +191,12 @@ def _reads_bwd(max_dilation, residuals, g):
       continue
     # Adjoint of "w_m * shift(x, m)": shift(w_m * g, -m).
     weights = dict(_interp_reads(k * d, shifts))
-    back = _temporal_shifts(g, [-m for m in shifts])
-    back_w = {m: _temporal_shifts(weights[m], [-m])[-m] for m in shifts}
+    back = _shifts(g, [-m for m in shifts])
+    back_w = {m: _shifts(weights[m], [-m])[-m] for m in shifts}
     g_taps.append(sum(back_w[m] * back[-m] for m in shifts))
     # d(read)/d(offset) = next sample minus this one; d(offset)/d(d) = k. Channels are
     # contracted per shift first (one einsum: ~4x faster on CPU than reducing the sum).
-    moved = _temporal_shifts(taps[j], shifts)
+    moved = _shifts(taps[j], shifts)
     dots = jnp.einsum('bthwmc,bthwc->bthwm', jnp.stack([moved[m] for m in shifts], -2), g)
     slopes = jnp.concatenate([a for _, a in _interp_reads(k * d, shifts, slope=True)], -1)
     g_d += k * jnp.sum(slopes * dots, axis=-1, keepdims=True)
@@ -225,7 +216,6 @@ def _tap_views(x: jax.Array, kernel_size: Sequence[int], dilation: Sequence[int]
   for tap in itertools.product(*(range(k) for k in kernel_size)):
     start = (0, *(j * d for j, d in zip(tap, dilation)), *(0,) * (x.ndim - 4))
     yield tap, jax.lax.slice(padded, start, tuple(s + n for s, n in zip(start, x.shape)))
-
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -377,7 +367,7 @@ class DynamicDilatedConv3D(nn.Module):
       per_axis = [_tap_reads(k, d, self.max_dilation)
                   for k, d in zip((kt_, kh_, kw_), dilations)]
       for (mt, wt), (mh, wh), (mw, ww) in itertools.product(*per_axis):
-        moved = _shift(_shift(_shift(x, mt, 1), mh, 2), mw, 3)
+        moved = _shifts(_shifts(_shifts(x, [mt], 1)[mt], [mh], 2)[mh], [mw], 3)[mw]
         y += (wt * wh * ww) * moved * kernel[i, j, l]
     return y
 
