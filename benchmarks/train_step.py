@@ -10,7 +10,8 @@ FLOP/s and their share of the float32 matmul peak, peak host memory, compile tim
 methods in PyTorch (`benchmarks/torch_reference.py`: timm's ViT + the same adapters, frozen
 backbone by requires_grad=False, AdamW on the trainable parameters, eager, on as many threads
 as JAX uses); `remat` variants of fe_adapter and full_finetune; fe_adapter with conv='fixed'
-(same width, 3x3x3) for the dynamic dilation's share.
+(same width, 3x3x3) for the dynamic dilation's share, which `benchmarks/dilation.py` also
+measures on the adapter conv alone (a step is too noisy to resolve a few percent).
 
 Each spec (a method in one framework) runs alone in its own child process: build and compile,
 warm-up steps, timed steps, then the float32 matmul peak of its framework (square `jnp.dot` or
@@ -304,6 +305,11 @@ def print_report(size: str, machine: dict, rows: list[dict], dilation: dict | No
     if j and p:
       lines.append(f"JAX / PyTorch speed, {v}: {p['step_s'] / j['step_s']:.3f}x"
                    + (' (target >= 1.05x)' if v == 'fe_adapter' else ''))
+  fe_remat = by.get(('jax', 'fe_adapter remat'))
+  if fe_remat and jax_full and fe_remat['peak_memory_bytes'] and jax_full['peak_memory_bytes']:
+    lines.append(f"fe_adapter remat / full_finetune peak RSS: "
+                 f"{fe_remat['peak_memory_bytes'] / jax_full['peak_memory_bytes']:.3f} "
+                 "(target <= 0.6, remat being the config option for memory)")
   for v in REMAT_METHODS:
     a = by.get(('jax', v))
     b = next((r for (f, name), r in by.items() if f == 'jax' and name.startswith(v + ' remat')),
@@ -325,6 +331,15 @@ def print_report(size: str, machine: dict, rows: list[dict], dilation: dict | No
     lines.append(f"Dynamic dilation: fe_adapter conv=dynamic / conv=fixed step time = "
                  f"{dilation['ratio']:.3f} (best of {dilation['steps']} steps each: "
                  f"{dilation['dynamic_s']:.3f} s vs {dilation['fixed_s']:.3f} s; target <= 1.03)")
+    conv = dilation.get('conv')
+    if conv:
+      extra = conv['depth'] * (conv['dynamic_s'] - conv['fixed_s'])
+      lines.append(
+          f"Dynamic dilation alone (benchmarks/dilation.py: the adapter conv, forward + backward, "
+          f"best of {conv['repeats']}): {1e3 * conv['dynamic_s']:.2f} ms dynamic vs "
+          f"{1e3 * conv['fixed_s']:.2f} ms fixed 3x3x3 per block; x {conv['depth']} blocks = "
+          f"{1e3 * extra:+.0f} ms = {1 + extra / dilation['fixed_s']:.3f}x the conv=fixed step "
+          '(target <= 1.03)')
   print('\n' + '\n'.join(f'- {line}' for line in lines))
 
 
@@ -428,6 +443,14 @@ def main() -> None:
     dilation = {'dynamic_s': dyn['step_s'], 'fixed_s': fixed['step_s'],
                 'steps': fixed['steps_timed'], 'ratio': dyn['step_s'] / fixed['step_s']}
     fixed['dynamic_over_fixed_step_time'] = dilation['ratio']
+    log('dynamic vs fixed adapter conv')
+    out = subprocess.run([sys.executable, os.path.join(ROOT, 'benchmarks', 'dilation.py'),
+                          '--json', f'--size={args.size}'],
+                         stdout=subprocess.PIPE, text=True, check=True).stdout
+    dilation['conv'] = json.loads(out.strip().splitlines()[-1])
+    fixed['dynamic_over_fixed_step_time_from_conv'] = 1 + (
+        dilation['conv']['depth'] * (dilation['conv']['dynamic_s'] - dilation['conv']['fixed_s'])
+        / dilation['fixed_s'])
 
   machine = {'cpu': common.cpu_model(), 'cores': common.cores(), 'peak_gflops': peak,
              'jax_peak': jax_peak, 'torch_peak': torch_peak, 'peak_sizes': peak_sizes,

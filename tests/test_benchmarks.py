@@ -159,3 +159,5 @@ def test_benchmark_runs_end_to_end_at_tiny_size_with_json():
   assert all(r['peak_memory_bytes'] > 0 for r in rows if r['variant'] != 'fe_adapter conv=fixed')
   fixed = next(r for r in rows if r['variant'] == 'fe_adapter conv=fixed')
   assert fixed['dynamic_over_fixed_step_time'] > 0
+  # The same share from benchmarks/dilation.py's timing of the adapter conv alone.
+  assert 0 < fixed['dynamic_over_fixed_step_time_from_conv'] < 10

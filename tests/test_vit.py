@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import synthetic
 from feadapter_jax import models, partition
 from feadapter_jax.models import vit
 from tests.tiny import tiny
@@ -60,6 +61,34 @@ def test_bfloat16_compute_and_remat_match_float32():
   loss = lambda m: lambda p: m.apply({'params': p}, clip).sum()
   g_ref, g_remat = jax.grad(loss(base))(params), jax.grad(loss(remat))(params)
   for a, b in zip(jax.tree.leaves(g_ref), jax.tree.leaves(g_remat)):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+
+def test_remat_under_the_cpu_compiler_options_frees_activations_and_keeps_gradients():
+  """XLA CPU drops remat's CSE barriers unless the config's options keep them (configs/common).
+
+  With frozen weights (an adapter step); full fine-tuning's remat saves no memory on XLA CPU:
+  its scheduler runs the recomputation early (docs/performance.md).
+  """
+  options = dict(synthetic.get_config().cpu_compiler_options)
+  scheduler_only = {k: v for k, v in options.items() if k != 'xla_disable_hlo_passes'}
+  clip = jax.random.normal(jax.random.key(1), (4, 4, 32, 32, 3))
+  arch = dict(depth=6, width=64, mlp_dim=256, num_heads=4)
+  grads, temp = {}, {}
+  for remat in (False, True):
+    model = models.build(tiny(dict(kind='fe', width=8), remat=remat, **arch))
+    params = model.init(jax.random.key(0), clip)['params']
+    mask = partition.trainable_mask(params, ('.*adapter.*', 'head/.*'))  # as an FE-Adapter step
+    grad = jax.jit(jax.grad(
+        lambda p, x, m=model: m.apply({'params': partition.stop_frozen(p, mask)}, x).sum()))
+    for name, opts in (('config', options), ('scheduler_only', scheduler_only)):
+      compiled = grad.lower(params, clip).compile(compiler_options=opts)
+      temp[remat, name] = compiled.memory_analysis().temp_size_in_bytes
+      grads[remat, name] = compiled(params, clip)
+  assert temp[True, 'config'] < 0.5 * temp[False, 'config']
+  assert temp[True, 'config'] < 0.6 * temp[True, 'scheduler_only']
+  for a, b in zip(jax.tree.leaves(grads[False, 'config']), jax.tree.leaves(grads[True, 'config'])):
     np.testing.assert_allclose(a, b, atol=1e-5)
 
 

@@ -195,11 +195,11 @@ def _reads_bwd(max_dilation, residuals, g):
     back_w = {m: _shifts(weights[m], [-m])[-m] for m in shifts}
     g_taps.append(sum(back_w[m] * back[-m] for m in shifts))
     # d(read)/d(offset) = next sample minus this one; d(offset)/d(d) = k. Channels are
-    # contracted per shift first (one einsum: ~4x faster on CPU than reducing the sum).
+    # contracted by one dot per shift: on CPU ~2x faster than reducing the slope-weighted sum,
+    # and stacking the shifts for a single dot cost a copy of them.
     moved = _shifts(taps[j], shifts)
-    dots = jnp.einsum('bthwmc,bthwc->bthwm', jnp.stack([moved[m] for m in shifts], -2), g)
-    slopes = jnp.concatenate([a for _, a in _interp_reads(k * d, shifts, slope=True)], -1)
-    g_d += k * jnp.sum(slopes * dots, axis=-1, keepdims=True)
+    g_d += k * sum(a * jnp.einsum('bthwc,bthwc->bthw', moved[m], g)[..., None]
+                   for m, a in _interp_reads(k * d, shifts, slope=True))
   return jnp.stack(g_taps).astype(taps.dtype), jnp.asarray(g_d, d.dtype)
 
 
@@ -419,24 +419,25 @@ class TokenAdapter(nn.Module):
     z = nn.Dense(cfg.width, dtype=self.dtype, name='down')(patches)
     z = ACTIVATIONS[cfg.activation](z)
     z = einops.rearrange(z, '(b t) (h w) c -> b t h w c', t=self.num_frames, h=self.grid[0])
-    z = self._conv()(z)
+    z = make_conv(cfg, self.dtype, name='conv')(z)
     z = einops.rearrange(z, 'b t h w c -> (b t) (h w) c')
     up_init = zeros if cfg.zero_init == 'up' else nn.initializers.lecun_normal()
     z = nn.Dense(x.shape[-1], kernel_init=up_init, dtype=self.dtype, name='up')(z)
     return jnp.concatenate([cls_tok, patches + z.astype(patches.dtype)], axis=1)
 
-  def _conv(self) -> nn.Module:
-    cfg = self.config
-    if cfg.conv == 'dynamic':
-      return DynamicDilatedConv3D(cfg.kernel_size, cfg.dilation, cfg.dynamic_axes,
-                                  cfg.max_dilation, cfg.predictor_kernel, dtype=self.dtype,
-                                  name='conv')
-    if cfg.conv == 'multibranch':
-      return MultiBranchConv3D(cfg.kernel_size, cfg.dilation, cfg.branch_dilations,
-                               dtype=self.dtype, name='conv')
-    init = nn.initializers.zeros if cfg.zero_init == 'conv' else nn.initializers.lecun_normal()
-    return ShiftConv3D(cfg.width, cfg.kernel_size, cfg.dilation, depthwise=True,
-                       kernel_init=init, dtype=self.dtype, name='conv')
+
+def make_conv(cfg: AdapterConfig, dtype: Any = jnp.float32, name: str | None = None
+              ) -> nn.Module:
+  """The token adapter's depthwise conv for `cfg.conv`: `(b, t, h, w, width)` -> same."""
+  if cfg.conv == 'dynamic':
+    return DynamicDilatedConv3D(cfg.kernel_size, cfg.dilation, cfg.dynamic_axes,
+                                cfg.max_dilation, cfg.predictor_kernel, dtype=dtype, name=name)
+  if cfg.conv == 'multibranch':
+    return MultiBranchConv3D(cfg.kernel_size, cfg.dilation, cfg.branch_dilations, dtype=dtype,
+                             name=name)
+  init = nn.initializers.zeros if cfg.zero_init == 'conv' else nn.initializers.lecun_normal()
+  return ShiftConv3D(cfg.width, cfg.kernel_size, cfg.dilation, depthwise=True, kernel_init=init,
+                     dtype=dtype, name=name)
 
 
 class Bottleneck(nn.Module):

@@ -1,0 +1,82 @@
+r"""The dynamic dilation's own cost: the FE adapter's conv, dynamic against a fixed 3x3x3 one.
+
+  python benchmarks/dilation.py --size base            # ViT-B/16's adapter: 16 x 14 x 14 x 352
+  python benchmarks/dilation.py --size tiny --json
+
+A whole train step is too noisy to resolve a few percent (two ViT-B/16 steps differ by up to 5%
+from one minute to the next on a shared 2-core machine), so this times the one part that differs:
+the adapter's conv, forward plus the backward a FE-Adapter step needs (gradients with respect to
+its input and its parameters), jitted alone at the block's shape, the two variants interleaved
+for `--repeats` rounds (the best counts). `train_step.py` turns the difference into a share of
+the fixed-conv train step: depth x (dynamic - fixed) / step time.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+  sys.path.insert(0, ROOT)
+
+# (batch, frames, grid): the clips one step sees, as train_step.py's SIZES.
+SHAPES = {'base': (1, 16, 14), 'tiny': (32, 8, 4)}
+
+
+def time_convs(size: str, repeats: int) -> dict:
+  """Best forward+backward seconds of each conv variant at `size`'s adapter shape."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from benchmarks import train_step  # pylint: disable=g-import-not-at-top
+  from feadapter_jax.models import adapters  # pylint: disable=g-import-not-at-top
+
+  sp = train_step.spec(size, 'fe_adapter')
+  cfg = adapters.AdapterConfig.from_dict(sp['model']['adapter'])
+  b, t, g = SHAPES[size]
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((b, t, g, g, cfg.width), np.float32))
+  variants = {conv: adapters.make_conv(dataclasses.replace(cfg, conv=conv))
+              for conv in ('dynamic', 'fixed')}
+  steps = {}
+  for name, conv in variants.items():
+    params = conv.init(jax.random.PRNGKey(0), x)
+    # Non-zero parameters: the zero-initialised dilation predictor would make every read integral.
+    params = jax.tree.map(lambda p: 0.1 * jnp.ones_like(p), params)
+    loss = lambda p, v, conv=conv: jnp.sum(conv.apply(p, v) ** 2)
+    grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
+    compiled = grad.lower(params, x).compile(
+        compiler_options=sp['cpu_compiler_options'] if jax.default_backend() == 'cpu' else None)
+    steps[name] = (compiled, params)
+  best = {name: float('inf') for name in steps}
+  for _ in range(repeats):
+    for name, (compiled, params) in steps.items():
+      jax.block_until_ready(compiled(params, x))
+      start = time.perf_counter()
+      jax.block_until_ready(compiled(params, x))
+      best[name] = min(best[name], time.perf_counter() - start)
+  return {'size': size, 'shape': [b, t, g, g, cfg.width], 'depth': sp['model']['depth'],
+          'repeats': repeats, 'dynamic_s': best['dynamic'], 'fixed_s': best['fixed']}
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--size', choices=tuple(SHAPES), default='tiny')
+  parser.add_argument('--repeats', type=int, default=20)
+  parser.add_argument('--json', action='store_true')
+  args = parser.parse_args()
+  r = time_convs(args.size, args.repeats)
+  if args.json:
+    print(json.dumps(r))
+  else:
+    print(f"Adapter conv at {r['shape']} (b t h w c), forward + input and parameter gradients, "
+          f"best of {r['repeats']}: dynamic {1e3 * r['dynamic_s']:.2f} ms, fixed 3x3x3 "
+          f"{1e3 * r['fixed_s']:.2f} ms; x {r['depth']} blocks: "
+          f"{1e3 * r['depth'] * (r['dynamic_s'] - r['fixed_s']):+.1f} ms per step")
+
+
+if __name__ == '__main__':
+  main()
