@@ -10,6 +10,7 @@ op is classified from the compiled HLO: 'matmul' (a dot or a convolution, fused 
 'reduction' (a fusion or op that reduces), 'elementwise' (other fusions), 'copy/layout' (copy,
 transpose, pad, slice, concatenate). Shares are of the summed op time; the wall time per step
 is printed beside it (op time below the wall time: gaps between ops; above it: ops overlapping).
+A last table sums the matmul ops by output shape (the block GEMMs against attention's batched ones).
 """
 from __future__ import annotations
 
@@ -121,6 +122,18 @@ def main() -> None:
       ['op', 'category', 'shape', 's / step', 'share'],
       [[name, categories[name][0], categories[name][1][:48], f'{s:.3f}',
         f'{100 * s / busy:.1f}%'] for name, s in per_op.most_common(args.top)]))
+  # Matmuls by output shape: which GEMMs (block matmuls, attention's batched ones) cost what.
+  by_shape: collections.Counter = collections.Counter()
+  count: collections.Counter = collections.Counter()
+  for name, seconds in per_op.items():
+    if categories[name][0] == 'matmul':
+      by_shape[categories[name][1]] += seconds
+      count[categories[name][1]] += 1
+  print()
+  print(common.markdown_table(
+      ['matmul output shape', 'ops / step', 's / step', 'ms per op'],
+      [[shape, str(count[shape]), f'{s:.3f}', f'{1e3 * s / count[shape]:.2f}']
+       for shape, s in by_shape.most_common(args.top)]))
 
 
 if __name__ == '__main__':

@@ -17,7 +17,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from benchmarks import common, torch_reference, train_step  # noqa: E402
+from benchmarks import common, profile_step, torch_reference, train_step  # noqa: E402
 from feadapter_jax import models, partition  # noqa: E402
 
 METHODS = train_step.METHODS
@@ -161,3 +161,17 @@ def test_benchmark_runs_end_to_end_at_tiny_size_with_json():
   assert fixed['dynamic_over_fixed_step_time'] > 0
   # The same share from benchmarks/dilation.py's timing of the adapter conv alone.
   assert 0 < fixed['dynamic_over_fixed_step_time_from_conv'] < 10
+
+
+def test_profile_classifies_compiled_ops_by_what_they_compute():
+  def f(a, b):
+    return jnp.sum(jnp.tanh(a @ b), axis=1), jnp.exp(a) * 2.0
+  a, b = jnp.ones((64, 32)), jnp.ones((32, 48))
+  hlo = jax.jit(f).lower(a, b).compile().as_text()
+  categories = profile_step.classify_hlo(hlo)
+  kinds = {}
+  for category, shape in categories.values():
+    kinds.setdefault(category, set()).add(shape.split('{')[0])
+  assert 'f32[64,48]' in kinds['matmul']  # the dot (fused with its tanh or not)
+  assert 'f32[64]' in kinds['reduction']
+  assert 'f32[64,32]' in kinds['elementwise']
