@@ -68,26 +68,31 @@ def test_bfloat16_compute_and_remat_match_float32():
 def test_remat_under_the_cpu_compiler_options_frees_activations_and_keeps_gradients():
   """XLA CPU drops remat's CSE barriers unless the config's options keep them (configs/common).
 
-  With frozen weights (an adapter step); full fine-tuning's remat saves no memory on XLA CPU:
-  its scheduler runs the recomputation early (docs/performance.md).
+  Without them CSE merged recomputation into the forward pass (ViT-B/16 FE-Adapter scratch
+  2.06 GiB with remat vs 0.99 GiB with the options: docs/performance.md). Checked here with
+  frozen weights, as in an adapter step.
   """
   options = dict(synthetic.get_config().cpu_compiler_options)
   scheduler_only = {k: v for k, v in options.items() if k != 'xla_disable_hlo_passes'}
   clip = jax.random.normal(jax.random.key(1), (4, 4, 32, 32, 3))
   arch = dict(depth=6, width=64, mlp_dim=256, num_heads=4)
-  grads, temp = {}, {}
+  grads, temp, barriers = {}, {}, {}
   for remat in (False, True):
     model = models.build(tiny(dict(kind='fe', width=8), remat=remat, **arch))
     params = model.init(jax.random.key(0), clip)['params']
-    mask = partition.trainable_mask(params, ('.*adapter.*', 'head/.*'))  # as an FE-Adapter step
+    mask = partition.trainable_mask(params, ('.*adapter.*', 'head/.*'))
     grad = jax.jit(jax.grad(
         lambda p, x, m=model: m.apply({'params': partition.stop_frozen(p, mask)}, x).sum()))
     for name, opts in (('config', options), ('scheduler_only', scheduler_only)):
       compiled = grad.lower(params, clip).compile(compiler_options=opts)
       temp[remat, name] = compiled.memory_analysis().temp_size_in_bytes
+      barriers[remat, name] = compiled.as_text().count('opt-barrier(')
       grads[remat, name] = compiled(params, clip)
+  # One barrier per rematerialised block survives compilation only under the config's options.
+  assert barriers[True, 'config'] >= arch['depth']
+  assert barriers[True, 'scheduler_only'] == 0 and barriers[False, 'config'] == 0
   assert temp[True, 'config'] < 0.5 * temp[False, 'config']
-  assert temp[True, 'config'] < 0.6 * temp[True, 'scheduler_only']
+  assert temp[True, 'config'] <= temp[True, 'scheduler_only']
   for a, b in zip(jax.tree.leaves(grads[False, 'config']), jax.tree.leaves(grads[True, 'config'])):
     np.testing.assert_allclose(a, b, atol=1e-5)
 
