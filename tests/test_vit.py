@@ -69,7 +69,7 @@ def test_remat_under_the_cpu_compiler_options_frees_activations_and_keeps_gradie
   """XLA CPU drops remat's CSE barriers unless the config's options keep them (configs/common).
 
   Without them CSE merged recomputation into the forward pass (ViT-B/16 FE-Adapter scratch
-  2.06 GiB with remat vs 0.99 GiB with the options: docs/performance.md). Checked here with
+  2.07 GiB with remat vs 0.99 GiB with the options: docs/performance.md). Checked here with
   frozen weights, as in an adapter step.
   """
   options = dict(synthetic.get_config().cpu_compiler_options)
