@@ -1,10 +1,12 @@
-"""The lean GELU and LayerNorm: flax's values and gradients, one saved array each."""
+"""The lean GELU and LayerNorm: flax's values and gradients, one saved array each; the
+materialised cotangent: an identity whose gradient XLA must compute in its own buffer."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax._src.ad_checkpoint import saved_residuals
 
+from configs import synthetic
 from feadapter_jax.models import layers
 
 
@@ -38,3 +40,15 @@ def test_backward_keeps_one_activation_each():
   assert len(big(lambda x: nn.gelu(x, approximate=False).sum(), x)) >= 2
   assert len(big(lambda x: nn.LayerNorm().apply({'params': {'scale': scale, 'bias': bias}},
                                                 x).sum(), x)) >= 2
+
+
+def test_materialized_cotangent_is_the_identity_with_a_barrier_in_the_backward():
+  x = jax.random.normal(jax.random.key(0), (8, 16))
+  loss = lambda f: lambda x: jnp.sum(jnp.sin(3 * f(x)) * x)  # noqa: E731
+  np.testing.assert_array_equal(layers.materialized_cotangent(x), x)
+  np.testing.assert_allclose(jax.grad(loss(layers.materialized_cotangent))(x),
+                             jax.grad(loss(lambda v: v))(x), rtol=1e-6)
+  options = dict(synthetic.get_config().cpu_compiler_options)
+  compiled = jax.jit(jax.grad(loss(layers.materialized_cotangent))).lower(x).compile(
+      compiler_options=options)
+  assert compiled.as_text().count('opt-barrier(') == 1

@@ -88,9 +88,10 @@ def test_remat_under_the_cpu_compiler_options_frees_activations_and_keeps_gradie
       temp[remat, name] = compiled.memory_analysis().temp_size_in_bytes
       barriers[remat, name] = compiled.as_text().count('opt-barrier(')
       grads[remat, name] = compiled(params, clip)
-  # One barrier per rematerialised block survives compilation only under the config's options.
-  assert barriers[True, 'config'] >= arch['depth']
-  assert barriers[True, 'scheduler_only'] == 0 and barriers[False, 'config'] == 0
+  # One barrier per rematerialised block survives compilation only under the config's options
+  # (beside the adapters' own: layers.materialized_cotangent).
+  assert barriers[True, 'config'] >= barriers[False, 'config'] + arch['depth']
+  assert barriers[True, 'scheduler_only'] == 0
   assert temp[True, 'config'] < 0.5 * temp[False, 'config']
   assert temp[True, 'config'] <= temp[True, 'scheduler_only']
   for a, b in zip(jax.tree.leaves(grads[False, 'config']), jax.tree.leaves(grads[True, 'config'])):

@@ -423,6 +423,7 @@ class TokenAdapter(nn.Module):
     z = einops.rearrange(z, 'b t h w c -> (b t) (h w) c')
     up_init = zeros if cfg.zero_init == 'up' else nn.initializers.lecun_normal()
     z = nn.Dense(x.shape[-1], kernel_init=up_init, dtype=self.dtype, name='up')(z)
+    z = layers.materialized_cotangent(z)
     return jnp.concatenate([cls_tok, patches + z.astype(patches.dtype)], axis=1)
 
 
