@@ -83,9 +83,10 @@ def base_config(method: str) -> ml_collections.ConfigDict:
   c.mesh = [('data', -1)]
   # XLA options for the train step when it runs on CPU (docs/performance.md): the memory-optimised
   # scheduler cut a ViT-B/16 FE-Adapter step's scratch memory 3.2 -> 2.5 GiB and its time 6%.
-  # XLA CPU otherwise drops the optimisation barriers that keep remat's recomputation apart from
-  # the forward pass; CSE then merges the two and the forward activations stay alive, so
-  # `model.remat` saved little (FE-Adapter scratch 2.07 GiB with the pass, 1.0 GiB without it).
+  # Disabling `cse_barrier_expander` keeps optimisation barriers, which XLA CPU otherwise drops:
+  # remat's (without them CSE merges the recomputation into the forward pass and `model.remat`
+  # saved little: FE-Adapter scratch 2.07 GiB with the pass, 1.0 GiB without) and the token
+  # adapters' `layers.materialized_cotangent` (a 30 ms fusion per block without it).
   c.cpu_compiler_options = dict(xla_cpu_scheduler_type='CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED',
                                 xla_disable_hlo_passes='cse_barrier_expander')
   c.sharding_rules = [('.*', 'replicate')]  # ('.*', 'fsdp') with an 'fsdp' mesh axis for ViT-L
