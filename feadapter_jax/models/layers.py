@@ -1,4 +1,7 @@
-"""GELU and LayerNorm whose backward passes keep one activation each.
+"""Layers whose backward passes are written for CPU memory and speed.
+
+GELU and LayerNorm keep one activation each; `materialized_cotangent` is an identity that makes
+XLA compute its cotangent once, in its own buffer.
 
 Autodiff of the textbook forms saves every intermediate for the backward pass: three arrays per
 exact GELU (of the MLP's 4D width) and six or more per LayerNorm. Behind a frozen backbone those
