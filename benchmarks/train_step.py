@@ -79,19 +79,30 @@ def spec(size: str, method: str, *, remat: bool = False, conv: str | None = None
               frames=SIZES[size]['frames'])
 
 
-def run_child(args: list[str]) -> dict:
-  """Runs this script as a child with `args`; returns the JSON it reports."""
+def _child_env() -> dict[str, str]:
   env = dict(os.environ)
   # One host device: the step runs on every core, as in training on one CPU host.
   env['XLA_FLAGS'] = ' '.join(f for f in env.get('XLA_FLAGS', '').split()
                               if 'xla_force_host_platform_device_count' not in f)
   env.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-  proc = subprocess.run([sys.executable, os.path.abspath(__file__), *args], env=env,
+  return env
+
+
+def run_child(args: list[str]) -> dict:
+  """Runs this script as a child with `args`; returns the JSON it reports."""
+  proc = subprocess.run([sys.executable, os.path.abspath(__file__), *args], env=_child_env(),
                         stdout=subprocess.PIPE, text=True, check=False)
   results = [line[len(MARK):] for line in proc.stdout.splitlines() if line.startswith(MARK)]
   if proc.returncode or not results:
     raise RuntimeError(f'child {args[:2]} failed with exit code {proc.returncode}')
   return json.loads(results[-1])
+
+
+def run_benchmark(script: str, *args: str) -> list[dict]:
+  """Runs `benchmarks/<script> --json *args`; returns its JSON lines."""
+  out = subprocess.run([sys.executable, os.path.join(ROOT, 'benchmarks', script), '--json', *args],
+                       env=_child_env(), stdout=subprocess.PIPE, text=True, check=True).stdout
+  return [json.loads(line) for line in out.splitlines() if line.startswith('{')]
 
 
 # ------------------------------------------------------------------------------ children
@@ -444,10 +455,7 @@ def main() -> None:
                 'steps': fixed['steps_timed'], 'ratio': dyn['step_s'] / fixed['step_s']}
     fixed['dynamic_over_fixed_step_time'] = dilation['ratio']
     log('dynamic vs fixed adapter conv')
-    out = subprocess.run([sys.executable, os.path.join(ROOT, 'benchmarks', 'dilation.py'),
-                          '--json', f'--size={args.size}'],
-                         stdout=subprocess.PIPE, text=True, check=True).stdout
-    dilation['conv'] = json.loads(out.strip().splitlines()[-1])
+    dilation['conv'] = run_benchmark('dilation.py', f'--size={args.size}')[-1]
     fixed['dynamic_over_fixed_step_time_from_conv'] = 1 + (
         dilation['conv']['depth'] * (dilation['conv']['dynamic_s'] - dilation['conv']['fixed_s'])
         / dilation['fixed_s'])
@@ -460,10 +468,7 @@ def main() -> None:
   if args.input_pipeline:
     log('input pipeline')
     frames, size_px = SIZES[args.size]['frames'], specs[0]['model']['image_size']
-    out = subprocess.run([sys.executable, os.path.join(ROOT, 'benchmarks', 'input_pipeline.py'),
-                          '--json', f'--frames={frames}', f'--size={size_px}'],
-                         stdout=subprocess.PIPE, text=True, check=True).stdout
-    pipe = [json.loads(line) for line in out.splitlines() if line.startswith('{')]
+    pipe = run_benchmark('input_pipeline.py', f'--frames={frames}', f'--size={size_px}')
     fastest = max(r['clips_per_s'] for r in rows if r['framework'] == 'jax')
     machine['input_pipeline'] = {'rows': pipe, 'fastest_jax_step_clips_per_s': fastest}
   if args.json:
