@@ -36,7 +36,9 @@ def time_convs(size: str, repeats: int) -> dict:
   # The clips one train step sees, on the model's patch grid.
   b, t = sp['batch'], sp['frames']
   g = sp['model']['image_size'] // sp['model']['patch_size']
-  x = jnp.asarray(np.random.default_rng(0).standard_normal((b, t, g, g, cfg.width), np.float32))
+  rng = np.random.default_rng(0)
+  x, cotangent = (jnp.asarray(rng.standard_normal((b, t, g, g, cfg.width), np.float32))
+                  for _ in range(2))
   variants = {conv: adapters.make_conv(dataclasses.replace(cfg, conv=conv))
               for conv in ('dynamic', 'fixed')}
   steps = {}
@@ -44,17 +46,21 @@ def time_convs(size: str, repeats: int) -> dict:
     params = conv.init(jax.random.PRNGKey(0), x)
     # Non-zero parameters: the zero-initialised dilation predictor would make every read integral.
     params = jax.tree.map(lambda p: 0.1 * jnp.ones_like(p), params)
-    loss = lambda p, v, conv=conv: jnp.sum(conv.apply(p, v) ** 2)
-    grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
-    compiled = grad.lower(params, x).compile(
+    # The output and the backward of a given cotangent, as in the step, where the cotangent
+    # comes materialised from `up`'s backward matmul. A loss such as sum(y ** 2) would let XLA
+    # fuse its cotangent 2 y into every backward consumer and recompute the forward in each.
+    def forward_backward(p, v, g, conv=conv):
+      y, vjp = jax.vjp(conv.apply, p, v)
+      return y, vjp(g)
+    compiled = jax.jit(forward_backward).lower(params, x, cotangent).compile(
         compiler_options=sp['cpu_compiler_options'] if jax.default_backend() == 'cpu' else None)
     steps[name] = (compiled, params)
   best = {name: float('inf') for name in steps}
   for _ in range(repeats):
     for name, (compiled, params) in steps.items():
-      jax.block_until_ready(compiled(params, x))
+      jax.block_until_ready(compiled(params, x, cotangent))
       start = time.perf_counter()
-      jax.block_until_ready(compiled(params, x))
+      jax.block_until_ready(compiled(params, x, cotangent))
       best[name] = min(best[name], time.perf_counter() - start)
   return {'size': size, 'shape': [b, t, g, g, cfg.width], 'depth': sp['model']['depth'],
           'repeats': repeats, 'dynamic_s': best['dynamic'], 'fixed_s': best['fixed']}

@@ -155,15 +155,17 @@ def test_temporal_adapters_see_frame_order_and_the_image_model_does_not(name):
     assert not np.allclose(forward, backward, atol=1e-4)
 
 
-@pytest.mark.parametrize('features,kernel,dilation,depthwise', [
-    (6, (3, 3, 3), (1, 1, 1), True),     # the fixed conv
-    (6, (3, 1, 1), (2, 1, 1), True),     # ST-Adapter's, dilated
-    (18, (1, 3, 3), (1, 2, 1), True),    # the dynamic conv's taps: 3 copies per channel
-    (2, (3, 1, 1), (1, 1, 1), False),    # the dilation predictor
-    (4, (3, 3, 1), (1, 1, 1), False)])
-def test_shift_conv_equals_nn_conv_values_and_gradients(features, kernel, dilation, depthwise):
+@pytest.mark.parametrize('features,kernel,dilation,depthwise,narrow', [
+    (6, (3, 3, 3), (1, 1, 1), True, False),     # the fixed conv
+    (6, (3, 1, 1), (2, 1, 1), True, False),     # ST-Adapter's, dilated
+    (18, (1, 3, 3), (1, 2, 1), True, False),    # the dynamic conv's taps: 3 copies per channel
+    (1, (3, 1, 1), (1, 1, 1), False, True),     # the dilation predictor
+    (2, (3, 1, 1), (2, 1, 1), False, True),
+    (4, (3, 3, 1), (1, 1, 1), False, False)])
+def test_shift_conv_equals_nn_conv_values_and_gradients(features, kernel, dilation, depthwise,
+                                                        narrow):
   x = jax.random.normal(jax.random.key(1), (2, 5, 4, 3, 6))
-  ours = adapters.ShiftConv3D(features, kernel, dilation, depthwise=depthwise)
+  ours = adapters.ShiftConv3D(features, kernel, dilation, depthwise=depthwise, narrow=narrow)
   ref = nn.Conv(features, kernel, kernel_dilation=dilation, padding='SAME',
                 feature_group_count=6 if depthwise else 1)
   params = ref.init(jax.random.key(0), x)

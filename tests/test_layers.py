@@ -1,5 +1,6 @@
 """The lean GELU and LayerNorm: flax's values and gradients, one saved array each; the
-materialised cotangent: an identity whose gradient XLA must compute in its own buffer."""
+materialised cotangent: an identity whose gradient XLA must compute in its own buffer; the
+narrow matmul: a matmul whose input gradient is no matmul."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -52,3 +53,15 @@ def test_materialized_cotangent_is_the_identity_with_a_barrier_in_the_backward()
   compiled = jax.jit(jax.grad(loss(layers.materialized_cotangent))).lower(x).compile(
       compiler_options=options)
   assert compiled.as_text().count('opt-barrier(') == 1
+
+
+def test_narrow_matmul_is_a_matmul_whose_input_gradient_needs_no_dot():
+  x = jax.random.normal(jax.random.key(0), (2, 7, 16))
+  w = jax.random.normal(jax.random.key(1), (16, 3))
+  loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w)))  # noqa: E731
+  np.testing.assert_allclose(layers.narrow_matmul(x, w), x @ w, rtol=1e-6)
+  for ours, ref in zip(jax.grad(loss(layers.narrow_matmul), (0, 1))(x, w),
+                       jax.grad(loss(jnp.matmul), (0, 1))(x, w)):
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-6)
+  dots = lambda f: jax.jit(jax.grad(loss(f))).lower(x, w).as_text().count('dot_general')  # noqa: E731
+  assert dots(jnp.matmul) == 2 and dots(layers.narrow_matmul) == 1  # the forward's only

@@ -184,7 +184,7 @@ def _reads_fwd(taps, d, max_dilation):
 
 def _reads_bwd(max_dilation, residuals, g):
   taps, d = residuals
-  g_taps, g_d = [], 0.0
+  g_taps, slopes = [], 0.0
   for j, (k, shifts) in enumerate(_reads_per_tap(taps.shape[0], max_dilation)):
     if not k:
       g_taps.append(g)
@@ -194,13 +194,13 @@ def _reads_bwd(max_dilation, residuals, g):
     back = _shifts(g, [-m for m in shifts])
     back_w = {m: _shifts(weights[m], [-m])[-m] for m in shifts}
     g_taps.append(sum(back_w[m] * back[-m] for m in shifts))
-    # d(read)/d(offset) = next sample minus this one; d(offset)/d(d) = k. Channels are
-    # contracted by one dot per shift: on CPU ~2x faster than reducing the slope-weighted sum,
-    # and stacking the shifts for a single dot cost a copy of them.
+    # d(read)/d(offset) = next sample minus this one; d(offset)/d(d) = k.
     moved = _shifts(taps[j], shifts)
-    g_d += k * sum(a * jnp.einsum('bthwc,bthwc->bthw', moved[m], g)[..., None]
-                   for m, a in _interp_reads(k * d, shifts, slope=True))
-  return jnp.stack(g_taps).astype(taps.dtype), jnp.asarray(g_d, d.dtype)
+    slopes += k * sum(a * moved[m] for m, a in _interp_reads(k * d, shifts, slope=True))
+  # One dot over channels. The barrier keeps the slopes an XLA loop that reads the shifted taps
+  # in place: fused into the dot's reduction (a YNNPACK call), every shifted tap became a copy.
+  g_d = jnp.einsum('bthwc,bthwc->bthw', jax.lax.optimization_barrier(slopes), g)[..., None]
+  return jnp.stack(g_taps).astype(taps.dtype), g_d.astype(d.dtype)
 
 
 dynamic_temporal_reads.defvjp(_reads_fwd, _reads_bwd)
@@ -268,13 +268,15 @@ class ShiftConv3D(nn.Module):
   (depthwise and grouped 3-D convs; `benchmarks/train_step.py`, docs/performance.md).
 
   Input `(b, t, h, w, c)`; output `(b, t, h, w, features)`, or `(m, b, t, h, w, c)` with
-  `split_multiplier` (depthwise only: copy j of every channel in slice j).
+  `split_multiplier` (depthwise only: copy j of every channel in slice j). `narrow` (dense only)
+  is for a few outputs, such as a dilation predictor: `layers.narrow_matmul`.
   """
   features: int
   kernel_size: tuple[int, int, int]
   kernel_dilation: tuple[int, int, int] = (1, 1, 1)
   depthwise: bool = False
   split_multiplier: bool = False
+  narrow: bool = False
   use_bias: bool = True
   kernel_init: Any = nn.initializers.lecun_normal()
   dtype: Any = jnp.float32
@@ -293,7 +295,8 @@ class ShiftConv3D(nn.Module):
     if not self.depthwise:
       taps = math.prod(self.kernel_size)
       per_tap = einops.rearrange(kernel, 't h w c f -> c (t h w f)')
-      maps = (x @ per_tap).reshape(*x.shape[:-1], taps, self.features)
+      maps = layers.narrow_matmul(x, per_tap) if self.narrow else x @ per_tap
+      maps = maps.reshape(*x.shape[:-1], taps, self.features)
       views = _tap_views(maps, self.kernel_size, self.kernel_dilation)
       return sum(view[..., i, :] for i, (_, view) in enumerate(views)) + bias
     m = self.features // c
@@ -327,7 +330,7 @@ class DynamicDilatedConv3D(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     c = x.shape[-1]
     axes = [a for a in AXES if a in self.dynamic_axes]
-    z = ShiftConv3D(len(axes), self.predictor_kernel, dtype=self.dtype,
+    z = ShiftConv3D(len(axes), self.predictor_kernel, narrow=True, dtype=self.dtype,
                     kernel_init=nn.initializers.zeros, name='dilation')(x)
     # Capped so every tap stays inside the static set of shifts read.
     factor = nn.elu(z.astype(jnp.float32)) + 1.0
