@@ -22,7 +22,6 @@ Only torch, timm and numpy are imported: a benchmark's PyTorch child process hol
 """
 from __future__ import annotations
 
-import math
 import re
 from typing import Any, Mapping, Sequence
 
@@ -37,29 +36,6 @@ AXES = ('t', 'h', 'w')
 
 def _same_padding(kernel: Sequence[int], dilation: Sequence[int]) -> tuple[int, ...]:
   return tuple((k - 1) * d // 2 for k, d in zip(kernel, dilation))
-
-
-def _shift(x: torch.Tensor, offset: int, dim: int) -> torch.Tensor:
-  """y[..., i, ...] = x[..., i + offset, ...] along `dim`, zero outside (as the Flax `_shift`)."""
-  n = x.shape[dim]
-  if offset == 0:
-    return x
-  if abs(offset) >= n:
-    return torch.zeros_like(x)
-  zeros_shape = list(x.shape)
-  zeros_shape[dim] = abs(offset)
-  zeros = x.new_zeros(zeros_shape)
-  if offset > 0:
-    return torch.cat([x.narrow(dim, offset, n - offset), zeros], dim)
-  return torch.cat([zeros, x.narrow(dim, 0, n + offset)], dim)
-
-
-def _interp_reads(offset: torch.Tensor, lo: float, hi: float):
-  """Linear interpolation at fractional offsets as weighted integer shifts (Flax `_interp_reads`)."""
-  base = torch.floor(offset).detach()
-  frac = offset - base
-  return [(m, torch.where(base == m, 1.0 - frac, 0.0) + torch.where(base + 1 == m, frac, 0.0))
-          for m in range(math.floor(lo), math.ceil(hi) + 1)]
 
 
 class DynamicDilatedConv3D(nn.Module):
@@ -91,17 +67,24 @@ class DynamicDilatedConv3D(nn.Module):
     factor = F.elu(self.predictor(x)) + 1.0  # (b, 1, t, h, w)
     d_t = torch.clamp(factor * self.dilation[0], max=self.max_dilation)
     spatial = self.taps(x).unflatten(1, (x.shape[1], kt))  # (b, c, k, t, h, w)
-    y = None
+    t = x.shape[2]
+    frame = torch.arange(t, device=x.device, dtype=x.dtype).view(1, 1, t, 1, 1)
+    y = spatial[:, :, kt // 2] + self.bias[:, None, None, None]
+    # Off-centre taps read time t + k d(t) by linear interpolation: two weighted gathers along
+    # time (the floor and the next frame), zero outside the clip. The fraction is taken from the
+    # floor, as in Flax, so d gets a gradient at integer offsets.
     for j, k in enumerate(range(-(kt // 2), kt // 2 + 1)):
-      tap = spatial[:, :, j]
       if k == 0:
-        y = tap if y is None else y + tap
         continue
-      lo, hi = sorted((0.0, k * self.max_dilation))
-      for m, w in _interp_reads(k * d_t, lo, hi):
-        term = w * _shift(tap, m, dim=2)
-        y = term if y is None else y + term
-    return y + self.bias[:, None, None, None]
+      where = frame + k * d_t
+      floor = torch.floor(where).detach()
+      frac = where - floor
+      tap = spatial[:, :, j]
+      for read, weight in ((floor, 1.0 - frac), (floor + 1, frac)):
+        index = read.clamp(0, t - 1).long().expand(-1, tap.shape[1], -1, -1, -1)
+        inside = (read >= 0) & (read <= t - 1)
+        y = y + torch.where(inside, weight, 0.0) * torch.gather(tap, 2, index)
+    return y
 
 
 class TokenAdapter(nn.Module):
