@@ -54,6 +54,14 @@ def rss_bytes() -> int:
     return psutil.Process().memory_info().rss
 
 
+def device_peak_bytes() -> int | None:
+  """Peak bytes in use on the first accelerator since the process started; None on CPU."""
+  import jax  # pylint: disable=g-import-not-at-top
+  device = jax.local_devices()[0]
+  stats = device.memory_stats() if device.platform != 'cpu' else None
+  return int(stats['peak_bytes_in_use']) if stats and 'peak_bytes_in_use' in stats else None
+
+
 def reset_peak_rss() -> bool:
   """Resets the kernel's high-water mark of this process's RSS (Linux: clear_refs 5).
 
@@ -91,14 +99,18 @@ def best_time(fn: Callable[[], Any], repeats: int) -> float:
   return best
 
 
-def jax_matmul_peak(sizes: Sequence[int] = (2048, 4096), repeats: int = 5) -> dict[str, Any]:
-  """Float32 GFLOP/s of square `jnp.dot`s (2 n^3 FLOP each): the best over sizes and repeats."""
+def jax_matmul_peak(sizes: Sequence[int] = (2048, 4096), repeats: int = 5,
+                    dtype: str = 'float32') -> dict[str, Any]:
+  """GFLOP/s of square `jnp.dot`s in `dtype` (2 n^3 FLOP each): the best over sizes and repeats.
+
+  On the default device: the CPU's float32 peak, or a GPU's bfloat16 (tensor core) peak.
+  """
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   per_size = {}
   for n in sizes:
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+    a = jax.random.normal(jax.random.key(0), (n, n), dtype)
+    b = jax.random.normal(jax.random.key(1), (n, n), dtype)
     dot = jax.jit(jnp.dot)
     dot(a, b).block_until_ready()
     seconds = best_time(lambda: dot(a, b).block_until_ready(), repeats)

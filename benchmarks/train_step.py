@@ -3,6 +3,7 @@ r"""Train-step speed per method against this machine's float32 matmul peak and a
   python benchmarks/train_step.py --size tiny            # the synthetic config's tiny ViT
   python benchmarks/train_step.py --size base            # ViT-B/16, 16 x 224 x 224, 1 clip
   python benchmarks/train_step.py --size tiny --json     # rows as JSON lines
+  python benchmarks/train_step.py --size base --batch 32 # on a GPU host: bfloat16, device memory
 
 Per method (configs/common.py METHODS; the trainer's model, `optim.make` and
 `step.make_train_step`, jitted with the state donated): clips/s, model FLOPs per clip, achieved
@@ -21,6 +22,12 @@ peaks, so on a shared machine the ratios compare samples taken minutes apart in 
 process per spec because a process holding every model ran JAX steps up to 1.7x slower (memory
 and the frameworks' thread pools interfere). Peak memory: the process's RSS high-water mark over
 its first timed step (reset just before it), so model, optimizer state and one step's buffers.
+
+On a GPU (or TPU) the JAX steps compute in bfloat16 with float32 master weights
+(`model.dtype`; `--dtype` overrides), attention is `jax.nn.dot_product_attention` (cuDNN's fused
+kernel), the peak is a square bfloat16 `jnp.dot` on the device (n = 4096 and 8192), peak memory is
+the device's peak bytes in use, and `--batch` should fill the device. The PyTorch reference runs
+on CPU only (the pinned CPU build of torch), so it is skipped there.
 
 Model FLOPs are counted analytically (`common.analytic_flops`: matmuls and convs, 2 FLOP per
 multiply-add, the unit of the matmul peak, forward + the backward a step really needs); XLA's
@@ -55,8 +62,12 @@ MARK = 'RESULT_JSON '
 
 # ------------------------------------------------------------------------------ specs (parent)
 
-def spec(size: str, method: str, *, remat: bool = False, conv: str | None = None) -> dict:
-  """Everything a child needs to build one method's model, optimizer and batch (plain JSON)."""
+def spec(size: str, method: str, *, remat: bool = False, conv: str | None = None,
+         dtype: str = 'float32', batch: int | None = None) -> dict:
+  """Everything a child needs to build one method's model, optimizer and batch (plain JSON).
+
+  `dtype`: the model's compute dtype; `batch`: clips per step (default: the size's).
+  """
   from configs import common as configs_common  # pylint: disable=g-import-not-at-top
   from configs import synthetic  # pylint: disable=g-import-not-at-top
   from feadapter_jax import models  # pylint: disable=g-import-not-at-top
@@ -66,6 +77,7 @@ def spec(size: str, method: str, *, remat: bool = False, conv: str | None = None
   variant = model.pop('variant', None)
   model = {**(models.decode_variant(variant) if variant else {}), **model}
   model['remat'] = remat
+  model['dtype'] = dtype
   label = method + (' remat' if remat else '')
   if conv:
     model['adapter']['conv'] = conv
@@ -74,7 +86,7 @@ def spec(size: str, method: str, *, remat: bool = False, conv: str | None = None
                       for k, v in model['adapter'].items()}
   return dict(framework='jax', method=method, label=label, size=size, model=model,
               trainable=list(config.trainable), optim=config.optim.to_dict(),
-              label_smoothing=config.label_smoothing, batch=SIZES[size]['batch'],
+              label_smoothing=config.label_smoothing, batch=batch or SIZES[size]['batch'],
               cpu_compiler_options=dict(config.cpu_compiler_options),
               frames=SIZES[size]['frames'])
 
@@ -206,13 +218,25 @@ def spec_child(sp: dict, warmup: int, steps: int, max_seconds: float, peak_sizes
     step_fn()
     run['times'].append(time.perf_counter() - start)
     if i == 0:
-      run['peak_memory_bytes'] = common.peak_rss_bytes()
+      device = common.device_peak_bytes() if sp['framework'] == 'jax' else None
+      run['peak_memory_bytes'] = common.peak_rss_bytes() if device is None else device
     if time.perf_counter() - started > max_seconds:
       break
   run['baseline_rss_bytes'] = baseline
-  peak = common.jax_matmul_peak if sp['framework'] == 'jax' else common.torch_matmul_peak
-  run['peak_gflops'] = peak(peak_sizes, repeats=3)['gflops']
+  if sp['framework'] == 'jax':
+    run['peak_gflops'] = common.jax_matmul_peak(peak_sizes, repeats=3,
+                                                dtype=sp['model']['dtype'])['gflops']
+  else:
+    run['peak_gflops'] = common.torch_matmul_peak(peak_sizes, repeats=3)['gflops']
   return run
+
+
+def probe_child() -> dict:
+  """The backend and device the JAX children will run on."""
+  import jax  # pylint: disable=g-import-not-at-top
+  device = jax.local_devices()[0]
+  return {'backend': jax.default_backend(), 'device': device.device_kind,
+          'devices': jax.local_device_count()}
 
 
 # ------------------------------------------------------------------------------ parent
@@ -225,6 +249,7 @@ def row(sp: dict, run: dict, peak_gflops: float) -> dict:
   return {
       'framework': sp['framework'], 'method': sp['method'], 'variant': run['label'],
       'size': sp['size'], 'batch': sp['batch'], 'frames': sp['frames'],
+      'dtype': sp['model']['dtype'], 'image_size': sp['model']['image_size'],
       'remat': sp['model'].get('remat', False),
       'conv': sp['model']['adapter'].get('conv') if sp['model']['adapter']['kind'] == 'fe'
               else None,
@@ -250,10 +275,17 @@ def _fmt(x: Any, spec_: str) -> str:
 
 
 def print_report(size: str, machine: dict, rows: list[dict], dilation: dict | None) -> None:
+  batch, frames = rows[0]['batch'], rows[0]['frames']
   print(f'## Train step, {size}: '
-        + ('ViT-B/16, 1 clip of 16 x 224 x 224, 7 classes' if size == 'base' else
-           'tiny ViT (configs/synthetic.py TINY_VIT), 32 clips of 8 x 32 x 32'))
-  print(f"Machine: {machine['cpu']}, {machine['cores']} cores; float32 matmul peak "
+        + ('ViT-B/16' if size == 'base' else 'tiny ViT (configs/synthetic.py TINY_VIT)')
+        + f", {batch} clip{'s' if batch > 1 else ''} of {frames} x {rows[0]['image_size']} x "
+        f"{rows[0]['image_size']}" + (', 7 classes' if size == 'base' else ''))
+  on_cpu = machine['backend'] == 'cpu'
+  memory = 'peak RSS' if on_cpu else 'peak device mem'
+  if not on_cpu:
+    print(f"Device: {machine['devices']} x {machine['device']} ({machine['backend']}), JAX steps "
+          f"in {machine['dtype']}; the PyTorch reference is CPU-only and was skipped.")
+  print(f"Machine: {machine['cpu']}, {machine['cores']} cores; {machine['dtype']} matmul peak "
         f"{machine['peak_gflops']:.0f} GFLOP/s (best: jnp.dot {machine['jax_peak']:.0f}, "
         f"torch.mm {_fmt(machine['torch_peak'], '.0f')}; square n x n for n in "
         f"{', '.join(str(n) for n in machine['peak_sizes'])}, measured after every spec's steps); "
@@ -261,7 +293,7 @@ def print_report(size: str, machine: dict, rows: list[dict], dilation: dict | No
         f"{machine['load_end'][0]:.2f} (1 min)"
         + (f"; XLA options {machine['xla_options']}" if machine['xla_options'] else '') + '\n')
   headers = ['framework', 'method', 'clips/s', 'step s (best/med)', 'model GFLOP/clip',
-             'XLA GFLOP/clip', 'GFLOP/s', 'util.', 'peak RSS', 'XLA temp', 'compile s']
+             'XLA GFLOP/clip', 'GFLOP/s', 'util.', memory, 'XLA temp', 'compile s']
   table = []
   for r in rows:
     table.append([
@@ -276,9 +308,11 @@ def print_report(size: str, machine: dict, rows: list[dict], dilation: dict | No
   print(common.markdown_table(headers, table))
   print('\nEvery spec ran alone in its own process, in turn, for every round (best step counts). '
         'model GFLOP/clip: analytic matmul/conv FLOPs of the step (forward + the backward it '
-        'needs); util. = achieved / matmul peak; peak RSS: the process\'s high-water mark over '
-        'one step (reset before it: model, optimizer state, the step\'s buffers); XLA temp: the '
-        'compiled step\'s scratch buffers.')
+        'needs); util. = achieved / matmul peak; '
+        + ("peak RSS: the process's high-water mark over one step (reset before it: model, "
+           "optimizer state, the step's buffers)" if on_cpu else
+           "peak device mem: the device's peak bytes in use (model, optimizer state, the step)")
+        + "; XLA temp: the compiled step's scratch buffers.")
 
   by = {(r['framework'], r['variant']): r for r in rows}
   lines = []
@@ -304,10 +338,12 @@ def print_report(size: str, machine: dict, rows: list[dict], dilation: dict | No
     lines.append(f"fe_adapter / full_finetune step time: "
                  f"{jax_fe['step_s'] / jax_full['step_s']:.3f} (target <= 0.77)")
     if jax_fe['peak_memory_bytes'] and jax_full['peak_memory_bytes']:
-      lines.append(f"fe_adapter / full_finetune peak RSS: "
+      lines.append(f"fe_adapter / full_finetune {memory}: "
                    f"{jax_fe['peak_memory_bytes'] / jax_full['peak_memory_bytes']:.3f} "
-                   f"(target <= 0.6); above the process baseline: "
-                   f"{(jax_fe['peak_memory_bytes'] - jax_fe['baseline_rss_bytes']) / (jax_full['peak_memory_bytes'] - jax_full['baseline_rss_bytes']):.3f}")
+                   '(target <= 0.6)' + (
+                       '; above the process baseline: '
+                       f"{(jax_fe['peak_memory_bytes'] - jax_fe['baseline_rss_bytes']) / (jax_full['peak_memory_bytes'] - jax_full['baseline_rss_bytes']):.3f}"
+                       if on_cpu else ''))
   if jax_fe:
     lines.append(f"fe_adapter utilisation: {100 * jax_fe['utilisation']:.1f}% of the matmul "
                  'peak (target >= 80%)')
@@ -318,7 +354,7 @@ def print_report(size: str, machine: dict, rows: list[dict], dilation: dict | No
                    + (' (target >= 1.05x)' if v == 'fe_adapter' else ''))
   fe_remat = by.get(('jax', 'fe_adapter remat'))
   if fe_remat and jax_full and fe_remat['peak_memory_bytes'] and jax_full['peak_memory_bytes']:
-    lines.append(f"fe_adapter remat / full_finetune peak RSS: "
+    lines.append(f"fe_adapter remat / full_finetune {memory}: "
                  f"{fe_remat['peak_memory_bytes'] / jax_full['peak_memory_bytes']:.3f} "
                  "(target <= 0.6, remat being the config option for memory)")
   for v in REMAT_METHODS:
@@ -326,7 +362,7 @@ def print_report(size: str, machine: dict, rows: list[dict], dilation: dict | No
     b = next((r for (f, name), r in by.items() if f == 'jax' and name.startswith(v + ' remat')),
              None)
     if a and b and a['peak_memory_bytes'] and b['peak_memory_bytes']:
-      lines.append(f"{b['variant']}: peak RSS {common.gib(b['peak_memory_bytes'])} vs "
+      lines.append(f"{b['variant']}: {memory} {common.gib(b['peak_memory_bytes'])} vs "
                    f"{common.gib(a['peak_memory_bytes'])} without, step time "
                    f"{b['step_s'] / a['step_s']:.2f}x")
   pipe = machine.get('input_pipeline')
@@ -385,8 +421,13 @@ def main() -> None:
   parser.add_argument('--input_pipeline', action='store_true',
                       help='also run benchmarks/input_pipeline.py at this size and compare its '
                            'clips/s with the fastest train step\'s consumption')
-  parser.add_argument('--peak_sizes', default='2048,4096',
-                      help='square matmul sizes for the peak (the best counts)')
+  parser.add_argument('--peak_sizes', default=None,
+                      help='square matmul sizes for the peak, the best counts (default: '
+                           '2048,4096 on CPU, 4096,8192 on an accelerator)')
+  parser.add_argument('--dtype', choices=('auto', 'float32', 'bfloat16'), default='auto',
+                      help='JAX compute dtype (auto: float32 on CPU, bfloat16 on an accelerator)')
+  parser.add_argument('--batch', type=int, default=None,
+                      help='clips per step (default per size; on a GPU, one that fills it)')
   parser.add_argument('--xla_option', action='append', default=[], metavar='KEY=VALUE',
                       help='XLA compiler option for the JAX train steps, e.g. '
                            'xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED')
@@ -400,10 +441,12 @@ def main() -> None:
   max_seconds = size['max_seconds'] if args.max_seconds is None else args.max_seconds
 
   compiler_options = _xla_options(args.xla_option)
-  peak_sizes = [int(n) for n in args.peak_sizes.split(',')]
+  if args.child == 'probe':
+    _report(probe_child())
+    return
   if args.child:  # worker mode
-    _report(spec_child(json.loads(args.specs), warmup, steps, max_seconds, peak_sizes,
-                       compiler_options))
+    _report(spec_child(json.loads(args.specs), warmup, steps, max_seconds,
+                       [int(n) for n in args.peak_sizes.split(',')], compiler_options))
     return
 
   methods = [m for m in args.methods.split(',') if m]
@@ -412,20 +455,30 @@ def main() -> None:
     parser.error(f'unknown methods {sorted(unknown)}')
   load_start = common.load_average()
   log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+  # The parent never touches a device: a probe child says where the steps will run.
+  target = run_child(['--child', 'probe'])
+  on_cpu = target['backend'] == 'cpu'
+  dtype = args.dtype if args.dtype != 'auto' else 'float32' if on_cpu else 'bfloat16'
+  peak_sizes = args.peak_sizes or ('2048,4096' if on_cpu else '4096,8192')
   options = [*(f'--xla_option={o}' for o in args.xla_option), '--size', args.size]
+
+  def spec_(method: str, **kwargs) -> dict:
+    return spec(args.size, method, dtype=dtype, batch=args.batch, **kwargs)
 
   specs = []
   for m in methods:
-    sp = spec(args.size, m)
+    sp = spec_(m)
     sp['forward_flops'] = m == 'full_finetune'
     specs.append(sp)
   if not args.no_remat:
-    specs += [spec(args.size, m, remat=True)
-              for m in REMAT_METHODS if m in methods]
+    specs += [spec_(m, remat=True) for m in REMAT_METHODS if m in methods]
   if not args.no_dilation and 'fe_adapter' in methods:
-    specs.append(spec(args.size, 'fe_adapter', conv='fixed'))
-  if not args.no_torch:
-    specs += [{**spec(args.size, m), 'framework': 'pytorch'} for m in methods]
+    specs.append(spec_('fe_adapter', conv='fixed'))
+  if not args.no_torch and (not on_cpu or dtype != 'float32'):
+    log(f"{target['backend']}, {dtype}: the PyTorch reference runs in float32 on CPU only (the "
+        'pinned CPU build of torch); skipped')
+  elif not args.no_torch:
+    specs += [{**spec_(m), 'framework': 'pytorch'} for m in methods]
 
   log(f'load average {load_start}; {rounds} round(s) over {len(specs)} train steps, each in '
       f'its own process: {warmup} warm-up + {steps} timed steps, then the matmul peak')
@@ -437,7 +490,7 @@ def main() -> None:
       runs[i].append(run_child(['--child', 'spec', '--specs', json.dumps(specs[i]),
                                 '--warmup', str(warmup), '--steps', str(steps),
                                 '--max_seconds', str(max_seconds),
-                                '--peak_sizes', args.peak_sizes, *options]))
+                                '--peak_sizes', peak_sizes, *options]))
   merged = [dict(rs[0], times=[t for x in rs for t in x['times']],
                  peak_memory_bytes=min(x['peak_memory_bytes'] for x in rs), label=sp['label'])
             for sp, rs in zip(specs, runs)]
@@ -461,7 +514,8 @@ def main() -> None:
         / dilation['fixed_s'])
 
   machine = {'cpu': common.cpu_model(), 'cores': common.cores(), 'peak_gflops': peak,
-             'jax_peak': jax_peak, 'torch_peak': torch_peak, 'peak_sizes': peak_sizes,
+             'jax_peak': jax_peak, 'torch_peak': torch_peak,
+             'peak_sizes': [int(n) for n in peak_sizes.split(',')], 'dtype': dtype, **target,
              'load_start': load_start, 'load_end': common.load_average(),
              'xla_options': {**specs[0].get('cpu_compiler_options', {}),
                              **_xla_options(args.xla_option)}}
@@ -474,6 +528,8 @@ def main() -> None:
   if args.json:
     for r in rows:
       print(json.dumps({**r, 'cpu': machine['cpu'], 'cores': machine['cores'],
+                        'backend': target['backend'], 'device': target['device'],
+                        'peak_dtype': dtype,
                         'peak_gflops': peak, 'load_average_start': load_start[0],
                         'load_average_end': machine['load_end'][0],
                         'xla_options': machine['xla_options']}))

@@ -154,6 +154,8 @@ def test_benchmark_runs_end_to_end_at_tiny_size_with_json():
   for r in rows:
     assert {'method', 'clips_per_s', 'utilisation', 'peak_memory_bytes', 'framework'} <= set(r)
     assert r['framework'] in ('jax', 'pytorch')
+    assert (r['backend'], r['dtype'], r['peak_dtype'], r['batch']) == ('cpu', 'float32',
+                                                                        'float32', 32)
     assert r['clips_per_s'] > 0 and r['utilisation'] > 0
     assert r['peak_gflops'] > 0 and r['cores'] >= 1
   assert all(r['peak_memory_bytes'] > 0 for r in rows if r['variant'] != 'fe_adapter conv=fixed')
@@ -161,6 +163,23 @@ def test_benchmark_runs_end_to_end_at_tiny_size_with_json():
   assert fixed['dynamic_over_fixed_step_time'] > 0
   # The same share from benchmarks/dilation.py's timing of the adapter conv alone.
   assert 0 < fixed['dynamic_over_fixed_step_time_from_conv'] < 10
+
+
+def test_benchmark_takes_the_accelerator_settings_dtype_and_batch():
+  # What a GPU run uses (bfloat16 compute and peak, a batch to fill the device), here on CPU;
+  # PyTorch is skipped: its reference computes in float32 only.
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  out = subprocess.run(
+      [sys.executable, os.path.join(root, 'benchmarks', 'train_step.py'), '--size', 'tiny',
+       '--methods', 'linear_probe', '--rounds', '1', '--warmup', '0', '--steps', '1',
+       '--no_remat', '--dtype', 'bfloat16', '--batch', '4', '--peak_sizes', '256', '--json'],
+      capture_output=True, text=True, check=True, env=env, timeout=600)
+  rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith('{')]
+  assert [(r['framework'], r['dtype'], r['peak_dtype'], r['batch']) for r in rows] == [
+      ('jax', 'bfloat16', 'bfloat16', 4)]
+  assert rows[0]['clips_per_s'] > 0 and rows[0]['peak_memory_bytes'] > 0
+  assert 'PyTorch reference runs in float32 on CPU only' in out.stderr
 
 
 def test_profile_classifies_compiled_ops_by_what_they_compute():
