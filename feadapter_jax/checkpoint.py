@@ -118,7 +118,8 @@ class Checkpoints:
                                  CHECKSUMS: ocp.args.JsonSave(checksums(saved_state))})
     self._writing = step
     try:
-      self.manager.save(step, args=args, metrics=dict(metrics) if metrics else None, force=True)
+      # {} for a step without an eval: it scores -inf, and orbax warns only about None.
+      self.manager.save(step, args=args, metrics=dict(metrics or {}), force=True)
     except Exception as e:  # pylint: disable=broad-except  (reported with its cause)
       raise self._write_failed(e) from e
 
