@@ -23,12 +23,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
+from benchmarks import train_step  # pylint: disable=g-import-not-at-top
+
+
 def time_convs(size: str, repeats: int) -> dict:
   """Best forward+backward seconds of each conv variant at `size`'s adapter shape."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from benchmarks import train_step  # pylint: disable=g-import-not-at-top
   from feadapter_jax.models import adapters  # pylint: disable=g-import-not-at-top
 
   sp = train_step.spec(size, 'fe_adapter')
@@ -68,7 +70,7 @@ def time_convs(size: str, repeats: int) -> dict:
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--size', choices=('base', 'tiny'), default='tiny')
+  parser.add_argument('--size', choices=tuple(train_step.SIZES), default='tiny')
   parser.add_argument('--repeats', type=int, default=20)
   parser.add_argument('--json', action='store_true')
   args = parser.parse_args()

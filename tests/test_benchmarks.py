@@ -139,15 +139,20 @@ def test_analytic_flops_agree_with_xla_at_tiny_size(method):
 
 
 @pytest.mark.slow
-def test_benchmark_runs_end_to_end_at_tiny_size_with_json():
+def run_train_step(*args: str) -> tuple[list[dict], str]:
+  """`benchmarks/train_step.py --size tiny --json *args` as a user runs it: (rows, stderr)."""
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
   out = subprocess.run(
       [sys.executable, os.path.join(root, 'benchmarks', 'train_step.py'), '--size', 'tiny',
-       '--methods', 'fe_adapter,linear_probe', '--rounds', '1', '--warmup', '0', '--steps', '1', '--no_remat',
-       '--peak_sizes', '512', '--json'],
-      capture_output=True, text=True, check=True, env=env, timeout=900).stdout
-  rows = [json.loads(line) for line in out.splitlines() if line.startswith('{')]
+       '--rounds', '1', '--warmup', '0', '--steps', '1', '--json', *args],
+      capture_output=True, text=True, check=True, env=env, timeout=900)
+  return [json.loads(line) for line in out.stdout.splitlines() if line.startswith('{')], out.stderr
+
+
+def test_benchmark_runs_end_to_end_at_tiny_size_with_json():
+  rows, _ = run_train_step('--methods', 'fe_adapter,linear_probe', '--no_remat',
+                           '--peak_sizes', '512')
   seen = {(r['framework'], r['variant']) for r in rows}
   assert seen == {('jax', 'fe_adapter'), ('jax', 'linear_probe'), ('pytorch', 'fe_adapter'),
                   ('pytorch', 'linear_probe'), ('jax', 'fe_adapter conv=fixed')}
@@ -168,18 +173,12 @@ def test_benchmark_runs_end_to_end_at_tiny_size_with_json():
 def test_benchmark_takes_the_accelerator_settings_dtype_and_batch():
   # What a GPU run uses (bfloat16 compute and peak, a batch to fill the device), here on CPU;
   # PyTorch is skipped: its reference computes in float32 only.
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
-  out = subprocess.run(
-      [sys.executable, os.path.join(root, 'benchmarks', 'train_step.py'), '--size', 'tiny',
-       '--methods', 'linear_probe', '--rounds', '1', '--warmup', '0', '--steps', '1',
-       '--no_remat', '--dtype', 'bfloat16', '--batch', '4', '--peak_sizes', '256', '--json'],
-      capture_output=True, text=True, check=True, env=env, timeout=600)
-  rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith('{')]
+  rows, log = run_train_step('--methods', 'linear_probe', '--no_remat', '--dtype', 'bfloat16',
+                             '--batch', '4', '--peak_sizes', '256')
   assert [(r['framework'], r['dtype'], r['peak_dtype'], r['batch']) for r in rows] == [
       ('jax', 'bfloat16', 'bfloat16', 4)]
   assert rows[0]['clips_per_s'] > 0 and rows[0]['peak_memory_bytes'] > 0
-  assert 'PyTorch reference runs in float32 on CPU only' in out.stderr
+  assert 'PyTorch reference runs in float32 on CPU only' in log
 
 
 def test_profile_classifies_compiled_ops_by_what_they_compute():
