@@ -54,13 +54,13 @@ def main(argv) -> None:
   # Imported after jax.distributed.initialize: they query devices at import or first use.
   from feadapter_jax import checkpoint  # pylint: disable=g-import-not-at-top
   from feadapter_jax import train  # pylint: disable=g-import-not-at-top
-  from feadapter_jax.data import frames  # pylint: disable=g-import-not-at-top
+  from feadapter_jax.data import clip_folders  # pylint: disable=g-import-not-at-top
   from feadapter_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   logging.info('JAX process %d/%d, devices: %s', jax.process_index(), jax.process_count(),
                jax.devices())
   try:
     train.train_and_evaluate(config, _WORKDIR.value)
-  except (pipeline.DatasetNotFoundError, frames.DataLayoutError, train.NonFiniteLossError,
+  except (pipeline.DatasetNotFoundError, clip_folders.DataLayoutError, train.NonFiniteLossError,
           checkpoint.CheckpointError, FileNotFoundError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)

@@ -52,7 +52,7 @@ from feadapter_jax import faces as faces_lib
 from feadapter_jax import partition
 from feadapter_jax import step as step_lib
 from feadapter_jax import train
-from feadapter_jax.data import frames as frames_lib
+from feadapter_jax.data import clip_folders
 from feadapter_jax.data import pipeline
 from feadapter_jax.data import video_io
 
@@ -274,7 +274,7 @@ class Source:
     for path in self.frame_files:
       try:
         # The builders' loader then the pipeline's decoder: the pixels evaluation would see.
-        jpeg = frames_lib.load_frame_jpeg(path)
+        jpeg = clip_folders.load_frame_jpeg(path)
       except OSError as e:
         raise PredictError(self.path, f'frame {os.path.basename(path)}: {e}') from None
       yield pipeline.decode_jpeg(jpeg).numpy()
@@ -287,10 +287,10 @@ def open_source(path: str, default_fps: float) -> Source:
     PredictError: a missing path, a folder without frames, or a file that is not a video.
   """
   if os.path.isdir(path):
-    files = frames_lib.list_frame_files(path)
+    files = clip_folders.list_frame_files(path)
     if not files:
       raise PredictError(path, 'folder holds no frame images '
-                         f'({", ".join(frames_lib.FRAME_EXTENSIONS)})')
+                         f'({", ".join(clip_folders.FRAME_EXTENSIONS)})')
     return Source(path, default_fps, tuple(files))
   try:
     return Source(path, video_io.video_fps(path) or default_fps)

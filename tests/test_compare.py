@@ -6,7 +6,7 @@ import re
 import numpy as np
 import pytest
 
-from feadapter_jax.data import synthfer
+from feadapter_jax.data.synth_fer import render as synth_render
 from feadapter_jax.experiments import compare
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -16,7 +16,7 @@ TINY_OVERRIDES = ('model.width=32', 'model.depth=2', 'model.num_heads=2', 'model
 
 
 def test_pair_accuracy_counts_only_the_right_class_of_all():
-  names = list(synthfer.CLASS_NAMES)
+  names = list(synth_render.CLASS_NAMES)
   surprise, fear = names.index('Surprise'), names.index('Fear')
   cm = np.arange(49).reshape(7, 7) % 5  # the other rows must not matter
   cm[surprise] = 0

@@ -22,7 +22,7 @@ import tensorflow_datasets as tfds
 from feadapter_jax import data  # noqa: F401  (registers the builders)
 from feadapter_jax.data import dfew
 from feadapter_jax.data import ferv39k
-from feadapter_jax.data import frames
+from feadapter_jax.data import clip_folders
 from feadapter_jax.data import video_io
 
 BRIGHTNESS_STEP = 20
@@ -222,11 +222,11 @@ def test_dfew_loads_through_tfds_load(dfew_dirs, dfew_fold1):
 # Bad layouts: each fails before writing, naming the file, the line and the fix.
 
 
-def _dfew_error(tmp_path, mutate, config='dfew/fold1') -> frames.DataLayoutError:
+def _dfew_error(tmp_path, mutate, config='dfew/fold1') -> clip_folders.DataLayoutError:
   manual = tmp_path / 'manual'
   make_dfew(manual, num_frames=2)
   mutate(manual)
-  with pytest.raises(frames.DataLayoutError) as e:
+  with pytest.raises(clip_folders.DataLayoutError) as e:
     _build(config, tmp_path / 'tfds', manual)
   assert 'Fix:' in str(e.value)
   return e.value
@@ -237,14 +237,14 @@ def _set_csv(manual, split='test', k=1):
 
 
 def test_missing_manual_dir(tmp_path):
-  with pytest.raises(frames.DataLayoutError, match='manual directory missing') as e:
+  with pytest.raises(clip_folders.DataLayoutError, match='manual directory missing') as e:
     _build('dfew/fold1', tmp_path / 'tfds', tmp_path / 'nowhere')
   assert 'nowhere' in str(e.value) and 'dfew-dataset.github.io' in str(e.value)
 
 
 def test_manual_dir_without_dataset(tmp_path):
   (tmp_path / 'manual' / 'something_else').mkdir(parents=True)
-  with pytest.raises(frames.DataLayoutError, match='EmoLabel_DataSplit/ not found'):
+  with pytest.raises(clip_folders.DataLayoutError, match='EmoLabel_DataSplit/ not found'):
     _build('dfew/fold1', tmp_path / 'tfds', tmp_path / 'manual')
 
 
@@ -341,7 +341,7 @@ def test_bad_ferv39k_split_lines(tmp_path, line, problem):
   make_ferv39k(tmp_path / 'manual')
   split_file = tmp_path / 'manual' / '4_setups' / 'All_scenes' / 'test_All.csv'
   split_file.write_text(f'Crime/Surprise/0001 Surprise\n{line}\n')
-  with pytest.raises(frames.DataLayoutError) as e:
+  with pytest.raises(clip_folders.DataLayoutError) as e:
     _build('ferv39k', tmp_path / 'tfds', tmp_path / 'manual')
   assert e.value.line == 2 and problem in str(e.value) and 'test_All.csv' in str(e.value)
   assert 'Fix:' in str(e.value)
@@ -401,7 +401,7 @@ def test_bad_mafw_split_lines(tmp_path, line, problem):
   split_path = os.path.join('Train & Test Set', 'single', 'no_caption', 'set_1', 'train.txt')
   split_file = tmp_path / 'manual' / split_path
   split_file.write_text(f'00012.mp4 helplessness\n{line}\n')
-  with pytest.raises(frames.DataLayoutError) as e:
+  with pytest.raises(clip_folders.DataLayoutError) as e:
     _build('mafw/fold1', tmp_path / 'tfds', tmp_path / 'manual')
   assert e.value.line == 2 and problem in str(e.value)
   assert split_path in str(e.value)
@@ -409,7 +409,7 @@ def test_bad_mafw_split_lines(tmp_path, line, problem):
 
 def test_mafw_missing_frames_root(tmp_path):
   make_mafw(tmp_path / 'manual', 'data/elsewhere')
-  with pytest.raises(frames.DataLayoutError, match='data/frames/ or data/faces/') as e:
+  with pytest.raises(clip_folders.DataLayoutError, match='data/frames/ or data/faces/') as e:
     _build('mafw/fold1', tmp_path / 'tfds', tmp_path / 'manual')
   assert "'_original'" in str(e.value)  # The fix names the other source.
 
@@ -421,14 +421,14 @@ def test_mafw_missing_frames_root(tmp_path):
 def test_natural_sort_and_frame_listing(tmp_path):
   for name in ('x_10.jpg', 'x_2.png', 'x_1.JPG', '._x_3.jpg', 'notes.txt', 'x_01.jpg'):
     (tmp_path / name).write_bytes(b'')
-  assert [os.path.basename(p) for p in frames.list_frame_files(tmp_path)] == [
+  assert [os.path.basename(p) for p in clip_folders.list_frame_files(tmp_path)] == [
       'x_01.jpg', 'x_1.JPG', 'x_2.png', 'x_10.jpg']
 
 
 def test_non_jpeg_frame_is_converted(tmp_path):
   path = tmp_path / 'f.png'
   Image.new('RGB', (8, 8), (200, 10, 10)).save(path)
-  decoded = tf.io.decode_jpeg(frames.load_frame_jpeg(path)).numpy()
+  decoded = tf.io.decode_jpeg(clip_folders.load_frame_jpeg(path)).numpy()
   np.testing.assert_allclose(decoded.reshape(-1, 3).mean(0), (200, 10, 10), atol=6)
 
 

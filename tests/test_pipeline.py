@@ -10,11 +10,11 @@ import pytest
 import tensorflow_datasets as tfds
 
 from feadapter_jax.data import pipeline
-from feadapter_jax.data import synth_fer
-from feadapter_jax.data import synthfer
+from feadapter_jax.data.synth_fer import builder as synth_builder
+from feadapter_jax.data.synth_fer import render as synth_render
 
 NUM_TRAIN, NUM_TEST, STORED_FRAMES, RESOLUTION = 24, 13, 8, 16
-NEUTRAL = synthfer.CLASS_NAMES.index('Neutral')
+NEUTRAL = synth_render.CLASS_NAMES.index('Neutral')
 # Renderer settings under which a Neutral clip is one frame repeated (no motion, light, noise).
 STILL = {'noise_std': 0.0, 'motion': 0.0, 'rotation_deg': 0.0, 'zoom': 0.0, 'lighting': 0.0}
 
@@ -28,7 +28,7 @@ class FakeManualFer(tfds.core.GeneratorBasedBuilder):
   def _info(self):
     return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
         'video': tfds.features.Video(shape=(None, None, None, 3), encoding_format='jpeg'),
-        'label': tfds.features.ClassLabel(names=synthfer.CLASS_NAMES),
+        'label': tfds.features.ClassLabel(names=synth_render.CLASS_NAMES),
         'clip_id': tfds.features.Text(),
         'num_frames': np.int32,
     }))
@@ -116,7 +116,7 @@ def test_short_clips_repeat_frames_in_order():
 
 def test_dataset_info_prepares_synth_fer(data_dir):
   info = pipeline.dataset_info(_config(data_dir))
-  assert info.class_names == list(synthfer.CLASS_NAMES)
+  assert info.class_names == list(synth_render.CLASS_NAMES)
   assert info.num_examples == {'train': NUM_TRAIN, 'validation': 3, 'test': NUM_TEST}
 
 
@@ -166,13 +166,13 @@ def test_eval_frames_are_the_sampled_frames_in_temporal_order(data_dir):
   stored = {ex['clip_id']: np.stack([cv2.imdecode(np.frombuffer(jpeg, np.uint8),
                                                   cv2.IMREAD_COLOR)[..., ::-1]
                                      for jpeg in ex['video']]) for ex in stored}
-  synth = synth_fer.synth_config('video', **config.synth.to_dict())
+  synth = synth_builder.synth_config('video', **config.synth.to_dict())
   expected = np.array([[0, 2, 4, 6], [1, 3, 5, 7]])  # 8 frames, 4 segments, views at 1/4, 3/4
   for video, label, clip_id in zip(batch['video'], batch['label'], batch['clip_id']):
     output = _pixels(video, config)  # (views t h w 3)
     np.testing.assert_allclose(output, stored[clip_id][expected], atol=0.01)
     split, index = clip_id.decode().rsplit('_', 1)
-    rendered, rendered_label = synth_fer.render_example(synth, split, int(index))
+    rendered, rendered_label = synth_builder.render_example(synth, split, int(index))
     assert label == rendered_label
     # Each output frame is nearest (RMS) to the rendered frame of its index.
     rms = np.sqrt(((output[:, :, None] - rendered[None, None].astype(float)) ** 2)
@@ -203,7 +203,7 @@ def test_eval_shards_are_disjoint_complete_and_equally_long(data_dir, process_co
     counts.append(len(batches))
     seen += [i for b in batches for i, m in zip(b['clip_id'], b['mask']) if m]
   assert len(set(counts)) == 1
-  assert sorted(seen) == [synth_fer.clip_name('test', i).encode() for i in range(NUM_TEST)]
+  assert sorted(seen) == [synth_builder.clip_name('test', i).encode() for i in range(NUM_TEST)]
 
 
 def test_bfloat16_output(data_dir):
@@ -289,7 +289,7 @@ def test_train_shards_cover_each_example_once_per_epoch(data_dir, process_count)
     ids = [i for b in batches for i in b['clip_id']]
     assert len(set(ids)) == shard_size
     epoch_ids += ids
-  assert sorted(epoch_ids) == [synth_fer.clip_name('train', i).encode() for i in range(NUM_TRAIN)]
+  assert sorted(epoch_ids) == [synth_builder.clip_name('train', i).encode() for i in range(NUM_TRAIN)]
 
 
 def test_to_global_arrays_places_the_batch_on_the_mesh(data_dir):

@@ -20,7 +20,7 @@ from feadapter_jax import faces
 from feadapter_jax import predict
 from feadapter_jax import step as step_lib
 from feadapter_jax.data import pipeline
-from feadapter_jax.data import synthfer
+from feadapter_jax.data.synth_fer import render as synth_render
 from feadapter_jax.data import video_io
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -63,8 +63,8 @@ def reference(workdir, predictor):
 
 
 def _clip(seed, num_frames, size, label=0):
-  return synthfer.render_clip(np.random.default_rng(seed), label, num_frames, size,
-                              synthfer.RenderParams())
+  return synth_render.render_clip(np.random.default_rng(seed), label, num_frames, size,
+                              synth_render.RenderParams())
 
 
 def _write(path, frames, fps=FPS, codec='libx264'):
@@ -173,17 +173,17 @@ def test_json_and_csv_outputs_parse(tmp_path, predictor):
   assert _run(predictor, [path], output=str(tmp_path / 'p.csv'))[0] == 0
 
   result = json.loads((tmp_path / 'p.json').read_text())
-  assert result['class_names'] == list(synthfer.CLASS_NAMES) and result['errors'] == []
+  assert result['class_names'] == list(synth_render.CLASS_NAMES) and result['errors'] == []
   (video,) = result['videos']
   assert video['duration_s'] == 4.0 and len(video['windows']) == 3
   assert [(w['start_s'], w['end_s']) for w in video['windows']] == [(0, 2), (1, 3), (2, 4)]
-  assert video['top_class'] == synthfer.CLASS_NAMES[int(np.argmax(video['probs']))]
+  assert video['top_class'] == synth_render.CLASS_NAMES[int(np.argmax(video['probs']))]
   with open(tmp_path / 'p.csv', newline='') as f:
     rows = list(csv.DictReader(f))
   assert [r['window'] for r in rows] == ['0', '1', '2', 'video']
   for row, probs in zip(rows, [w['probs'] for w in video['windows']] + [video['probs']]):
-    np.testing.assert_allclose([float(row[c]) for c in synthfer.CLASS_NAMES], probs, atol=1e-6)
-    assert row['top_class'] == synthfer.CLASS_NAMES[int(np.argmax(probs))]
+    np.testing.assert_allclose([float(row[c]) for c in synth_render.CLASS_NAMES], probs, atol=1e-6)
+    assert row['top_class'] == synth_render.CLASS_NAMES[int(np.argmax(probs))]
 
 
 def test_render_writes_every_frame_with_the_prediction_drawn(tmp_path, predictor):

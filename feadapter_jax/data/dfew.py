@@ -11,10 +11,10 @@ Happy, Sad, Neutral, Angry, Surprise, Disgust, Fear. Only the single-labelled
 clips (11,697; fold 1: 9,356 train / 2,341 test) are used.
 """
 
-from feadapter_jax.data import frames
+from feadapter_jax.data import clip_folders
 
 
-class Dfew(frames.ClipFolderVideoBuilder):
+class Dfew(clip_folders.ClipFolderVideoBuilder):
   """DFEW: 7-class dynamic facial expressions, 5 folds."""
 
   CLASS_NAMES = ('Happy', 'Sad', 'Neutral', 'Angry', 'Surprise', 'Disgust',
@@ -25,10 +25,10 @@ class Dfew(frames.ClipFolderVideoBuilder):
   }
   SPLIT_HEADER = 'video_name,label'
   SPLIT_LINE_FORMAT = '<video_name>,<label 1-7>'  # e.g. '23,4'
-  BUILDER_CONFIGS = frames.fold_configs(range(1, 6), {
-      '': frames.ClipSource(frames_dirs=('Clip/clip_224x224',)),
-      '_16f': frames.ClipSource(frames_dirs=('Clip/clip_224x224_16f',)),
-      '_original': frames.ClipSource(videos_dir='Clip/original'),
+  BUILDER_CONFIGS = clip_folders.fold_configs(range(1, 6), {
+      '': clip_folders.ClipSource(frames_dirs=('Clip/clip_224x224',)),
+      '_16f': clip_folders.ClipSource(frames_dirs=('Clip/clip_224x224_16f',)),
+      '_original': clip_folders.ClipSource(videos_dir='Clip/original'),
   })
   HOMEPAGE = 'https://dfew-dataset.github.io/'
   DESCRIPTION = ('DFEW: 16,372 movie clips of facial expressions; the 11,697 '
@@ -59,7 +59,7 @@ Only the folder of the config you build is needed. One extra enclosing folder
 (data/manual/dfew/DFEW/...) is also accepted.
 """
 
-  def _parse_split_line(self, line: str) -> frames.SplitEntry:
+  def _parse_split_line(self, line: str) -> clip_folders.SplitEntry:
     fields = [f.strip() for f in line.split(',')]
     if len(fields) != 2:
       raise self._malformed(f'expected 2 comma-separated fields, found '
@@ -68,10 +68,10 @@ Only the folder of the config you build is needed. One extra enclosing folder
     if not (video_name.isdigit() and label.lstrip('-').isdigit()):
       raise self._malformed('video_name and label must be integers')
     if not 1 <= int(label) <= len(self.CLASS_NAMES):
-      raise frames.SplitLineError(
+      raise clip_folders.SplitLineError(
           f'label {label} is outside 1..{len(self.CLASS_NAMES)} (1-based: '
           + ', '.join(f'{i} {n}' for i, n in enumerate(self.CLASS_NAMES, 1))
           + ')', 'use the single-labeled split files as distributed')
     clip_id = f'{int(video_name):05d}'
-    return frames.SplitEntry(clip_id=clip_id, label=int(label) - 1,
+    return clip_folders.SplitEntry(clip_id=clip_id, label=int(label) - 1,
                              clip_path=clip_id, video_name=f'{clip_id}.mp4')

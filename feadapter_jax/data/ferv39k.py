@@ -14,10 +14,10 @@ The split files spell labels as these folder names; the spellings in
 
 import tensorflow_datasets as tfds
 
-from feadapter_jax.data import frames
+from feadapter_jax.data import clip_folders
 
 
-class Ferv39k(frames.ClipFolderVideoBuilder):
+class Ferv39k(clip_folders.ClipFolderVideoBuilder):
   """FERV39k: 7-class facial expressions in 22 scenes, official split."""
 
   CLASS_NAMES = ('Angry', 'Disgust', 'Fear', 'Happy', 'Neutral', 'Sad',
@@ -37,9 +37,9 @@ class Ferv39k(frames.ClipFolderVideoBuilder):
   SPLIT_LINE_FORMAT = '<Scene>/<Emotion>/<NNNN> <Emotion>'
   EXTRA_FEATURES = {'scene': tfds.features.Text()}
   BUILDER_CONFIGS = [
-      frames.ClipFolderConfig(
+      clip_folders.ClipFolderConfig(
           name='default',
-          source=frames.ClipSource(frames_dirs=('2_ClipsforFaceCrop',)),
+          source=clip_folders.ClipSource(frames_dirs=('2_ClipsforFaceCrop',)),
           description='Official split; face-crop frames.'),
   ]
   HOMEPAGE = 'https://wangyanckxx.github.io/Proj_CVPR2022_FERV39k.html'
@@ -67,7 +67,7 @@ contains, unchanged:
 One extra enclosing folder (data/manual/ferv39k/FERV39k/...) is also accepted.
 """
 
-  def _parse_split_line(self, line: str) -> frames.SplitEntry:
+  def _parse_split_line(self, line: str) -> clip_folders.SplitEntry:
     # rsplit: the label is the last field, the path keeps anything before it.
     fields = line.rsplit(None, 1)
     if len(fields) != 2:
@@ -79,5 +79,5 @@ One extra enclosing folder (data/manual/ferv39k/FERV39k/...) is also accepted.
       raise self._malformed(f'clip path {clip_path!r} is not '
                             '<Scene>/<Emotion>/<NNNN>')
     clip_id = '/'.join(parts)
-    return frames.SplitEntry(clip_id=clip_id, label=self._label_index(label),
+    return clip_folders.SplitEntry(clip_id=clip_id, label=self._label_index(label),
                              clip_path=clip_id, extras={'scene': parts[0]})

@@ -16,10 +16,10 @@ the spellings in `LABEL_ALIASES` are accepted).
 
 import os
 
-from feadapter_jax.data import frames
+from feadapter_jax.data import clip_folders
 
 
-class Mafw(frames.ClipFolderVideoBuilder):
+class Mafw(clip_folders.ClipFolderVideoBuilder):
   """MAFW: 11-class single-expression clips, 5 folds."""
 
   CLASS_NAMES = ('anger', 'disgust', 'fear', 'happiness', 'neutral',
@@ -38,9 +38,9 @@ class Mafw(frames.ClipFolderVideoBuilder):
       'test': 'Train & Test Set/single/no_caption/set_{fold}/test.txt',
   }
   SPLIT_LINE_FORMAT = '<NNNNN>.mp4 <label>'
-  BUILDER_CONFIGS = frames.fold_configs(range(1, 6), {
-      '': frames.ClipSource(frames_dirs=('data/frames', 'data/faces')),
-      '_original': frames.ClipSource(videos_dir='data/clips'),
+  BUILDER_CONFIGS = clip_folders.fold_configs(range(1, 6), {
+      '': clip_folders.ClipSource(frames_dirs=('data/frames', 'data/faces')),
+      '_original': clip_folders.ClipSource(videos_dir='data/clips'),
   })
   HOMEPAGE = 'https://mafw-database.github.io/MAFW/'
   DESCRIPTION = ('MAFW: 10,045 clips from movies, TV dramas and short videos; '
@@ -68,7 +68,7 @@ Only the folder of the config you build is needed. One extra enclosing folder
 (data/manual/mafw/MAFW/...) is also accepted.
 """
 
-  def _parse_split_line(self, line: str) -> frames.SplitEntry:
+  def _parse_split_line(self, line: str) -> clip_folders.SplitEntry:
     fields = line.split()
     if len(fields) != 2:
       raise self._malformed(f'expected 2 space-separated fields, found '
@@ -77,5 +77,5 @@ Only the folder of the config you build is needed. One extra enclosing folder
     clip_id, extension = os.path.splitext(video_name)
     if not clip_id or not extension:
       raise self._malformed(f'{video_name!r} is not a video file name')
-    return frames.SplitEntry(clip_id=clip_id, label=self._label_index(label),
+    return clip_folders.SplitEntry(clip_id=clip_id, label=self._label_index(label),
                              clip_path=clip_id, video_name=video_name)

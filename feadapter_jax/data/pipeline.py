@@ -34,7 +34,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from feadapter_jax.data import synth_fer
+from feadapter_jax.data.synth_fer import builder as synth_builder
 
 SYNTH_NAME = 'synth_fer'
 # Independent stateless random streams under one (seed, process) key.
@@ -83,7 +83,7 @@ def default_config() -> ml_collections.ConfigDict:
       'num_threads': 0,             # tf.data private threadpool; 0: the CPUs this process may use.
       'num_parallel_calls': -1,     # parallel decode/augment calls; -1: AUTOTUNE.
       'prefetch': 2,                # batches prepared ahead.
-      'synth': {                    # synth_fer only: any `synth_fer.synth_config` parameter.
+      'synth': {                    # synth_fer only: any `synth_builder.synth_config` parameter.
           'num_train': 1500,
           'num_validation': 300,
           'num_test': 300,
@@ -128,7 +128,7 @@ def get_builder(data_config: ml_collections.ConfigDict) -> tfds.core.DatasetBuil
   """
   name, builder_config = data_config.name, data_config.builder_config
   if name == SYNTH_NAME:
-    config = synth_fer.synth_config(builder_config, **data_config.synth.to_dict())
+    config = synth_builder.synth_config(builder_config, **data_config.synth.to_dict())
     builder = tfds.builder(name, config=config, data_dir=data_config.data_dir)
     if not builder.is_prepared():
       builder.download_and_prepare()

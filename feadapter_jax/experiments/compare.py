@@ -48,7 +48,7 @@ from tensorflow.core.util import event_pb2
 
 from feadapter_jax import models
 from feadapter_jax import train
-from feadapter_jax.data import synthfer
+from feadapter_jax.data.synth_fer import render as synth_render
 
 METHODS = ('linear_probe', 'full_finetune', 'st_adapter', 'aim', 'fe_adapter', 'fe_multibranch')
 LABELS = {
@@ -124,7 +124,7 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str])
 
 
 def pair_accuracy(confusion: Any, class_names: Sequence[str],
-                  pair: Sequence[str] = synthfer.TIME_REVERSED_PAIR) -> float:
+                  pair: Sequence[str] = synth_render.TIME_REVERSED_PAIR) -> float:
   """Accuracy over the clips of the `pair` classes: right class (of all classes) / clips."""
   cm = np.asarray(confusion)
   idx = [list(class_names).index(name) for name in pair]
@@ -292,7 +292,7 @@ def _pct(mean_std: tuple[float, float]) -> str:
 def table(rows: Sequence[Row]) -> str:
   """The markdown table: one row per method, accuracies in % (mean +- std over seeds)."""
   lines = ['| method | trainable params | % of full FT | UAR (%) | WAR (%) | '
-           f'{"/".join(synthfer.TIME_REVERSED_PAIR)} accuracy (%) | train clips/s |',
+           f'{"/".join(synth_render.TIME_REVERSED_PAIR)} accuracy (%) | train clips/s |',
            '|---|---:|---:|---:|---:|---:|---:|']
   for r in rows:
     lines.append(f'| {LABELS[r.method]} | {r.trainable_params:,} | '
@@ -304,7 +304,7 @@ def table(rows: Sequence[Row]) -> str:
 def per_seed_table(runs: dict[str, list[dict[str, Any]]], seeds: Sequence[int]) -> str:
   """The markdown table of every run: one row per method and seed."""
   lines = ['| method | seed | UAR (%) | WAR (%) | '
-           f'{"/".join(synthfer.TIME_REVERSED_PAIR)} accuracy (%) | train clips/s |',
+           f'{"/".join(synth_render.TIME_REVERSED_PAIR)} accuracy (%) | train clips/s |',
            '|---|---:|---:|---:|---:|---:|']
   for method, results in runs.items():
     for seed, r in zip(seeds, results):
@@ -326,8 +326,8 @@ def _versus(a: Row, b: Row) -> tuple[float, float, str]:
 def findings(rows: Sequence[Row]) -> str:
   """What the numbers show, sentence by sentence, each claim checked against its target."""
   by = {r.method: r for r in rows}
-  pair = ' vs '.join(synthfer.TIME_REVERSED_PAIR)
-  num_classes = len(synthfer.CLASS_NAMES)
+  pair = ' vs '.join(synth_render.TIME_REVERSED_PAIR)
+  num_classes = len(synth_render.CLASS_NAMES)
   ceiling = f'{num_classes - 1}/{num_classes} = {100 * (1 - 1 / num_classes):.1f}%'
   out = []
   fe = by.get('fe_adapter')
@@ -445,7 +445,7 @@ def report(plan: Plan, runs: Runs) -> list[Row]:
   rows = summarize(runs.video, num_params(plan.video_run('full_finetune', plan.seeds[0])))
   video = plan.video_run(plan.methods[0], plan.seeds[0])
   synth = video.data.synth
-  pair = '/'.join(synthfer.TIME_REVERSED_PAIR)
+  pair = '/'.join(synth_render.TIME_REVERSED_PAIR)
   setup = (f'SynthFER ({synth.num_train} train / {synth.num_test} test clips of '
            f'{synth.num_frames} frames at {synth.resolution}x{synth.resolution}, 7 classes). '
            f'Every method adapts the same frozen image classifier (ViT width '

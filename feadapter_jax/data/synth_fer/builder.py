@@ -1,8 +1,8 @@
 """TFDS builder `synth_fer`: SynthFER clips stored like the real datasets (JPEG-frame videos).
 
 Two variants, chosen by `SynthFerConfig.variant`:
-  * `video`: clips of `num_frames` frames (see `synthfer` for how they are made and for the
-    time-reversed class pair `synthfer.TIME_REVERSED_PAIR`);
+  * `video`: clips of `num_frames` frames (see `render` for how they are made and for the
+    time-reversed class pair `render.TIME_REVERSED_PAIR`);
   * `image`: single frames showing a class's apex, stored as 1-frame videos so the input pipeline
     is the same. The time-reversed pair shares its apex, so those two classes are ambiguous here.
 
@@ -26,7 +26,7 @@ from typing import Any, Iterator
 import numpy as np
 import tensorflow_datasets as tfds
 
-from feadapter_jax.data import synthfer
+from feadapter_jax.data.synth_fer import render as synth_render
 
 VARIANTS = ('video', 'image')
 SPLITS = ('train', 'validation', 'test')
@@ -57,12 +57,12 @@ class SynthFerConfig(tfds.core.BuilderConfig):
   num_test: int = 300
   seed: int = 0
   jpeg_quality: int = 90
-  render: synthfer.RenderParams = synthfer.RenderParams()
+  render: synth_render.RenderParams = synth_render.RenderParams()
 
 
 _CONFIG_FIELDS = ('num_frames', 'resolution', 'num_train', 'num_validation', 'num_test', 'seed',
                   'jpeg_quality')
-_RENDER_FIELDS = tuple(f.name for f in dataclasses.fields(synthfer.RenderParams))
+_RENDER_FIELDS = tuple(f.name for f in dataclasses.fields(synth_render.RenderParams))
 
 
 def _name_part(key: str, value: Any) -> str:
@@ -81,7 +81,7 @@ def synth_config(variant: str = 'video', **overrides: Any) -> SynthFerConfig:
   Args:
     variant: 'video' or 'image'. The image variant always has num_frames=1 (a num_frames override
       is ignored, so one `synth` config section can serve both variants).
-    **overrides: any `SynthFerConfig` field of `_CONFIG_FIELDS` or `synthfer.RenderParams` field.
+    **overrides: any `SynthFerConfig` field of `_CONFIG_FIELDS` or `synth_render.RenderParams` field.
 
   Returns:
     The builder config.
@@ -133,11 +133,11 @@ class SynthFer(tfds.core.GeneratorBasedBuilder):
     return tfds.core.DatasetInfo(
         builder=self,
         description=(f'Procedural cartoon facial-expression clips, 7 classes in DFEW order. '
-                     f'{synthfer.TIME_REVERSED_PAIR} share one apex and differ only by the '
+                     f'{synth_render.TIME_REVERSED_PAIR} share one apex and differ only by the '
                      f'direction of time.'),
         features=tfds.features.FeaturesDict({
             'video': tfds.features.Video(shape=(None, None, None, 3), encoding_format='jpeg'),
-            'label': tfds.features.ClassLabel(names=synthfer.CLASS_NAMES),
+            'label': tfds.features.ClassLabel(names=synth_render.CLASS_NAMES),
             'clip_id': tfds.features.Text(),
             'num_frames': np.int32,
         }),
@@ -154,7 +154,7 @@ class SynthFer(tfds.core.GeneratorBasedBuilder):
       frames, label = render_example(config, split, index)
       clip_id = clip_name(split, index)
       yield clip_id, {
-          'video': synthfer.encode_jpeg(frames, config.jpeg_quality),
+          'video': synth_render.encode_jpeg(frames, config.jpeg_quality),
           'label': label,
           'clip_id': clip_id,
           'num_frames': config.num_frames,
@@ -178,11 +178,11 @@ def render_example(config: SynthFerConfig, split: str, index: int) -> tuple[np.n
     (frames (t h w 3) uint8 in temporal order, label).
   """
   split_index = SPLITS.index(split)
-  labels = synthfer.balanced_labels(
+  labels = synth_render.balanced_labels(
       np.random.default_rng([config.seed, split_index, _LABEL_STREAM]),
       getattr(config, f'num_{split}'))
   label = int(labels[index])
   rng = np.random.default_rng([config.seed, split_index, _CLIP_STREAM, index])
-  frames = synthfer.render_clip(rng, label, config.num_frames, config.resolution, config.render,
+  frames = synth_render.render_clip(rng, label, config.num_frames, config.resolution, config.render,
                                 static=config.variant == 'image')
   return frames, label

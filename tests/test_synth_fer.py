@@ -6,16 +6,16 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from feadapter_jax.data import synth_fer
-from feadapter_jax.data import synthfer
+from feadapter_jax.data.synth_fer import builder as synth_builder
+from feadapter_jax.data.synth_fer import render as synth_render
 
-PARAMS = synthfer.RenderParams()
-ONSET, OFFSET = (synthfer.CLASS_NAMES.index(n) for n in synthfer.TIME_REVERSED_PAIR)
+PARAMS = synth_render.RenderParams()
+ONSET, OFFSET = (synth_render.CLASS_NAMES.index(n) for n in synth_render.TIME_REVERSED_PAIR)
 
 
 def _render(label, seeds, num_frames=6, resolution=16, static=False):
   """(n t h w 3) float clips in [0, 1], one per seed."""
-  return np.stack([synthfer.render_clip(np.random.default_rng(s), label, num_frames, resolution,
+  return np.stack([synth_render.render_clip(np.random.default_rng(s), label, num_frames, resolution,
                                         PARAMS, static=static) for s in seeds]) / 255.0
 
 
@@ -35,18 +35,18 @@ def _pool(clips, factor=2):
 
 
 def test_render_is_deterministic_given_seed():
-  a = synthfer.render_clip(np.random.default_rng(7), 0, 4, 16, PARAMS)
-  b = synthfer.render_clip(np.random.default_rng(7), 0, 4, 16, PARAMS)
-  c = synthfer.render_clip(np.random.default_rng(8), 0, 4, 16, PARAMS)
+  a = synth_render.render_clip(np.random.default_rng(7), 0, 4, 16, PARAMS)
+  b = synth_render.render_clip(np.random.default_rng(7), 0, 4, 16, PARAMS)
+  c = synth_render.render_clip(np.random.default_rng(8), 0, 4, 16, PARAMS)
   assert a.dtype == np.uint8 and a.shape == (4, 16, 16, 3)
   np.testing.assert_array_equal(a, b)
   assert np.abs(a.astype(int) - c).mean() > 10  # another face, not a few flipped pixels
 
 
 def test_pair_shares_apex_and_other_classes_differ():
-  apex = {n: np.asarray(v) for n, v in synthfer.APEX.items()}
-  np.testing.assert_array_equal(*(apex[n] for n in synthfer.TIME_REVERSED_PAIR))
-  distinct = [n for n in synthfer.CLASS_NAMES if n != synthfer.TIME_REVERSED_PAIR[1]]
+  apex = {n: np.asarray(v) for n, v in synth_render.APEX.items()}
+  np.testing.assert_array_equal(*(apex[n] for n in synth_render.TIME_REVERSED_PAIR))
+  distinct = [n for n in synth_render.CLASS_NAMES if n != synth_render.TIME_REVERSED_PAIR[1]]
   for a, b in itertools.combinations(distinct, 2):
     assert np.abs(apex[a] - apex[b]).max() >= 0.5, (a, b)
 
@@ -54,10 +54,10 @@ def test_pair_shares_apex_and_other_classes_differ():
 def test_pair_expression_curves_are_time_reversed():
   """Per-frame expression values: same distribution as a set, opposite order in time."""
   num_frames, draws = 8, 400
-  tracks = {label: np.stack([synthfer.expression_track(np.random.default_rng(s), label,
+  tracks = {label: np.stack([synth_render.expression_track(np.random.default_rng(s), label,
                                                        num_frames, PARAMS)
                              for s in range(draws)]) for label in (ONSET, OFFSET)}
-  opening = synthfer.EXPRESSION_COMPONENTS.index('mouth_open')
+  opening = synth_render.EXPRESSION_COMPONENTS.index('mouth_open')
   onset, offset = tracks[ONSET][..., opening], tracks[OFFSET][..., opening]
   # In time order: the onset opens its mouth, the offset closes it.
   assert onset[:, 0].mean() < 0.1 and onset[:, -1].mean() > 0.7
@@ -71,7 +71,7 @@ def test_pair_expression_curves_are_time_reversed():
 
 def test_nuisance_tracks_are_stationary():
   """Motion and lighting have the same law at every frame (needed for the pair's equality)."""
-  tracks = np.stack([synthfer.stationary_track(np.random.default_rng(s), 12, PARAMS)
+  tracks = np.stack([synth_render.stationary_track(np.random.default_rng(s), 12, PARAMS)
                      for s in range(3000)])
   assert np.abs(tracks.mean(0)).max() < 0.03
   variance = tracks.var(0)
@@ -86,7 +86,7 @@ def test_pair_needs_time_other_classes_need_only_appearance():
            for split_id, (split, n) in enumerate((('train', num_train), ('test', num_test)))}
   features = {}
   for split, split_seeds in seeds.items():
-    for label in (ONSET, OFFSET, synthfer.CLASS_NAMES.index('Happy')):
+    for label in (ONSET, OFFSET, synth_render.CLASS_NAMES.index('Happy')):
       clips = _pool(_render(label, [(label, *s) for s in split_seeds]))
       half = clips.shape[1] // 2
       features[split, label] = {
@@ -99,7 +99,7 @@ def test_pair_needs_time_other_classes_need_only_appearance():
     ys = {s: np.repeat(np.arange(len(labels)), len(seeds[s])) for s in seeds}
     return _ridge_accuracy(xs['train'], ys['train'], xs['test'], ys['test'])
 
-  happy = synthfer.CLASS_NAMES.index('Happy')
+  happy = synth_render.CLASS_NAMES.index('Happy')
   assert accuracy((ONSET, OFFSET), 'mean') < 0.62        # chance is 0.5 (240 test clips)
   assert accuracy((ONSET, OFFSET), 'ordered') > 0.9
   assert accuracy((ONSET, happy), 'mean') > 0.9
@@ -108,9 +108,9 @@ def test_pair_needs_time_other_classes_need_only_appearance():
 def test_apex_images_differ_between_classes_except_the_pair():
   """Same face, pose and noise (same seed), different class: only the pair renders identically."""
   images = {label: _render(label, [(3, i) for i in range(20)], num_frames=1, resolution=32,
-                           static=True) for label in range(len(synthfer.CLASS_NAMES))}
+                           static=True) for label in range(len(synth_render.CLASS_NAMES))}
   np.testing.assert_array_equal(images[ONSET], images[OFFSET])
-  for a, b in itertools.combinations(range(len(synthfer.CLASS_NAMES)), 2):
+  for a, b in itertools.combinations(range(len(synth_render.CLASS_NAMES)), 2):
     if {a, b} != {ONSET, OFFSET}:
       # Summed |difference| per face; 4 is e.g. 4 pixels turning from skin to mouth interior.
       assert np.abs(images[a] - images[b]).sum(axis=(1, 2, 3, 4)).min() > 4.0, (a, b)
@@ -118,7 +118,7 @@ def test_apex_images_differ_between_classes_except_the_pair():
 
 def test_apex_images_are_linearly_separable_up_to_the_pair():
   num_train, num_test = 120, 60
-  labels = np.arange(len(synthfer.CLASS_NAMES))
+  labels = np.arange(len(synth_render.CLASS_NAMES))
   data, targets = {}, {}
   for split_id, (split, n) in enumerate((('train', num_train), ('test', num_test))):
     data[split] = np.concatenate([
@@ -130,16 +130,16 @@ def test_apex_images_are_linearly_separable_up_to_the_pair():
 
 
 def test_synth_config_names_and_validation():
-  assert synth_fer.synth_config('video').name == 'video'
-  assert synth_fer.synth_config('image', num_frames=16).name == 'image'
-  assert synth_fer.synth_config('image').num_frames == 1
-  config = synth_fer.synth_config('video', resolution=64, noise_std=0.0)
+  assert synth_builder.synth_config('video').name == 'video'
+  assert synth_builder.synth_config('image', num_frames=16).name == 'image'
+  assert synth_builder.synth_config('image').num_frames == 1
+  config = synth_builder.synth_config('video', resolution=64, noise_std=0.0)
   assert config.name == 'video_resolution64_noise_std0.0'
   assert config.resolution == 64 and config.render.noise_std == 0.0
   with pytest.raises(ValueError, match='Unknown synth_fer parameters'):
-    synth_fer.synth_config('video', resolutoin=64)
+    synth_builder.synth_config('video', resolutoin=64)
   with pytest.raises(ValueError, match='variant'):
-    synth_fer.synth_config('audio')
+    synth_builder.synth_config('audio')
 
 
 def _stored_videos(config, data_dir):
@@ -152,15 +152,15 @@ def _stored_videos(config, data_dir):
 
 def test_builder_is_deterministic_and_stores_jpeg_frames(tmp_path):
   kwargs = dict(num_frames=4, resolution=16, num_train=2, num_validation=2, num_test=9)
-  config = synth_fer.synth_config('video', **kwargs)
+  config = synth_builder.synth_config('video', **kwargs)
   first, builder = _stored_videos(config, tmp_path / 'a')
   second, _ = _stored_videos(config, tmp_path / 'b')
-  other, _ = _stored_videos(synth_fer.synth_config('video', seed=1, **kwargs), tmp_path / 'c')
+  other, _ = _stored_videos(synth_builder.synth_config('video', seed=1, **kwargs), tmp_path / 'c')
 
   assert first == second  # same JPEG bytes
   assert builder.info.splits['test'].num_examples == 9
-  assert builder.info.features['label'].names == list(synthfer.CLASS_NAMES)
-  clip_id = synth_fer.clip_name('test', 3).encode()
+  assert builder.info.features['label'].names == list(synth_render.CLASS_NAMES)
+  clip_id = synth_builder.clip_name('test', 3).encode()
   frames, label, num_frames = first[clip_id]
   assert num_frames == 4 and len(frames) == 4
   assert all(f[:2] == b'\xff\xd8' for f in frames)  # JPEG start-of-image marker
@@ -168,12 +168,12 @@ def test_builder_is_deterministic_and_stores_jpeg_frames(tmp_path):
   # Labels are balanced: 9 examples over 7 classes -> counts 1 or 2.
   counts = np.bincount([v[1] for v in first.values()], minlength=7)
   assert counts.min() == 1 and counts.max() == 2
-  rendered, rendered_label = synth_fer.render_example(config, 'test', 3)
+  rendered, rendered_label = synth_builder.render_example(config, 'test', 3)
   assert rendered_label == label and rendered.shape == (4, 16, 16, 3)
 
 
 def test_image_variant_stores_one_apex_frame(tmp_path):
-  config = synth_fer.synth_config('image', resolution=16, num_train=2, num_validation=2,
+  config = synth_builder.synth_config('image', resolution=16, num_train=2, num_validation=2,
                                   num_test=7)
   stored, _ = _stored_videos(config, tmp_path)
   assert {v[2] for v in stored.values()} == {1}
