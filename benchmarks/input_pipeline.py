@@ -23,6 +23,10 @@ import sys
 import tempfile
 import time
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+  sys.path.insert(0, ROOT)
+
 
 def _parse_args() -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
@@ -40,8 +44,8 @@ def _parse_args() -> argparse.Namespace:
 
 def _data_config(args: argparse.Namespace, data_dir: str, cores: int):
   # Imported here: a worker must pin its cores before TensorFlow starts.
-  from feadapter_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  config = pipeline.default_config()
+  from configs import common  # pylint: disable=g-import-not-at-top
+  config = common.data_defaults()
   config.data_dir = data_dir
   config.num_frames = args.frames
   config.image_size = args.size

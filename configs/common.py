@@ -1,30 +1,16 @@
-"""Shared config pieces: the recipe, data defaults, method presets and the arg parser.
+"""Shared config pieces: the recipe, the data section, the method presets and the arg parser.
 
 A config file's `get_config(arg)` takes a string like 'fold=3,method=st_adapter,quick' (the part
-after ':' in `--config=configs/dfew.py:fold=3`); bare words are flags set to True.
+after ':' in `--config=configs/dfew.py:fold=3`); bare words are flags set to True. Configs import
+`ml_collections` and plain data only (`feadapter_jax.methods`), never JAX or TensorFlow.
 """
 from __future__ import annotations
 
-import dataclasses
-
 import ml_collections
 
-from feadapter_jax import models
-from feadapter_jax.data import pipeline
+from feadapter_jax import methods
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-ADAPTERS_AND_HEAD = ('.*adapter.*', 'head/.*')
-
-# Same backbone, data and trainer; only the adapter and the trainable set differ.
-METHODS = {
-    'fe_adapter': (dict(kind='fe', conv='dynamic'), ADAPTERS_AND_HEAD),
-    'fe_multibranch': (dict(kind='fe', conv='multibranch'), ADAPTERS_AND_HEAD),
-    'st_adapter': (dict(kind='st', width=384, conv='fixed', kernel_size=(3, 1, 1),
-                        zero_init='conv'), ADAPTERS_AND_HEAD),
-    'aim': (dict(kind='aim'), ADAPTERS_AND_HEAD),
-    'linear_probe': (dict(kind='none'), ('head/.*',)),
-    'full_finetune': (dict(kind='none'), ('.*',)),
-}
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
@@ -43,9 +29,43 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   return parsed
 
 
+def data_defaults() -> ml_collections.ConfigDict:
+  """The `config.data` section with every field the input pipeline reads, at CPU-demo sizes."""
+  return ml_collections.ConfigDict({
+      'name': 'synth_fer',          # TFDS builder: 'synth_fer' | 'dfew' | 'ferv39k' | 'mafw'.
+      'builder_config': 'video',    # e.g. 'fold1' (dfew, mafw); 'video' | 'image' (synth_fer).
+      'data_dir': 'data/tfds',      # TFDS data_dir.
+      # The user's copy of a real dataset (TFDS manual_dir); '{name}' becomes the dataset name.
+      'manual_dir': 'data/manual/{name}',
+      'train_split': 'train',
+      'eval_split': 'test',
+      'num_frames': 8,              # T frames sampled per clip (1 for images).
+      'image_size': 32,             # S: model input height and width.
+      'num_clips': 1,               # temporal views per clip at evaluation.
+      'crop_scale': (0.7, 1.0),     # random resized crop: area fraction range (train).
+      'crop_ratio': (3 / 4, 4 / 3),  # random resized crop: aspect-ratio range (train).
+      'flip': True,                 # random horizontal flip (train).
+      'mean': IMAGENET_MEAN,        # in [0, 1] pixel units.
+      'std': IMAGENET_STD,
+      'dtype': 'float32',           # 'float32' | 'bfloat16' video output.
+      'shuffle_buffer': 1024,       # clips (their JPEG bytes) held for the epoch shuffle.
+      'num_threads': 0,             # tf.data private threadpool; 0: the CPUs this process may use.
+      'num_parallel_calls': -1,     # parallel decode/augment calls; -1: AUTOTUNE.
+      'prefetch': 2,                # batches prepared ahead.
+      'synth': {                    # synth_fer only: any `synth_fer.builder.synth_config` field.
+          'num_train': 1500,
+          'num_validation': 300,
+          'num_test': 300,
+          'num_frames': 8,
+          'resolution': 32,
+          'seed': 0,
+      },
+  })
+
+
 def data_config(name: str, builder_config: str = '', **overrides) -> ml_collections.ConfigDict:
-  """`config.data`: the pipeline's defaults, the real-data recipe (16 x 224), then overrides."""
-  data = pipeline.default_config()
+  """`config.data`: the defaults, the real-data recipe (16 x 224), then overrides."""
+  data = data_defaults()
   data.update(name=name, builder_config=builder_config, manual_dir=f'data/manual/{name}',
               num_frames=16, image_size=224, crop_scale=(0.8, 1.0),
               mean=IMAGENET_MEAN, std=IMAGENET_STD)
@@ -55,18 +75,15 @@ def data_config(name: str, builder_config: str = '', **overrides) -> ml_collecti
 
 def base_config(method: str) -> ml_collections.ConfigDict:
   """The training recipe (peers' published one: S2D / FRU-Adapter), ViT-B/16, 16x224."""
-  if method not in METHODS:
-    raise ValueError(f'Unknown method {method!r}; one of {sorted(METHODS)}')
-  preset, trainable = METHODS[method]
   # Every adapter knob in the config (so any can be overridden), the method's preset on top.
-  adapter = {**dataclasses.asdict(models.AdapterConfig()), **preset}
+  adapter = methods.adapter_dict(method)
   c = ml_collections.ConfigDict()
   c.method = method
   c.seed = 0
   c.model = ml_collections.ConfigDict(dict(
       variant='B/16', image_size=224, num_classes=7, adapter=dict(adapter),
       drop_path_rate=0.1, head_dropout=0.5, dtype='float32', remat=False))
-  c.trainable = trainable
+  c.trainable = methods.get(method).trainable
   # Backbone initialisation: a directory from `python -m feadapter_jax.convert` (or an
   # export/ of a training run); '' trains from scratch. `dont_load` skips matching names.
   c.init = ml_collections.ConfigDict(dict(checkpoint='', dont_load=()))

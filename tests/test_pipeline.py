@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from configs import common
 from feadapter_jax.data import pipeline
 from feadapter_jax.data.synth_fer import builder as synth_builder
 from feadapter_jax.data.synth_fer import render as synth_render
@@ -48,7 +49,7 @@ def data_dir(tmp_path_factory):
 
 
 def _config(data_dir, **overrides):
-  config = pipeline.default_config()
+  config = common.data_defaults()
   config.data_dir = data_dir
   config.num_frames = 4
   config.image_size = RESOLUTION

@@ -17,7 +17,8 @@ from stateless ops keyed on (seed, process_index, epoch or position in the strea
 Evaluation is one pass in file order, padded (mask False) so every process yields the same number
 of batches.
 
-The `config.data` fields read here are listed in `default_config()`.
+The `config.data` fields read here are listed, with their defaults, in `configs/common.py`
+(`data_defaults`).
 """
 
 from __future__ import annotations
@@ -60,40 +61,6 @@ class DatasetInfo:
   num_examples: dict[str, int]
 
 
-def default_config() -> ml_collections.ConfigDict:
-  """The `config.data` section with every field the pipeline reads, at CPU-demo defaults."""
-  return ml_collections.ConfigDict({
-      'name': SYNTH_NAME,           # TFDS builder: 'synth_fer' | 'dfew' | 'ferv39k' | 'mafw'.
-      'builder_config': 'video',    # e.g. 'fold1' (dfew, mafw); 'video' | 'image' (synth_fer).
-      'data_dir': 'data/tfds',      # TFDS data_dir.
-      # The user's copy of a real dataset (TFDS manual_dir); '{name}' becomes the dataset name.
-      'manual_dir': 'data/manual/{name}',
-      'train_split': 'train',
-      'eval_split': 'test',
-      'num_frames': 8,              # T frames sampled per clip (1 for images).
-      'image_size': 32,             # S: model input height and width.
-      'num_clips': 1,               # temporal views per clip at evaluation.
-      'crop_scale': (0.7, 1.0),     # random resized crop: area fraction range (train).
-      'crop_ratio': (3 / 4, 4 / 3),  # random resized crop: aspect-ratio range (train).
-      'flip': True,                 # random horizontal flip (train).
-      'mean': (0.485, 0.456, 0.406),  # ImageNet, in [0, 1] pixel units.
-      'std': (0.229, 0.224, 0.225),
-      'dtype': 'float32',           # 'float32' | 'bfloat16' video output.
-      'shuffle_buffer': 1024,       # clips (their JPEG bytes) held for the epoch shuffle.
-      'num_threads': 0,             # tf.data private threadpool; 0: the CPUs this process may use.
-      'num_parallel_calls': -1,     # parallel decode/augment calls; -1: AUTOTUNE.
-      'prefetch': 2,                # batches prepared ahead.
-      'synth': {                    # synth_fer only: any `synth_builder.synth_config` parameter.
-          'num_train': 1500,
-          'num_validation': 300,
-          'num_test': 300,
-          'num_frames': 8,
-          'resolution': 32,
-          'seed': 0,
-      },
-  })
-
-
 # ----------------------------------------------------------------------------- Builders.
 
 
@@ -117,7 +84,7 @@ def get_builder(data_config: ml_collections.ConfigDict) -> tfds.core.DatasetBuil
   several hosts sharing one data_dir, prepare once first (e.g. process 0, then a barrier).
 
   Args:
-    data_config: `config.data` (see `default_config`).
+    data_config: `config.data` (see `configs/common.py`).
 
   Returns:
     A builder whose `as_dataset` works.

@@ -18,88 +18,20 @@ folded the `t` frames into the batch, and the patch tokens form an `(h, w)` grid
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import itertools
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import einops
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from feadapter_jax.methods import AXES, AdapterConfig
 from feadapter_jax.models import layers
 
-KINDS = ('none', 'fe', 'st', 'aim')
-CONVS = ('dynamic', 'multibranch', 'fixed')
-AXES = ('t', 'h', 'w')
-ACTIVATIONS = {'none': lambda x: x, 'gelu': layers.gelu,
-               'relu': nn.relu}
-
-
-@dataclasses.dataclass(frozen=True)
-class AdapterConfig:
-  """Which adapter, where, and its knobs (see `configs/` and `method.md`).
-
-  Attributes:
-    kind: 'none' | 'fe' | 'st' | 'aim'.
-    width: bottleneck channels of the token adapters ('fe', 'st').
-    placement: where token adapters go in a block: 'attn' (before MHSA), 'mlp' (before the MLP).
-    blocks: indices of the blocks that get an adapter; empty means every block.
-    conv: 'dynamic' (dynamic dilation), 'multibranch' (gated fixed dilations) or 'fixed'.
-    kernel_size: depthwise kernel (t, h, w).
-    dilation: base dilation (t, h, w); the dynamic factor multiplies it.
-    dynamic_axes: axes whose dilation is predicted per location, from ('t', 'h', 'w').
-    max_dilation: upper bound of a predicted dilation (bounds the shifts that are read).
-    predictor_kernel: kernel (t, h, w) of the conv that predicts the dilation.
-    branch_dilations: temporal dilations of the multi-branch reading.
-    activation: applied after `down` ('none' in both papers' formulas).
-    zero_init: 'up' (FE) or 'conv' (ST): the layer initialised at zero.
-    aim_ratio: AIM bottleneck as a fraction of the width D.
-    aim_scale: AIM's scale of the MLP adapter.
-  """
-  kind: str = 'none'
-  width: int = 352
-  placement: tuple[str, ...] = ('attn',)
-  blocks: tuple[int, ...] = ()
-  conv: str = 'dynamic'
-  kernel_size: tuple[int, int, int] = (3, 3, 3)
-  dilation: tuple[int, int, int] = (1, 1, 1)
-  dynamic_axes: tuple[str, ...] = ('t',)
-  max_dilation: float = 3.0
-  predictor_kernel: tuple[int, int, int] = (3, 1, 1)
-  branch_dilations: tuple[int, ...] = (1, 2, 3)
-  activation: str = 'none'
-  zero_init: str = 'up'
-  aim_ratio: float = 0.25
-  aim_scale: float = 0.5
-
-  def __post_init__(self):
-    _check(self.kind in KINDS, f'adapter.kind={self.kind!r}, expected one of {KINDS}')
-    _check(self.conv in CONVS, f'adapter.conv={self.conv!r}, expected one of {CONVS}')
-    _check(set(self.placement) <= {'attn', 'mlp'},
-           f"adapter.placement={self.placement!r}, expected a subset of ('attn', 'mlp')")
-    _check(set(self.dynamic_axes) <= set(AXES),
-           f'adapter.dynamic_axes={self.dynamic_axes!r}, expected a subset of {AXES}')
-    _check(all(k % 2 == 1 for k in self.kernel_size),
-           f'adapter.kernel_size={self.kernel_size!r} must be odd on every axis')
-    _check(self.activation in ACTIVATIONS,
-           f'adapter.activation={self.activation!r}, expected one of {tuple(ACTIVATIONS)}')
-    _check(self.zero_init in ('up', 'conv'), f"adapter.zero_init={self.zero_init!r}")
-
-  @classmethod
-  def from_dict(cls, d: Mapping[str, Any] | None) -> 'AdapterConfig':
-    """Builds from a (Config)dict; sequences become tuples so the config stays hashable."""
-    if d is None:
-      return cls()
-    d = dict(d.to_dict() if hasattr(d, 'to_dict') else d)
-    unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-    _check(not unknown, f'unknown adapter fields {sorted(unknown)}')
-    return cls(**{k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in d.items()})
-
-  def in_block(self, index: int) -> bool:
-    return self.kind != 'none' and (not self.blocks or index in self.blocks)
+ACTIVATIONS = {'none': lambda x: x, 'gelu': layers.gelu, 'relu': nn.relu}
 
 
 def _check(ok: bool, message: str) -> None:
