@@ -12,22 +12,19 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import jax  # pylint: disable=g-import-not-at-top
-import jax.numpy as jnp
-
-from configs import common
-from feadapter_jax import models
+from configs import common  # pylint: disable=g-import-not-at-top
+from feadapter_jax import methods
 from feadapter_jax import partition
+from feadapter_jax.models import builder
 
-METHODS = ('linear_probe', 'full_finetune', 'st_adapter', 'aim', 'fe_adapter')
+METHODS = tuple(methods.METHODS)
 
 
 def count(method: str) -> dict:
   config = common.base_config(method)
   config.data = common.data_config('dfew', 'fold1')
-  model = models.build(config.model)
-  clip = (1, config.data.num_frames, 224, 224, 3)  # AIM's time embedding has one row per frame
-  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros(clip)))['params']
+  # The clip's frames matter: AIM's time embedding has one row per frame.
+  shapes = builder.param_shapes(builder.build_model(config), builder.clip_shape(config))
   report = partition.report(shapes, partition.trainable_mask(shapes, config.trainable))
   return {'method': method, 'total': report.total, 'trainable': report.trainable}
 

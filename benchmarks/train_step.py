@@ -5,7 +5,7 @@ r"""Train-step speed per method against this machine's float32 matmul peak and a
   python benchmarks/train_step.py --size tiny --json     # rows as JSON lines
   python benchmarks/train_step.py --size base --batch 32 # on a GPU host: bfloat16, device memory
 
-Per method (configs/common.py METHODS; the trainer's model, `optim.make` and
+Per method (`feadapter_jax/methods.py`; the trainer's model, `optim.make` and
 `step.make_train_step`, jitted with the state donated): clips/s, model FLOPs per clip, achieved
 FLOP/s and their share of the float32 matmul peak, peak host memory, compile time; the same
 methods in PyTorch (`benchmarks/torch_reference.py`: timm's ViT + the same adapters, frozen
@@ -49,8 +49,10 @@ if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
 from benchmarks import common  # pylint: disable=g-import-not-at-top
+from feadapter_jax import methods as methods_lib  # pylint: disable=g-import-not-at-top  (no JAX)
 
-METHODS = ('fe_adapter', 'st_adapter', 'aim', 'linear_probe', 'full_finetune')
+# The multi-branch reading trains like FE-Adapter; its cost is measured by `dilation.py`.
+METHODS = tuple(m for m in methods_lib.METHODS if m != 'fe_multibranch')
 REMAT_METHODS = ('fe_adapter', 'full_finetune')
 SIZES = {
     # clips per step, frames per clip; processes per spec; steps per process (and a cap).

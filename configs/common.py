@@ -98,12 +98,11 @@ def base_config(method: str) -> ml_collections.ConfigDict:
       weight_decay_rules=[('.*(bias|scale|cls_token|pos_embed)', False), ('.*', True)],
       grad_clip_norm=1.0))
   c.mesh = [('data', -1)]
-  # XLA options for the train step when it runs on CPU (docs/performance.md): the memory-optimised
-  # scheduler cut a ViT-B/16 FE-Adapter step's scratch memory 3.2 -> 2.5 GiB and its time 6%.
-  # Disabling `cse_barrier_expander` keeps optimisation barriers, which XLA CPU otherwise drops:
-  # remat's (without them CSE merges the recomputation into the forward pass and `model.remat`
-  # saved little: FE-Adapter scratch 2.07 GiB with the pass, 1.0 GiB without) and the token
-  # adapters' `layers.materialized_cotangent` (a 30 ms fusion per block without it).
+  # XLA options for the train step when it runs on CPU (figures in docs/performance.md): the
+  # memory-optimised scheduler lowers a step's scratch memory and time. Disabling
+  # `cse_barrier_expander` keeps optimisation barriers, which XLA CPU otherwise drops: remat's
+  # (without them CSE merges the recomputation into the forward pass, and `model.remat` saves
+  # little) and the CPU kernels' (`model.kernels`).
   c.cpu_compiler_options = dict(xla_cpu_scheduler_type='CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED',
                                 xla_disable_hlo_passes='cse_barrier_expander')
   c.sharding_rules = [('.*', 'replicate')]  # ('.*', 'fsdp') with an 'fsdp' mesh axis for ViT-L
@@ -113,8 +112,8 @@ def base_config(method: str) -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = 500
   c.keep_checkpoints = 2
   c.checkpoint_async = True
-  # Multi-host: 'auto' initialises jax.distributed when the environment says it is one of
-  # several processes (TPU pods, SLURM); explicit coordinator fields for anything else.
+  # Multi-host: initialize=True starts jax.distributed. With coordinator_address empty, JAX finds
+  # the processes itself (TPU pods, SLURM); set the coordinator fields for anything else.
   c.distributed = ml_collections.ConfigDict(dict(
       initialize=False, coordinator_address='', num_processes=0, process_id=-1,
       heartbeat_timeout_seconds=100))

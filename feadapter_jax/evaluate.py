@@ -7,7 +7,9 @@ top of the frozen backbone named there, and writes DIR/results_<split>_<clips>cl
 """
 from __future__ import annotations
 
-import json
+from feadapter_jax import cli  # pylint: disable=g-bad-import-order  (first: quiets TensorFlow)
+
+import json  # pylint: disable=g-import-not-at-top,g-bad-import-order
 import os
 from typing import Any
 
@@ -20,14 +22,12 @@ import numpy as np
 
 from feadapter_jax import checkpoint
 from feadapter_jax import metrics as metrics_lib
-from feadapter_jax import models
 from feadapter_jax import partition
 from feadapter_jax import sharding
 from feadapter_jax import step as step_lib
+from feadapter_jax import workdir as workdir_lib
 from feadapter_jax.data import pipeline
-
-CONFIG_FILE = 'config.json'
-EXPORT_DIR = 'export'
+from feadapter_jax.models import builder
 
 
 def evaluate(eval_step, params: Any, config: ml_collections.ConfigDict, mesh: Any,
@@ -48,26 +48,19 @@ def evaluate(eval_step, params: Any, config: ml_collections.ConfigDict, mesh: An
   return metrics_lib.summarize(cm, class_names)
 
 
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-  with open(os.path.join(workdir, CONFIG_FILE)) as f:
-    return ml_collections.ConfigDict(json.load(f))
-
-
 def load_trained(workdir: str, config: ml_collections.ConfigDict) -> tuple[Any, Any]:
   """(model, params): the run's initial parameters with its exported trainable ones on top."""
-  from feadapter_jax import train  # pylint: disable=g-import-not-at-top  (train imports us)
-  trained, _ = checkpoint.load_params(os.path.join(workdir, EXPORT_DIR))
-  model = models.build(train.model_config(config))
-  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
-                                             train.dummy_input(config)))['params']
-  initial = train.initial_params(model, config, train.load_backbone(config, shapes))
+  trained, _ = checkpoint.load_params(os.path.join(workdir, workdir_lib.EXPORT_DIR))
+  model = builder.build_model(config)
+  shapes = builder.param_shapes(model, builder.clip_shape(config))
+  initial = builder.initial_params(model, config, builder.load_backbone(config, shapes))
   mask = partition.trainable_mask(shapes, config.trainable)
   frozen = partition.subtree(initial, mask, keep=False)
   return model, partition.merge(frozen, trained)
 
 
 def evaluate_workdir(workdir: str, split: str, num_clips: int = 0) -> dict[str, Any]:
-  config = load_config(workdir)
+  config = workdir_lib.load_config(workdir)
   if num_clips:
     config.data.num_clips = num_clips
   model, params = load_trained(workdir, config)
@@ -76,7 +69,7 @@ def evaluate_workdir(workdir: str, split: str, num_clips: int = 0) -> dict[str, 
   info = pipeline.dataset_info(config.data)
   results = evaluate(eval_step, params, config, mesh, info.class_names, split)
   results.update(split=split, num_clips=config.data.num_clips)
-  path = os.path.join(workdir, f'results_{split}_{config.data.num_clips}clip.json')
+  path = os.path.join(workdir, workdir_lib.evaluation_file(split, config.data.num_clips))
   with open(path, 'w') as f:
     json.dump(results, f, indent=2)
   print(f'{workdir} {split} ({config.data.num_clips} clip): UAR {results["uar"]:.4f} '
@@ -86,6 +79,7 @@ def evaluate_workdir(workdir: str, split: str, num_clips: int = 0) -> dict[str, 
 
 def main(argv) -> None:
   del argv
+  cli.start()
   evaluate_workdir(flags.FLAGS.workdir, flags.FLAGS.split, flags.FLAGS.num_clips)
 
 

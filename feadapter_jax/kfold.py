@@ -1,28 +1,28 @@
 r"""K-fold driver: trains every fold of a dataset and prints the table papers report.
 
-  python -m feadapter_jax.kfold --config=configs/dfew.py --workdir=workdirs/dfew \
-      [--config_arg=method=st_adapter] [--folds=1,2,3,4,5]
+  python -m feadapter_jax.kfold --config=configs/dfew.py[:method=st_adapter] --workdir=DIR \
+      [--folds=1,2,3,4,5] [--config.init.checkpoint=BACKBONE_DIR] [--config.x=value ...]
 
-Each fold runs `train.train_and_evaluate` in DIR/fold<k> (so a killed driver resumes where it
-stopped: finished folds are read back from their results.json). Writes DIR/kfold.md and
-DIR/kfold.json with UAR/WAR per fold and their mean +- std.
+The config file must take a `fold=K` arg: the driver reads it once per fold with the args given
+after ':' plus `fold=K`, and applies the `--config.x` overrides to each. Each fold runs
+`train.train_and_evaluate` in DIR/fold<k> (so a killed driver resumes where it stopped: finished
+folds are read back from their results.json). Writes DIR/kfold.md and DIR/kfold.json with UAR/WAR
+per fold and their mean +- std.
 """
 from __future__ import annotations
 
-import importlib.util
-import json
+from feadapter_jax import cli  # pylint: disable=g-bad-import-order  (first: quiets TensorFlow)
+
+import json  # pylint: disable=g-import-not-at-top,g-bad-import-order
 import os
-from typing import Any, Sequence
+import sys
+from typing import Any, Mapping, Sequence
 
 from absl import app
 from absl import flags
 import numpy as np
 
-def load_config(path: str, arg: str):
-  spec = importlib.util.spec_from_file_location('kfold_config', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+from feadapter_jax import workdir as workdir_lib
 
 
 def table(results: dict[int, dict[str, Any]]) -> str:
@@ -37,15 +37,20 @@ def table(results: dict[int, dict[str, Any]]) -> str:
   return '\n'.join(rows)
 
 
-def run(config_path: str, config_arg: str, workdir: str, folds: Sequence[int]) -> str:
-  from feadapter_jax import train  # pylint: disable=g-import-not-at-top  (after flags)
+def run(config_spec: str, workdir: str, folds: Sequence[int],
+        overrides: Mapping[str, Any] | None = None) -> str:
+  """Trains (or reads back) each fold of `config_spec` ('path.py[:args]'); returns the table."""
+  if any(a.partition('=')[0] == 'fold' for a in config_spec.partition(':')[2].split(',')):
+    raise ValueError(f'--config={config_spec} sets fold: the driver sets it per fold; '
+                     'choose the folds with --folds.')
+  from feadapter_jax import train  # pylint: disable=g-import-not-at-top  (after cli.start)
   results = {}
   for fold in folds:
     fold_dir = os.path.join(workdir, f'fold{fold}')
-    done = os.path.join(fold_dir, train.RESULTS_FILE)
+    done = os.path.join(fold_dir, workdir_lib.RESULTS_FILE)
     if not os.path.exists(done):
-      arg = ','.join(filter(None, [config_arg, f'fold={fold}']))
-      train.train_and_evaluate(load_config(config_path, arg), fold_dir)
+      config = cli.load_config(cli.with_args(config_spec, f'fold={fold}'), overrides)
+      train.train_and_evaluate(config, fold_dir)
     with open(done) as f:
       results[fold] = json.load(f)
   md = table(results)
@@ -60,14 +65,21 @@ def run(config_path: str, config_arg: str, workdir: str, folds: Sequence[int]) -
 
 def main(argv) -> None:
   del argv
-  f = flags.FLAGS
-  run(f.config, f.config_arg, f.workdir, [int(k) for k in f.folds])
+  cli.start(_CONFIG.value)
+  try:
+    run(cli.config_spec(_CONFIG), _WORKDIR.value, [int(k) for k in _FOLDS.value],
+        cli.config_overrides(_CONFIG))
+  except (ValueError, KeyError, FileNotFoundError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
 
 
 if __name__ == '__main__':
   # Flags only when run as a program: importing this module (tests, other drivers) defines none.
-  flags.DEFINE_string('config', None, 'Config file with a `fold` arg.', required=True)
-  flags.DEFINE_string('config_arg', '', "Other config args, e.g. 'method=aim'.")
-  flags.DEFINE_string('workdir', None, 'Parent directory of the folds.', required=True)
-  flags.DEFINE_list('folds', ['1', '2', '3', '4', '5'], 'Folds to run.')
+  _CONFIG = cli.define_config('config', help_text='Config file taking a `fold` arg, '
+                              '`path.py[:args]`; override fields with `--config.field=value`.')
+  _WORKDIR = flags.DEFINE_string('workdir', None, 'Parent directory of the folds.',
+                                 required=True)
+  _FOLDS = flags.DEFINE_list('folds', ['1', '2', '3', '4', '5'], 'Folds to run.')
+  flags.mark_flags_as_required(['config'])
   app.run(main)

@@ -1,57 +1,28 @@
 r"""Entry point: `python -m feadapter_jax.main --config=configs/<name>.py[:args] --workdir=DIR`.
 
 Any config field can be overridden (`--config.batch_size=8`). Rerunning the same command resumes
-from the last checkpoint in DIR. Multi-host: `--config.distributed.initialize=auto` on TPU pods
-and SLURM, or the explicit coordinator fields (see configs/common.py).
+from the last checkpoint in DIR. Multi-host: `--config.distributed.initialize=true`, with the
+explicit coordinator fields (configs/common.py) or, on TPU pods and SLURM, without them.
 """
-import logging as logging_std
-import os
-import sys
+from feadapter_jax import cli  # pylint: disable=g-bad-import-order  (first: quiets TensorFlow)
 
-# TensorFlow only feeds data: keep it off accelerators and quiet before anything imports it.
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
+import sys  # pylint: disable=g-import-not-at-top,g-bad-import-order
 
-from absl import app  # pylint: disable=g-import-not-at-top
+from absl import app
 from absl import flags
 from absl import logging
-import jax
-from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Training configuration.',
-                                          lock_config=True)
+_CONFIG = cli.define_config('config', help_text='Training configuration.')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and results.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
-class _QuietLibraries(logging_std.Filter):
-  """Drops TFDS/TF notices below ERROR (custom-config and deprecation chatter)."""
-
-  def filter(self, record: logging_std.LogRecord) -> bool:
-    noisy = any(p in record.pathname for p in ('tensorflow_datasets', 'tensorflow/python'))
-    return record.levelno >= logging_std.ERROR or not noisy
-
-
-def initialize_distributed(dist) -> None:
-  """Starts jax.distributed when the config asks for it (before any other JAX call)."""
-  if not dist.initialize:
-    return
-  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-  kwargs = {}
-  if dist.coordinator_address:
-    kwargs = dict(coordinator_address=dist.coordinator_address,
-                  num_processes=dist.num_processes, process_id=dist.process_id)
-  jax.distributed.initialize(heartbeat_timeout_seconds=dist.heartbeat_timeout_seconds, **kwargs)
-
-
 def main(argv) -> None:
   del argv
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)  # orbax and clu are chatty at INFO
-  logging.get_absl_handler().addFilter(_QuietLibraries())
   config = _CONFIG.value
-  initialize_distributed(config.distributed)
+  cli.start(config)
   # Imported after jax.distributed.initialize: they query devices at import or first use.
+  import jax  # pylint: disable=g-import-not-at-top
   from feadapter_jax import checkpoint  # pylint: disable=g-import-not-at-top
   from feadapter_jax import train  # pylint: disable=g-import-not-at-top
   from feadapter_jax.data import clip_folders  # pylint: disable=g-import-not-at-top

@@ -23,7 +23,9 @@ be used (same line format, naming the file at fault).
 
 from __future__ import annotations
 
-import collections
+from feadapter_jax import cli  # pylint: disable=g-bad-import-order  (first: quiets TensorFlow)
+
+import collections  # pylint: disable=g-import-not-at-top,g-bad-import-order
 from collections.abc import Iterable, Iterator, Sequence
 import csv
 import dataclasses
@@ -32,13 +34,8 @@ import os
 import sys
 from typing import Any, TextIO
 
-# TensorFlow only preprocesses here: keep it off accelerators and quiet before anything imports it.
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
-
-from absl import app  # pylint: disable=g-import-not-at-top
+from absl import app
 from absl import flags
-from absl import logging
 import av
 import cv2
 import jax
@@ -51,10 +48,11 @@ from feadapter_jax import evaluate
 from feadapter_jax import faces as faces_lib
 from feadapter_jax import partition
 from feadapter_jax import step as step_lib
-from feadapter_jax import train
+from feadapter_jax import workdir as workdir_lib
 from feadapter_jax.data import clip_folders
 from feadapter_jax.data import pipeline
 from feadapter_jax.data import video_io
+from feadapter_jax.models import builder
 
 OUTPUT_FORMATS = ('.json', '.csv')
 FACE_MODES = ('detect', 'none')
@@ -172,19 +170,19 @@ class Predictor:
       PredictError: a file of the run is missing or broken, or the model does not match itself
         (export vs config) or the expectations.
     """
-    config_path = os.path.join(workdir, evaluate.CONFIG_FILE)
+    config_path = os.path.join(workdir, workdir_lib.CONFIG_FILE)
     self.config = ml_collections.ConfigDict(
         _read_json(config_path, 'a training workdir has the config.json of its run'))
     if num_clips:
       self.config.data.num_clips = num_clips
-    results_path = os.path.join(workdir, train.RESULTS_FILE)
+    results_path = os.path.join(workdir, workdir_lib.RESULTS_FILE)
     results = _read_json(results_path, 'the run has not finished (results.json names its classes)')
     if not isinstance(results, dict) or 'class_names' not in results:
       raise PredictError(results_path, 'has no class_names: rerun the training command to finish '
                          'the run')
     self.class_names = list(results['class_names'])
     self.batch_size = batch_size
-    export = os.path.join(workdir, evaluate.EXPORT_DIR)
+    export = os.path.join(workdir, workdir_lib.EXPORT_DIR)
     image_size = self.config.data.image_size
     export_config = _read_json(os.path.join(export, checkpoint.MODEL_CONFIG),
                                'the run has no exported parameters')
@@ -204,8 +202,7 @@ class Predictor:
       model, params = evaluate.load_trained(workdir, self.config)
     except (FileNotFoundError, ValueError) as e:
       raise PredictError(export, f'cannot load the model ({_one_line(e)})') from None
-    expected = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
-                                                 train.dummy_input(self.config)))['params']
+    expected = builder.param_shapes(model, builder.clip_shape(self.config))
     mismatch = _first_shape_mismatch(params, expected)
     if mismatch:
       raise PredictError(export, f'does not fit the model of {config_path}: {mismatch}')
@@ -593,9 +590,8 @@ def main(argv: Sequence[str]) -> None:
   inputs = argv[1:]
   if not inputs:
     raise app.UsageError('Name at least one video file or frame folder.')
+  cli.start()
   f = flags.FLAGS
-  if not f['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)  # orbax logs every parameter restore at INFO
   try:
     predictor = Predictor(f.workdir, batch_size=f.batch_size, num_clips=f.num_clips,
                           expect_image_size=f.expect_image_size, expect_classes=f.expect_classes)

@@ -17,79 +17,24 @@ from typing import Any, Iterator
 from absl import logging
 from clu import metric_writers
 from clu import periodic_actions
-from flax import traverse_util
 import jax
 from jax.experimental import multihost_utils
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from feadapter_jax import checkpoint
 from feadapter_jax import evaluate as evaluate_lib
 from feadapter_jax import metrics as metrics_lib
-from feadapter_jax import models
 from feadapter_jax import optim
 from feadapter_jax import partition
 from feadapter_jax import sharding
 from feadapter_jax import step as step_lib
+from feadapter_jax import workdir as workdir_lib
 from feadapter_jax.data import pipeline
-
-RESULTS_FILE = 'results.json'
-INIT_FILE = 'init.json'
-
+from feadapter_jax.models import builder
 
 class NonFiniteLossError(FloatingPointError):
   pass
-
-
-def model_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """The model config with the input size taken from the data config."""
-  mc = config.model.to_dict()
-  mc['image_size'] = config.data.image_size
-  return mc
-
-
-def dummy_input(config: ml_collections.ConfigDict) -> jax.ShapeDtypeStruct:
-  s = config.data.image_size
-  return jnp.zeros((1, config.data.num_frames, s, s, 3), jnp.float32)
-
-
-def load_backbone(config: ml_collections.ConfigDict, params_shapes: Any) -> dict[str, np.ndarray]:
-  """{name: array} from `config.init.checkpoint` for the parameters it should initialise.
-
-  Raises:
-    ValueError: names the checkpoint lacks or has extra, or shapes that differ, with the fix.
-  """
-  if not config.init.checkpoint:
-    return {}
-  loaded, _ = checkpoint.load_params(config.init.checkpoint)
-  skip = partition.match(loaded, [(p, True) for p in config.init.dont_load] + [('.*', False)])
-  loaded = {n: v for n, v in partition.flatten(loaded).items() if not partition.flatten(skip)[n]}
-  target = partition.flatten(params_shapes)
-  extra = sorted(set(loaded) - set(target))
-  if extra:
-    raise ValueError(f'{config.init.checkpoint} has parameters the model lacks: {extra[:5]} '
-                     '(architecture mismatch: check config.model against its model_config.json)')
-  for name, value in loaded.items():
-    if tuple(value.shape) != tuple(target[name].shape):
-      hint = (' Convert again with --image_size to resample the position embedding.'
-              if name == 'pos_embed' else '')
-      raise ValueError(f'{config.init.checkpoint}: {name} has shape {value.shape}, the model '
-                       f'expects {target[name].shape}.{hint}')
-  backbone_missing = [n for n in target if n not in loaded and 'adapter' not in n
-                      and not n.startswith('head')]
-  if backbone_missing:
-    logging.warning('Not in %s, trained from their random init: %s', config.init.checkpoint,
-                    backbone_missing[:8] + (['...'] if len(backbone_missing) > 8 else []))
-  return loaded
-
-
-def initial_params(model: Any, config: ml_collections.ConfigDict, loaded: dict[str, Any]) -> Any:
-  """Random init from `config.seed`, overwritten by the loaded backbone (jittable)."""
-  params = model.init(jax.random.PRNGKey(config.seed), dummy_input(config))['params']
-  flat = partition.flatten(params)
-  flat.update({n: jnp.asarray(v, flat[n].dtype) for n, v in loaded.items()})
-  return traverse_util.unflatten_dict(flat, sep='/')
 
 
 @dataclasses.dataclass
@@ -155,15 +100,6 @@ def _check_finite(pending: list[tuple[int, Any]], ckpts: checkpoint.Checkpoints,
   pending.clear()
 
 
-def _portable(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The config with absolute paths, so evaluate/predict work from any directory."""
-  config = config.copy_and_resolve_references()
-  for section, key in (('init', 'checkpoint'), ('data', 'data_dir'), ('data', 'manual_dir')):
-    if config[section][key]:
-      config[section][key] = os.path.abspath(config[section][key])
-  return config
-
-
 def compiler_options(config: ml_collections.ConfigDict) -> dict[str, Any] | None:
   """The config's XLA options for this backend (only CPU has some)."""
   if jax.default_backend() != 'cpu':
@@ -179,8 +115,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief,
                                                 asynchronous=True)
   if is_chief:
-    with open(os.path.join(workdir, evaluate_lib.CONFIG_FILE), 'w') as f:
-      f.write(_portable(config).to_json_best_effort(indent=2))
+    workdir_lib.write_config(workdir, config)
   mesh = sharding.make_mesh([tuple(a) for a in config.mesh])
   n_batch_shards = math.prod(mesh.shape[a] for a in sharding.batch_axes(mesh))
   for name, bs in (('batch_size', config.batch_size), ('eval_batch_size', config.eval_batch_size)):
@@ -198,10 +133,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   eval_every = config.eval_every_steps or steps_per_epoch
 
   # ---------------------------------------------------------------- Model, optimizer, state
-  mc = model_config(config)
-  model = models.build(mc)
-  params_shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), dummy_input(config)))
-  params_shapes = params_shapes['params']
+  model = builder.build_model(config)
+  params_shapes = builder.param_shapes(model, builder.clip_shape(config))
   mask = partition.trainable_mask(params_shapes, config.trainable)
   report = partition.report(params_shapes, mask)
   logging.info('Parameters (%s, %s):\n%s', config.method, config.model.get('variant', ''),
@@ -210,10 +143,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     print(f'Parameters ({config.method}):\n{report}', flush=True)
   tx = optim.make(config.optim, mask, total_steps,
                   warmup_steps=int(config.optim.warmup_epochs * steps_per_epoch))
-  loaded = load_backbone(config, params_shapes)
+  loaded = builder.load_backbone(config, params_shapes)
 
   def init_fn(loaded):
-    return step_lib.init_state(model, tx, initial_params(model, config, loaded), config.seed)
+    return step_lib.init_state(model, tx, builder.initial_params(model, config, loaded),
+                               config.seed)
 
   state_shapes = jax.eval_shape(init_fn, loaded)
   state_sh = sharding.state_shardings(state_shapes, mesh, config.sharding_rules)
@@ -222,7 +156,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   state = jax.jit(init_fn, out_shardings=state_sh)(loaded)
 
   # ---------------------------------------------------------------- Resume
-  ckpts = checkpoint.Checkpoints(os.path.join(workdir, 'checkpoints'),
+  ckpts = checkpoint.Checkpoints(os.path.join(workdir, workdir_lib.CHECKPOINT_DIR),
                                  keep_last=config.keep_checkpoints,
                                  asynchronous=config.checkpoint_async)
   abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
@@ -313,11 +247,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         save(total_steps, results)
     ckpts.wait()
     ckpts.close()
-    export = os.path.join(workdir, evaluate_lib.EXPORT_DIR)
+    export = os.path.join(workdir, workdir_lib.EXPORT_DIR)
     if is_chief:
       checkpoint.save_params(export, jax.device_get(partition.subtree(state['params'], mask)),
-                             mc)
-      with open(os.path.join(export, INIT_FILE), 'w') as f:
+                             builder.model_config(config))
+      with open(os.path.join(export, workdir_lib.INIT_FILE), 'w') as f:
         json.dump({'backbone': os.path.abspath(config.init.checkpoint)
                    if config.init.checkpoint else '', 'seed': config.seed,
                    'trainable': list(config.trainable)}, f, indent=2)
@@ -326,15 +260,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           export_bytes=checkpoint.directory_bytes(export),
           full_model_bytes=sum(partition.size(x) * x.dtype.itemsize
                                for x in jax.tree.leaves(params_shapes)))
-      with open(os.path.join(workdir, RESULTS_FILE), 'w') as f:
+      with open(os.path.join(workdir, workdir_lib.RESULTS_FILE), 'w') as f:
         json.dump(results, f, indent=2)
       metrics_lib.plot_confusion(np.asarray(results['confusion_matrix']), info.class_names,
-                                 os.path.join(workdir, 'confusion_matrix.png'),
+                                 os.path.join(workdir, workdir_lib.CONFUSION_FIGURE),
                                  f'{config.method} step {total_steps}: UAR '
                                  f'{results["uar"]:.3f} WAR {results["war"]:.3f}')
       print(f'Results: UAR {results["uar"]:.4f} WAR {results["war"]:.4f} | trainable '
             f'{report.trainable:,} of {report.total:,} params | exported '
             f'{results["export_bytes"] / 1e6:.2f} MB (full model '
-            f'{results["full_model_bytes"] / 1e6:.2f} MB) to {export} | {workdir}/{RESULTS_FILE}',
-            flush=True)
+            f'{results["full_model_bytes"] / 1e6:.2f} MB) to {export} | '
+            f'{os.path.join(workdir, workdir_lib.RESULTS_FILE)}', flush=True)
   return results

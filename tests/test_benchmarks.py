@@ -19,6 +19,7 @@ import optax  # noqa: E402
 
 from benchmarks import common, profile_step, torch_reference, train_step  # noqa: E402
 from feadapter_jax import models, partition  # noqa: E402
+from feadapter_jax.models import builder  # noqa: E402
 
 METHODS = train_step.METHODS
 
@@ -100,8 +101,7 @@ def test_torch_names_map_onto_flax_names_one_to_one():
   for method in METHODS:
     sp = train_step.spec('tiny', method)
     model = models.build(sp['model'])
-    shapes = jax.eval_shape(lambda m=model: m.init(jax.random.key(0),
-                                                   jnp.zeros((1, 2, 32, 32, 3))))['params']
+    shapes = builder.param_shapes(model, (1, 2, 32, 32, 3))
     flax_names = set(partition.flatten(shapes))
     torch_names = {torch_reference.flax_name(n) for n, _ in
                    torch_reference.VideoViT(sp['model'], 2).named_parameters()}

@@ -23,7 +23,7 @@ from timm.layers import resample_abs_pos_embed  # noqa: E402
 
 from feadapter_jax import convert  # noqa: E402
 from feadapter_jax import models  # noqa: E402
-from feadapter_jax.convert import __main__ as cli  # noqa: E402
+from feadapter_jax.convert import __main__ as convert_cli  # noqa: E402
 from feadapter_jax.convert import posemb  # noqa: E402
 from feadapter_jax.convert import readers  # noqa: E402
 
@@ -204,7 +204,7 @@ def test_video_model_with_zero_init_fe_adapter_averages_image_logits():
 
 
 def run_cli(capsys, *args):
-  code = cli.main([str(a) for a in args])
+  code = convert_cli.main([str(a) for a in args])
   out, err = capsys.readouterr()
   return code, out, err
 
@@ -291,7 +291,7 @@ def test_interrupted_save_leaves_no_complete_looking_directory(tmp_path, monkeyp
 def test_cli_failed_verification_writes_nothing(tmp_path, capsys, monkeypatch):
   path = tmp_path / 'vit.safetensors'
   safetensors.torch.save_file(tiny_timm().state_dict(), str(path))
-  monkeypatch.setattr(cli.verify, 'max_logit_difference', lambda *_: (0.5, 'simulated bug'))
+  monkeypatch.setattr(convert_cli.verify, 'max_logit_difference', lambda *_: (0.5, 'simulated bug'))
   code, out, err = run_cli(capsys, '--checkpoint', path, '--out', tmp_path / 'bb', '--verify')
   assert code == 2 and 'Verification failed: difference 0.5' in err
   assert 'verify: max |logit difference| 0.5' in out and not (tmp_path / 'bb').exists()
@@ -424,3 +424,8 @@ def test_reader_errors(tmp_path, monkeypatch):
   monkeypatch.setitem(sys.modules, 'torch', None)  # `import torch` now fails.
   with pytest.raises(ImportError, match='requirements-test.txt'):
     convert.read_checkpoint(pth)
+
+
+def test_cli_names_a_missing_flag(tmp_path, capsys):
+  code, _, err = run_cli(capsys, '--out', tmp_path / 'bb')
+  assert code == 2 and '--checkpoint' in err and not (tmp_path / 'bb').exists()

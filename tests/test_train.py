@@ -175,15 +175,27 @@ def test_kfold_table_reports_each_fold_and_the_mean():
   assert '| 1 | 50.00 | 60.00 |' in md and '| mean | 60.00 +- 10.00 | 70.00 +- 10.00 |' in md
 
 
-def test_kfold_driver_trains_each_fold_and_resumes_finished_ones(tmp_path, monkeypatch):
-  monkeypatch.chdir(tmp_path)  # the config's relative data_dir lands here
-  config = os.path.join(ROOT, 'configs', 'synthetic.py')
-  kfold.run(config, 'quick', str(tmp_path / 'k'), [1, 2])
+def test_kfold_driver_trains_each_fold_and_resumes_finished_ones(tmp_path, data_dir):
+  def kfold_command(config='configs/synthetic.py:quick'):
+    return subprocess.run(
+        [sys.executable, '-m', 'feadapter_jax.kfold', f'--config={config}',
+         f'--workdir={tmp_path / "k"}', '--folds=1,2', f'--config.data.data_dir={data_dir}',
+         '--config.total_steps=4', *TINY_ARGS],
+        cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
+
+  proc = kfold_command()
+  assert proc.returncode == 0, proc.stderr[-3000:]
   for fold in (1, 2):
-    assert read_results(str(tmp_path / 'k' / f'fold{fold}'))['step'] == 10
+    results = read_results(str(tmp_path / 'k' / f'fold{fold}'))
+    assert results['step'] == 4  # the command line's overrides reach every fold
+    config = json.load(open(tmp_path / 'k' / f'fold{fold}' / 'config.json'))
+    assert config['model']['width'] == 32 and config['data']['synth']['seed'] == fold
   with open(tmp_path / 'k' / 'kfold.json') as f:
     first = json.load(f)
   assert set(first) == {'1', '2'} and first['1'] != first['2']  # different data per fold
+  assert '| mean |' in proc.stdout
   mtime = os.path.getmtime(tmp_path / 'k' / 'fold1' / 'results.json')
-  kfold.run(config, 'quick', str(tmp_path / 'k'), [1, 2])  # finished folds are not retrained
+  assert kfold_command().returncode == 0  # finished folds are not retrained
   assert os.path.getmtime(tmp_path / 'k' / 'fold1' / 'results.json') == mtime
+  proc = kfold_command('configs/synthetic.py:quick,fold=3')
+  assert proc.returncode != 0 and 'sets fold' in proc.stderr

@@ -1,7 +1,7 @@
 """Command line: convert a PyTorch ViT checkpoint into a backbone directory for training.
 
-    python -m feadapter_jax.convert --checkpoint PATH --out DIR [--source auto|timm|torchvision|hf]
-        [--image_size N] [--num_classes K] [--num_heads H] [--verify]
+    python -m feadapter_jax.convert --checkpoint=PATH --out=DIR [--source=auto|timm|torchvision|hf]
+        [--image_size=N] [--num_classes=K] [--num_heads=H] [--verify]
 
 PATH is a .safetensors / .pth / .pt / .bin file or a hub snapshot directory (its config.json and
 preprocessor_config.json supply heads, LayerNorm eps and normalisation when present). Prints a
@@ -10,11 +10,14 @@ above VERIFY_TOLERANCE writes nothing. Exit status 2 on any error, with the reas
 """
 from __future__ import annotations
 
-import argparse
-import json
+from feadapter_jax import cli  # pylint: disable=g-bad-import-order  (first: quiets TensorFlow)
+
+import json  # pylint: disable=g-import-not-at-top,g-bad-import-order
 import os
 import sys
 from typing import Sequence
+
+from absl import flags
 
 from feadapter_jax.convert import converter
 from feadapter_jax.convert import keymaps
@@ -26,23 +29,35 @@ from feadapter_jax.convert import verify
 VERIFY_TOLERANCE = 1e-3
 
 
-def parse(argv: Sequence[str] | None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(prog='python -m feadapter_jax.convert',
-                                   description=__doc__.splitlines()[0])
-  parser.add_argument('--checkpoint', required=True, help='weights file or hub snapshot dir')
-  parser.add_argument('--out', required=True, help='backbone directory to create')
-  parser.add_argument('--source', default='auto', choices=('auto', *keymaps.LIBRARIES))
-  parser.add_argument('--image_size', type=int, help='target input size (resamples pos_embed)')
-  parser.add_argument('--num_classes', type=int,
-                      help='target classes; a different count drops the checkpoint head')
-  parser.add_argument('--num_heads', type=int, help='attention heads (default: hub config, '
-                      f'else the standard width table {converter.HEADS_BY_WIDTH})')
-  parser.add_argument('--verify', action='store_true',
-                      help='compare logits with the PyTorch model (needs torch + its library)')
-  return parser.parse_args(argv)
+def parse(argv: Sequence[str]) -> flags.FlagValues:
+  """The command's flags parsed from `argv` (without the program name), in a fresh FlagValues
+  so repeated calls (tests) never see each other's values.
+
+  Raises:
+    flags.Error: an unknown flag, a bad value or a missing required flag.
+  """
+  fv = flags.FlagValues()
+  flags.DEFINE_string('checkpoint', None, 'Weights file or hub snapshot directory.',
+                      required=True, flag_values=fv)
+  flags.DEFINE_string('out', None, 'Backbone directory to create.', required=True,
+                      flag_values=fv)
+  flags.DEFINE_enum('source', 'auto', ('auto', *keymaps.LIBRARIES),
+                    'Library the checkpoint comes from.', flag_values=fv)
+  flags.DEFINE_integer('image_size', None, 'Target input size (resamples pos_embed).',
+                       flag_values=fv)
+  flags.DEFINE_integer('num_classes', None,
+                       'Target classes; a different count drops the checkpoint head.',
+                       flag_values=fv)
+  flags.DEFINE_integer('num_heads', None, 'Attention heads (default: hub config, else the '
+                       f'standard width table {converter.HEADS_BY_WIDTH}).', flag_values=fv)
+  flags.DEFINE_bool('verify', False, 'Compare logits with the PyTorch model (needs torch and '
+                    'its library).', flag_values=fv)
+  fv(['convert', *argv])
+  fv.validate_all_flags()
+  return fv
 
 
-def run(args: argparse.Namespace) -> None:
+def run(args: flags.FlagValues) -> None:
   if os.path.exists(args.out):
     raise FileExistsError(f'--out {args.out} already exists: remove it or choose another.')
   state = readers.read_checkpoint(args.checkpoint)
@@ -72,8 +87,14 @@ def run(args: argparse.Namespace) -> None:
   print(f'model config: {json.dumps(conversion.model_config)}')
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  args = parse(argv)
+def main(argv: Sequence[str]) -> int:
+  """Runs the command on `argv` (without the program name); returns the exit status."""
+  cli.start()
+  try:
+    args = parse(argv)
+  except flags.Error as e:
+    print(f'error: {e}\n\n{__doc__}', file=sys.stderr)
+    return 2
   try:
     run(args)
   except (ValueError, FileNotFoundError, FileExistsError, ImportError) as e:
@@ -83,4 +104,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  sys.exit(main(sys.argv[1:]))

@@ -2,8 +2,9 @@
 
 The architecture is read from shapes (width, depth, mlp_dim, patch size, grid, classes); only the
 number of heads is not in the weights, so it comes from the caller, the checkpoint's hub config,
-or the standard width -> heads table. The converted tree is validated against
-`jax.eval_shape(model.init)` of the implied config, so a wrong guess fails here, not in training.
+or the standard width -> heads table. The converted tree is validated against the shape-only
+parameters (`builder.param_shapes`) of the implied config, so a wrong guess fails here, not in
+training.
 """
 from __future__ import annotations
 
@@ -13,14 +14,13 @@ import re
 from typing import Any, Mapping, Sequence
 
 from flax import traverse_util
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from feadapter_jax import models
 from feadapter_jax.convert import keymaps
 from feadapter_jax.convert import posemb
 from feadapter_jax.convert import readers
+from feadapter_jax.models import builder
 
 # timm / torchvision / HF presets: Ti, S, B, L, H.
 HEADS_BY_WIDTH = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}
@@ -122,8 +122,7 @@ def _validate(flat: Mapping[str, np.ndarray], model_config: Mapping[str, Any],
   """Converted names and shapes must equal the implied model's, except a head left out."""
   model = models.build(model_config)
   size = model_config['image_size']
-  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3))))
-  expected = traverse_util.flatten_dict(shapes['params'], sep='/')
+  expected = traverse_util.flatten_dict(builder.param_shapes(model, (1, size, size, 3)), sep='/')
   extra = sorted(set(flat) - set(expected))
   missing = sorted(n for n in set(expected) - set(flat) if not n.startswith('head/'))
   if extra or missing:

@@ -5,7 +5,9 @@ r"""Prepares a dataset from the user's copy (what `tfds build` would do; that CL
 
 Prints the build report: examples per split, and every skipped frame or clip with its reason.
 """
-from absl import app
+from feadapter_jax import cli  # pylint: disable=g-bad-import-order  (first: quiets TensorFlow)
+
+from absl import app  # pylint: disable=g-import-not-at-top,g-bad-import-order
 from absl import flags
 import tensorflow_datasets as tfds
 
@@ -19,6 +21,7 @@ _DATA_DIR = flags.DEFINE_string('data_dir', 'data/tfds', 'Where prepared data go
 
 def main(argv) -> None:
   del argv
+  cli.start()
   builder = tfds.builder(_DATASET.value, data_dir=_DATA_DIR.value)
   builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(manual_dir=_MANUAL_DIR.value))

@@ -1,13 +1,16 @@
 r"""FE-Adapter against its peers on one frozen image classifier: one table and one figure.
 
-  python -m feadapter_jax.experiments.compare --config=configs/synthetic.py \
+  python -m feadapter_jax.experiments.compare --config=configs/synthetic.py[:args] \
       --workdir=workdirs/compare [--seeds=0,1,2] [--methods=fe_adapter,aim] [--budget=STEPS] \
-      [--docs_dir=docs]
+      [--image_config=configs/synthetic_image.py[:args]] [--docs_dir=docs] \
+      [--config.field=value ...] [--image_config.field=value ...]
 
 1. Pre-trains the image classifier once (`--image_config`, in WORKDIR/image), or reuses it when
    that run has finished, so every method adapts the SAME frozen backbone (WORKDIR/image/export).
-2. Trains every method x seed from `get_config('method=M,seed=S,init=WORKDIR/image/export')` for
-   the same number of steps (`--budget`), evaluating once at the end, in WORKDIR/<method>/seed<S>.
+2. Trains every method x seed from the video config read with the args
+   'method=M,seed=S,init=WORKDIR/image/export' added to those after ':', and its
+   `--config.field` overrides, for the same number of steps (`--budget`), evaluating once at the
+   end, in WORKDIR/<method>/seed<S>.
 3. Writes WORKDIR/results.md (table + what it shows, generated from the numbers) and
    WORKDIR/accuracy_vs_params.png (UAR against trainable parameters, the paper's Figure 1), and
    copies both to `--docs_dir` when given.
@@ -21,23 +24,17 @@ which happens before the first report, and the final evaluation are left out).
 """
 from __future__ import annotations
 
-import os
+from feadapter_jax import cli  # pylint: disable=g-bad-import-order  (first: quiets TensorFlow)
 
-# TensorFlow only feeds data: keep it off accelerators and quiet before anything imports it.
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
-
-import ast  # pylint: disable=g-import-not-at-top
-import dataclasses
+import dataclasses  # pylint: disable=g-import-not-at-top,g-bad-import-order
 import glob
 import json
-import runpy
+import os
 import shutil
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from absl import app
 from absl import flags
-from absl import logging
 import jax
 import matplotlib
 import matplotlib.transforms
@@ -46,19 +43,13 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.util import event_pb2
 
-from feadapter_jax import models
+from feadapter_jax import methods as methods_lib
 from feadapter_jax import train
+from feadapter_jax import workdir as workdir_lib
 from feadapter_jax.data.synth_fer import render as synth_render
+from feadapter_jax.models import builder
 
-METHODS = ('linear_probe', 'full_finetune', 'st_adapter', 'aim', 'fe_adapter', 'fe_multibranch')
-LABELS = {
-    'linear_probe': 'linear probe',
-    'full_finetune': 'full fine-tuning',
-    'st_adapter': 'ST-Adapter',
-    'aim': 'AIM',
-    'fe_adapter': 'FE-Adapter',
-    'fe_multibranch': 'FE-Adapter (multi-branch)',
-}
+METHODS = tuple(methods_lib.METHODS)
 TABLE_FILE = 'results.md'
 FIGURE_FILE = 'accuracy_vs_params.png'
 IMAGE_DIR = 'image'
@@ -78,49 +69,9 @@ LABEL_OFFSETS_PT = (0, 12, -12, 24, -24, 36, -36, 48, -48, 60, -60, 72, -72)
 DEFAULT_BUDGET_STEPS = 250
 DEFAULT_IMAGE_CONFIG = 'configs/synthetic_image.py'
 
-_CONFIG = flags.DEFINE_string('config', 'configs/synthetic.py',
-                              'Video config file with method, seed and init args.')
-_CONFIG_ARG = flags.DEFINE_string('config_arg', '',
-                                  "Other video config args, e.g. 'quick' (method, seed and init "
-                                  'are set by the comparison).')
-_IMAGE_CONFIG = flags.DEFINE_string('image_config', DEFAULT_IMAGE_CONFIG,
-                                    'Config that pre-trains the image classifier.')
-_IMAGE_CONFIG_ARG = flags.DEFINE_string('image_config_arg', '', "Its args, e.g. 'seed=1'.")
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Parent directory of all runs.', required=True)
-_METHODS = flags.DEFINE_list('methods', list(METHODS), 'Methods to compare.')
-_SEEDS = flags.DEFINE_list('seeds', list(map(str, DEFAULT_SEEDS)), 'Seeds per method.')
-_BUDGET = flags.DEFINE_integer('budget', DEFAULT_BUDGET_STEPS,
-                               'Training steps of every video run.')
-_OVERRIDES = flags.DEFINE_multi_string(
-    'override', [], "'field=value' set in the image config and every video config, e.g. "
-    "'model.width=32' (a Python literal, or a bare string such as a path); repeatable.")
-_DOCS_DIR = flags.DEFINE_string('docs_dir', '', 'Also copy the table and figure here.')
 
-
-def load_config(path: str, arg: str, overrides: Sequence[str]) -> ml_collections.ConfigDict:
-  """`get_config(arg)` of the config file at `path`, with `overrides` applied."""
-  config = runpy.run_path(path)['get_config'](arg)
-  apply_overrides(config, overrides)
-  return config
-
-
-def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str]) -> None:
-  """Sets 'a.b=value' fields in place; values are Python literals or bare strings."""
-  for item in overrides:
-    key, eq, text = item.partition('=')
-    if not eq:
-      raise ValueError(f"Override {item!r} is not 'field=value'")
-    parent = config
-    *path, leaf = key.split('.')
-    for part in path:
-      parent = parent.get(part) if isinstance(parent, ml_collections.ConfigDict) else None
-    if not isinstance(parent, ml_collections.ConfigDict) or leaf not in parent:
-      raise KeyError(f'Override {item!r}: the config has no field {key!r}')
-    try:
-      value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-      value = text  # a path or a name
-    parent[leaf] = value
+def method_label(method: str) -> str:
+  return methods_lib.get(method).label
 
 
 def pair_accuracy(confusion: Any, class_names: Sequence[str],
@@ -144,24 +95,33 @@ def clips_per_second(run_dir: str, batch_size: int) -> float:
 
 def num_params(config: ml_collections.ConfigDict) -> int:
   """Parameters of the model `config` builds (shapes only, nothing is allocated)."""
-  model = models.build(train.model_config(config))
-  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), train.dummy_input(config)))
+  shapes = builder.param_shapes(builder.build_model(config), builder.clip_shape(config))
   return sum(leaf.size for leaf in jax.tree.leaves(shapes))
 
 
 @dataclasses.dataclass
 class Plan:
-  """What to run: configs, their args and overrides, methods, seeds and the step budget."""
+  """What to run: config files with their args and overrides, methods, seeds, step budget.
+
+  Attributes:
+    config: the video config, 'path.py[:args]'; must take method, seed and init args.
+    workdir: parent directory of every run.
+    methods, seeds: the runs, one per pair.
+    budget_steps: training steps of every video run.
+    overrides: {'field': value} set in every video config (`--config.field=value`).
+    image_config: the image pre-training config, 'path.py[:args]'.
+    image_overrides: {'field': value} set in the image config (`--image_config.field=value`).
+    docs_dir: also copy the table and figure here.
+  """
   config: str
   workdir: str
   methods: Sequence[str] = METHODS
   seeds: Sequence[int] = DEFAULT_SEEDS
   budget_steps: int = DEFAULT_BUDGET_STEPS
-  config_arg: str = ''
+  overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   image_config: str = DEFAULT_IMAGE_CONFIG
-  image_config_arg: str = ''
-  overrides: Sequence[str] = ()
-  docs_dir: str = ''  # also copy the table and figure here
+  image_overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  docs_dir: str = ''
 
   def command(self) -> str:
     """The command line that reproduces this plan (defaults left out)."""
@@ -169,27 +129,25 @@ class Plan:
               f'--seeds={",".join(map(str, self.seeds))}', f'--budget={self.budget_steps}']
     if tuple(self.methods) != METHODS:
       flags_.append(f'--methods={",".join(self.methods)}')
-    for name in ('config_arg', 'image_config_arg'):
-      if getattr(self, name):
-        flags_.append(f'--{name}={getattr(self, name)}')
     if self.image_config != DEFAULT_IMAGE_CONFIG:
       flags_.append(f'--image_config={self.image_config}')
-    flags_ += [f"--override='{o}'" for o in self.overrides]
+    flags_ += [f"'--config.{k}={v}'" for k, v in self.overrides.items()]
+    flags_ += [f"'--image_config.{k}={v}'" for k, v in self.image_overrides.items()]
     if self.docs_dir:
       flags_.append(f'--docs_dir={self.docs_dir}')
     return ' '.join(['python -m feadapter_jax.experiments.compare', *flags_])
 
   @property
   def backbone(self) -> str:
-    return os.path.join(self.workdir, IMAGE_DIR, 'export')
+    return os.path.join(self.workdir, IMAGE_DIR, workdir_lib.EXPORT_DIR)
 
   def image_run(self) -> ml_collections.ConfigDict:
-    return load_config(self.image_config, self.image_config_arg, self.overrides)
+    return cli.load_config(self.image_config, self.image_overrides)
 
   def video_run(self, method: str, seed: int) -> ml_collections.ConfigDict:
-    arg = ','.join(filter(None, [self.config_arg, f'method={method}', f'seed={seed}',
-                                 f'init={self.backbone}']))
-    config = load_config(self.config, arg, self.overrides)
+    spec = cli.with_args(self.config, f'method={method}', f'seed={seed}',
+                         f'init={self.backbone}')
+    config = cli.load_config(spec, self.overrides)
     config.total_steps = self.budget_steps
     # One evaluation, after the last step: every method is scored at the same point.
     config.eval_every_steps = self.budget_steps
@@ -215,7 +173,7 @@ def train_or_read(config: ml_collections.ConfigDict, run_dir: str) -> dict[str, 
     os.makedirs(run_dir, exist_ok=True)
     with open(requested, 'w') as f:
       json.dump(wanted, f, indent=2)
-  done = os.path.join(run_dir, train.RESULTS_FILE)
+  done = os.path.join(run_dir, workdir_lib.RESULTS_FILE)
   if not os.path.exists(done):
     print(f'== {config.method} seed {config.seed} -> {run_dir}', flush=True)
     if train.train_and_evaluate(config, run_dir).get('preempted'):
@@ -295,7 +253,7 @@ def table(rows: Sequence[Row]) -> str:
            f'{"/".join(synth_render.TIME_REVERSED_PAIR)} accuracy (%) | train clips/s |',
            '|---|---:|---:|---:|---:|---:|---:|']
   for r in rows:
-    lines.append(f'| {LABELS[r.method]} | {r.trainable_params:,} | '
+    lines.append(f'| {method_label(r.method)} | {r.trainable_params:,} | '
                  f'{100 * r.fraction_of_full:.2f} | {_pct(r.uar)} | {_pct(r.war)} | '
                  f'{_pct(r.pair)} | {r.clips_per_s:.1f} |')
   return '\n'.join(lines)
@@ -308,7 +266,7 @@ def per_seed_table(runs: dict[str, list[dict[str, Any]]], seeds: Sequence[int]) 
            '|---|---:|---:|---:|---:|---:|']
   for method, results in runs.items():
     for seed, r in zip(seeds, results):
-      lines.append(f'| {LABELS[method]} | {seed} | {100 * r["uar"]:.1f} | '
+      lines.append(f'| {method_label(method)} | {seed} | {100 * r["uar"]:.1f} | '
                    f'{100 * r["war"]:.1f} | {100 * r["pair_accuracy"]:.1f} | '
                    f'{r["clips_per_s"]:.1f} |')
   return '\n'.join(lines)
@@ -360,7 +318,7 @@ def findings(rows: Sequence[Row]) -> str:
   if fe and peers:
     best = max(peers, key=lambda r: r.uar[0])
     diff, noise, verdict = _versus(fe, best)
-    out.append(f'Of the other adapters, {LABELS[best.method]} does best, {_pct(best.uar)}% '
+    out.append(f'Of the other adapters, {method_label(best.method)} does best, {_pct(best.uar)}% '
                f'with {best.trainable_params / fe.trainable_params:.2f}x FE-Adapter\'s trainable '
                f'parameters: FE-Adapter is {verdict} it ({100 * diff:+.1f} points, seed std '
                f'{100 * noise:.1f}).')
@@ -435,7 +393,7 @@ def plot(rows: Sequence[Row], path: str, title: str) -> None:
   ax.grid(True, which='major', alpha=0.3)
   fig.tight_layout()
   _place_labels(ax, list(zip(params, uar)), np.sqrt(area / np.pi),
-                [f'{LABELS[r.method]} ({r.trainable_params:,})' for r in rows])
+                [f'{method_label(r.method)} ({r.trainable_params:,})' for r in rows])
   fig.savefig(path, dpi=120)
   plt.close(fig)
 
@@ -490,14 +448,27 @@ def run(plan: Plan) -> list[Row] | None:
 
 def main(argv) -> None:
   del argv
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)  # orbax and clu are chatty at INFO
-  run(Plan(config=_CONFIG.value, workdir=_WORKDIR.value, methods=_METHODS.value,
+  cli.start()
+  run(Plan(config=cli.config_spec(_CONFIG), workdir=_WORKDIR.value, methods=_METHODS.value,
            seeds=[int(s) for s in _SEEDS.value], budget_steps=_BUDGET.value,
-           config_arg=_CONFIG_ARG.value, image_config=_IMAGE_CONFIG.value,
-           image_config_arg=_IMAGE_CONFIG_ARG.value, overrides=_OVERRIDES.value,
-           docs_dir=_DOCS_DIR.value))
+           overrides=cli.config_overrides(_CONFIG),
+           image_config=cli.config_spec(_IMAGE_CONFIG),
+           image_overrides=cli.config_overrides(_IMAGE_CONFIG), docs_dir=_DOCS_DIR.value))
 
 
 if __name__ == '__main__':
+  # Flags only when run as a program: importing this module (tests) defines none.
+  _CONFIG = cli.define_config('config', 'configs/synthetic.py',
+                              'Video config file with method, seed and init args, '
+                              '`path.py[:args]`; override fields with `--config.field=value`.')
+  _IMAGE_CONFIG = cli.define_config('image_config', DEFAULT_IMAGE_CONFIG,
+                                    'Config that pre-trains the image classifier; override '
+                                    'fields with `--image_config.field=value`.')
+  _WORKDIR = flags.DEFINE_string('workdir', None, 'Parent directory of all runs.',
+                                 required=True)
+  _METHODS = flags.DEFINE_list('methods', list(METHODS), 'Methods to compare.')
+  _SEEDS = flags.DEFINE_list('seeds', list(map(str, DEFAULT_SEEDS)), 'Seeds per method.')
+  _BUDGET = flags.DEFINE_integer('budget', DEFAULT_BUDGET_STEPS,
+                                 'Training steps of every video run.')
+  _DOCS_DIR = flags.DEFINE_string('docs_dir', '', 'Also copy the table and figure here.')
   app.run(main)

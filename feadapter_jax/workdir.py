@@ -1,0 +1,51 @@
+"""The files of a training run's workdir, and reading them back.
+
+  WORKDIR/
+    config.json            the run's config, paths made absolute (`write_config`, `load_config`)
+    checkpoints/<step>/    orbax checkpoints of the trainable state (`checkpoint.Checkpoints`)
+    results.json           final metrics, class names and sizes; written last, so its presence
+                           means the run finished
+    confusion_matrix.png   the final evaluation's confusion matrix
+    export/                trainable parameters + model_config.json (`checkpoint.save_params`),
+                           and init.json: the backbone, seed and trainable patterns they go with
+    results_<split>_<n>clip.json   written by `python -m feadapter_jax.evaluate`
+    events.out.tfevents.*  TensorBoard scalars
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import ml_collections
+
+CONFIG_FILE = 'config.json'
+CHECKPOINT_DIR = 'checkpoints'
+RESULTS_FILE = 'results.json'
+CONFUSION_FIGURE = 'confusion_matrix.png'
+EXPORT_DIR = 'export'
+INIT_FILE = 'init.json'  # inside EXPORT_DIR
+
+
+def evaluation_file(split: str, num_clips: int) -> str:
+  """The file `evaluate` writes for a split evaluated with `num_clips` temporal views."""
+  return f'results_{split}_{num_clips}clip.json'
+
+
+def portable(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The config with absolute paths, so evaluate/predict work from any directory."""
+  config = config.copy_and_resolve_references()
+  for section, key in (('init', 'checkpoint'), ('data', 'data_dir'), ('data', 'manual_dir')):
+    if config[section][key]:
+      config[section][key] = os.path.abspath(config[section][key])
+  return config
+
+
+def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+  with open(os.path.join(workdir, CONFIG_FILE), 'w') as f:
+    f.write(portable(config).to_json_best_effort(indent=2))
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a run in `workdir` was trained with."""
+  with open(os.path.join(workdir, CONFIG_FILE)) as f:
+    return ml_collections.ConfigDict(json.load(f))
