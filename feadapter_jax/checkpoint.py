@@ -79,7 +79,6 @@ class Checkpoints:
 
   def __init__(self, directory: str, *, keep_last: int, best_metric: str = 'uar',
                asynchronous: bool = True):
-    self.best_metric = best_metric
     directory = os.path.abspath(directory)
     if os.path.isdir(directory):
       partial = ocp.path.step.tmp_checkpoints(directory)
@@ -190,12 +189,6 @@ class Checkpoints:
       multihost_utils.sync_global_devices(f'checkpoint step {step} set aside')
     self.manager.reload()
     return kept
-
-  def best_step(self) -> int | None:
-    """The kept step with the highest `best_metric`, None if no step has metrics."""
-    scored = [(m[self.best_metric], step) for step in self.steps()
-              if (m := self.manager.metrics(step))]
-    return max(scored)[1] if scored else None
 
   def close(self) -> None:
     self.manager.close()

@@ -18,7 +18,7 @@ def test_keeps_the_last_n_and_the_best_by_uar(tmp_path):
     ckpts.save(step, state(step), {'uar': uar, 'war': 0.0} if uar is not None else None)
   ckpts.wait()
   assert ckpts.steps() == [2, 4, 5]  # best (step 2, UAR 0.9) + the last two
-  assert ckpts.best_step() == 2
+  assert ckpts.manager.best_step() == 2
   restored = ckpts.restore_latest(state(0))
   np.testing.assert_array_equal(restored['params']['w'], np.full((3,), 5.0))
   ckpts.close()
@@ -46,7 +46,7 @@ def test_best_step_survives_a_restart(tmp_path):
     ckpts.save(step, state(step), {'uar': uar, 'war': 0.0})
   ckpts.close()
   again = checkpoint.Checkpoints(str(tmp_path), keep_last=1, asynchronous=False)
-  assert again.steps() == [2, 3] and again.best_step() == 2
+  assert again.steps() == [2, 3] and again.manager.best_step() == 2
   again.save(4, state(4), None)
   again.wait()
   assert again.steps() == [2, 4]

@@ -159,8 +159,8 @@ def test_eval_frames_are_the_sampled_frames_in_temporal_order(data_dir):
   """Output frames are the stored frames at the segment centres of views 0 and 1, and the stored
   frames are the rendered ones in temporal order."""
   config = _config(data_dir, num_clips=2)
-  batch = next(pipeline.make_eval_iterator(config, 'test', batch_size=NUM_TEST, process_index=0,
-                                           process_count=1, return_ids=True))
+  batch = next(pipeline.make_eval_dataset(config, 'test', batch_size=NUM_TEST, process_index=0,
+                                          process_count=1).as_numpy_iterator())
   assert batch['video'].shape == (NUM_TEST, 2, 4, RESOLUTION, RESOLUTION, 3)
   stored = tfds.as_numpy(pipeline.get_builder(config).as_dataset(
       split='test', decoders={'video': tfds.decode.SkipDecoding()}))
@@ -183,8 +183,8 @@ def test_eval_frames_are_the_sampled_frames_in_temporal_order(data_dir):
 
 def test_eval_pads_with_masked_examples_and_equal_batch_counts(data_dir):
   config = _config(data_dir)
-  batches = list(pipeline.make_eval_iterator(config, 'test', batch_size=4, process_index=0,
-                                             process_count=1, return_ids=True))
+  batches = list(pipeline.make_eval_dataset(config, 'test', batch_size=4, process_index=0,
+                                            process_count=1).as_numpy_iterator())
   masks = np.stack([b['mask'] for b in batches])
   assert masks.sum(1).tolist() == [4, 4, 4, 1]
   last = batches[-1]
@@ -198,9 +198,9 @@ def test_eval_shards_are_disjoint_complete_and_equally_long(data_dir, process_co
   config = _config(data_dir)
   seen, counts = [], []
   for process_index in range(process_count):
-    batches = list(pipeline.make_eval_iterator(
-        config, 'test', batch_size=3, process_index=process_index, process_count=process_count,
-        return_ids=True))
+    batches = list(pipeline.make_eval_dataset(
+        config, 'test', batch_size=3, process_index=process_index,
+        process_count=process_count).as_numpy_iterator())
     counts.append(len(batches))
     seen += [i for b in batches for i, m in zip(b['clip_id'], b['mask']) if m]
   assert len(set(counts)) == 1
@@ -254,9 +254,9 @@ def test_train_stream_is_deterministic_and_resumable(data_dir):
 
 def test_train_epochs_reshuffle_and_reaugment(data_dir):
   config = _config(data_dir, synth=STILL)
-  batches = _take(pipeline.make_train_iterator(config, batch_size=NUM_TRAIN, seed=0,
-                                               process_index=0, process_count=1,
-                                               return_ids=True), 2)
+  batches = _take(pipeline.make_train_dataset(config, batch_size=NUM_TRAIN, seed=0,
+                                              process_index=0,
+                                              process_count=1).as_numpy_iterator(), 2)
   first, second = batches
   assert sorted(first['clip_id']) == sorted(second['clip_id'])  # one epoch each
   assert list(first['clip_id']) != list(second['clip_id'])      # in another order
@@ -284,13 +284,29 @@ def test_train_shards_cover_each_example_once_per_epoch(data_dir, process_count)
   shard_size = NUM_TRAIN // process_count
   epoch_ids = []
   for process_index in range(process_count):
-    batches = _take(pipeline.make_train_iterator(
-        config, batch_size=3, seed=0, process_index=process_index, process_count=process_count,
-        return_ids=True), shard_size // 3)
+    batches = _take(pipeline.make_train_dataset(
+        config, batch_size=3, seed=0, process_index=process_index,
+        process_count=process_count).as_numpy_iterator(), shard_size // 3)
     ids = [i for b in batches for i in b['clip_id']]
     assert len(set(ids)) == shard_size
     epoch_ids += ids
   assert sorted(epoch_ids) == [synth_builder.clip_name('train', i).encode() for i in range(NUM_TRAIN)]
+
+
+def test_iterators_yield_the_dataset_batches_without_clip_ids(data_dir):
+  """What the steps get is what the tests above read from the datasets, less the clip ids."""
+  config = _config(data_dir)
+  shard = {'batch_size': 5, 'process_index': 0, 'process_count': 1}
+  pairs = [(pipeline.make_eval_dataset(config, 'test', **shard),
+            pipeline.make_eval_iterator(config, 'test', **shard)),
+           (pipeline.make_train_dataset(config, seed=0, start_step=2, **shard),
+            pipeline.make_train_iterator(config, seed=0, start_step=2, **shard))]
+  for dataset, iterator in pairs:
+    for with_ids, batch in zip(_take(dataset.as_numpy_iterator(), 3), _take(iterator, 3)):
+      assert set(with_ids) - set(batch) == {'clip_id'}
+      for key, value in batch.items():
+        assert value.dtype == with_ids[key].dtype
+        np.testing.assert_array_equal(value, with_ids[key])
 
 
 def test_to_global_arrays_places_the_batch_on_the_mesh(data_dir):

@@ -96,8 +96,8 @@ def test_frame_folders_get_exactly_the_evaluation_probabilities(tmp_path, predic
     for n, jpeg in enumerate(example['video'], 1):
       (folder / f'{clip_id}_{n}.jpg').write_bytes(jpeg)
     folders[clip_id] = str(folder)
-  batch = next(pipeline.make_eval_iterator(data, split, batch_size=6, process_index=0,
-                                           process_count=1, return_ids=True))
+  batch = next(pipeline.make_eval_dataset(data, split, batch_size=6, process_index=0,
+                                          process_count=1).as_numpy_iterator())
   expected = dict(zip((c.decode() for c in batch['clip_id']), reference(batch['video'])))
 
   output = tmp_path / 'out.json'
@@ -117,7 +117,7 @@ def test_video_windows_timeline_and_one_compilation(tmp_path, predictor, referen
   """10 s at 8 fps, 2 s windows every 1 s: 9 windows, each classified as evaluation classifies
   that stretch of decoded frames; the video's prediction is their mean."""
   path = _write(tmp_path / 'ten_seconds.mp4', _clip(0, 10 * FPS, 48))
-  decoded, _ = video_io.read_video(path)
+  decoded = np.stack(list(video_io.iter_frames(path)))
 
   prediction = predict.predict_source(predictor, predict.open_source(path, 25.0), NONE)
 
@@ -197,7 +197,7 @@ def test_render_writes_every_frame_with_the_prediction_drawn(tmp_path, predictor
   code, _, err = _run(predictor, [folder], render=str(render))
 
   assert code == 0, err
-  frames, fps = video_io.read_video(render)
+  frames, fps = np.stack(list(video_io.iter_frames(render))), video_io.video_fps(render)
   assert frames.shape == (20, 62, 60, 3) and fps == FPS
   difference = np.abs(frames.astype(float) - clip[:, :62, :60])
   assert difference[:, :8].mean() > 40  # the emotion is written on a band at the top

@@ -19,11 +19,11 @@ def _ramp_frames(size: int = 32) -> list[np.ndarray]:
 @pytest.mark.parametrize('name,codec', [('clip.mp4', 'libx264'),
                                         ('clip.avi', 'mpeg4'),
                                         ('clip.webm', 'libvpx-vp9')])
-def test_read_video_round_trip(tmp_path, name, codec):
+def test_write_and_read_round_trip(tmp_path, name, codec):
   path = tmp_path / name
   video_io.write_video(path, _ramp_frames(), fps=25.0, codec=codec)
 
-  frames, fps = video_io.read_video(path)
+  frames, fps = np.stack(list(video_io.iter_frames(path))), video_io.video_fps(path)
 
   assert frames.shape == (NUM_FRAMES, 32, 32, 3)
   assert frames.dtype == np.uint8
@@ -37,9 +37,12 @@ def test_iter_frames_streams_the_same_frames(tmp_path):
   path = tmp_path / 'clip.mp4'
   video_io.write_video(path, _ramp_frames())
 
-  streamed = np.stack(list(video_io.iter_frames(path)))
+  stream = video_io.iter_frames(path)
+  first = next(stream)
+  streamed = np.stack([first, *stream])
 
-  np.testing.assert_array_equal(streamed, video_io.read_video(path)[0])
+  assert first.shape == (32, 32, 3) and first.dtype == np.uint8
+  np.testing.assert_array_equal(streamed, np.stack(list(video_io.iter_frames(path))))
 
 
 def _noise_video(path, num_frames: int = 40) -> bytes:
@@ -58,7 +61,7 @@ def test_truncated_video_raises_naming_file(tmp_path, kept_fraction):
   path.write_bytes(data[:int(len(data) * kept_fraction)])
 
   with pytest.raises(video_io.VideoReadError, match='cut.mp4') as e:
-    video_io.read_video(path)
+    list(video_io.iter_frames(path))
   assert e.value.path == str(path)
 
 
@@ -73,7 +76,7 @@ def test_unreadable_inputs_raise_naming_file(tmp_path, content, problem):
     path.write_bytes(content)
 
   with pytest.raises(video_io.VideoReadError, match=problem) as e:
-    video_io.read_video(path)
+    list(video_io.iter_frames(path))
   assert 'bad.mp4' in str(e.value)
 
 

@@ -6,8 +6,10 @@ equal segment), decodes only those, and then
   * train: one random resized crop and one horizontal flip for the whole clip, resize to S x S;
   * eval:  resize to S x S, `num_clips` temporal views per clip (`eval_clip`, which prediction
     on user videos applies to decoded frames);
-and normalises with mean/std (in [0, 1] pixel units). Batches are numpy dicts, ready for
-`to_global_arrays`.
+and normalises with mean/std (in [0, 1] pixel units). `make_train_dataset` and
+`make_eval_dataset` build the batches as a `tf.data.Dataset` that also holds each clip's
+`clip_id`; `make_train_iterator` and `make_eval_iterator` yield them as numpy dicts without it,
+ready for `to_global_arrays`.
 
 Multi-process: each process reads its own contiguous, disjoint shard of a split
 (`tfds.even_splits`), so across processes every example appears once per epoch. Training streams
@@ -317,11 +319,10 @@ def _stream_key(seed: int, process_index: int, stream: int) -> tf.Tensor:
   return tf.random.experimental.stateless_fold_in(base, stream)
 
 
-def make_train_iterator(data_config: ml_collections.ConfigDict, *, batch_size: int, seed: int,
-                        start_step: int = 0, process_index: int | None = None,
-                        process_count: int | None = None,
-                        return_ids: bool = False) -> Iterator[dict[str, np.ndarray]]:
-  """Infinite, deterministic training batches of this process.
+def make_train_dataset(data_config: ml_collections.ConfigDict, *, batch_size: int, seed: int,
+                       start_step: int = 0, process_index: int | None = None,
+                       process_count: int | None = None) -> tf.data.Dataset:
+  """Infinite, deterministic training batches of this process, with the ids of their clips.
 
   Args:
     data_config: `config.data`.
@@ -331,11 +332,10 @@ def make_train_iterator(data_config: ml_collections.ConfigDict, *, batch_size: i
       `start_step` on (skipped records are read but not decoded).
     process_index: this process; default `jax.process_index()`.
     process_count: number of processes; default `jax.process_count()`.
-    return_ids: also yield 'clip_id' (batch,) bytes (for tests and debugging; not an array
-      `to_global_arrays` can place).
 
   Returns:
-    Iterator of {'video': (batch, t, S, S, 3) float32 | bfloat16, 'label': (batch,) int32}.
+    Dataset of {'video': (batch, t, S, S, 3) float32 | bfloat16, 'label': (batch,) int32,
+    'clip_id': (batch,) string}.
 
   Raises:
     ValueError: this process's shard of the train split is empty.
@@ -360,22 +360,20 @@ def make_train_iterator(data_config: ml_collections.ConfigDict, *, batch_size: i
 
   def preprocess(position: tf.Tensor, example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
     key = tf.random.experimental.stateless_fold_in(example_key, position)
-    out = {'video': _train_clip(example['video'], key, data_config),
-           'label': tf.cast(example['label'], tf.int32)}
-    if return_ids:
-      out['clip_id'] = example['clip_id']
-    return out
+    return {'video': _train_clip(example['video'], key, data_config),
+            'label': tf.cast(example['label'], tf.int32),
+            'clip_id': example['clip_id']}
 
   first_epoch, skip = divmod(start_step * batch_size, shard_size)
   ds = tf.data.Dataset.counter(first_epoch).flat_map(epoch).skip(skip)
   ds = ds.map(preprocess, num_parallel_calls=data_config.num_parallel_calls, deterministic=True)
   ds = ds.batch(batch_size, drop_remainder=True).prefetch(data_config.prefetch)
-  return ds.with_options(_options(data_config)).as_numpy_iterator()
+  return ds.with_options(_options(data_config))
 
 
-def make_eval_iterator(data_config: ml_collections.ConfigDict, split: str, *, batch_size: int,
-                       process_index: int | None = None, process_count: int | None = None,
-                       return_ids: bool = False) -> Iterator[dict[str, np.ndarray]]:
+def make_eval_dataset(data_config: ml_collections.ConfigDict, split: str, *, batch_size: int,
+                      process_index: int | None = None,
+                      process_count: int | None = None) -> tf.data.Dataset:
   """One pass over this process's shard of `split`, padded to a count shared by all processes.
 
   Args:
@@ -384,12 +382,11 @@ def make_eval_iterator(data_config: ml_collections.ConfigDict, split: str, *, ba
     batch_size: this process's share of the global batch.
     process_index: this process; default `jax.process_index()`.
     process_count: number of processes; default `jax.process_count()`.
-    return_ids: also yield 'clip_id' (batch,) bytes, b'' on padding.
 
   Returns:
-    Iterator of {'video': (batch, num_clips, t, S, S, 3), 'label': (batch,) int32,
-    'mask': (batch,) bool}; mask is False on padding (zeros, label 0). Every process yields
-    ceil(max shard size / batch_size) batches.
+    Dataset of {'video': (batch, num_clips, t, S, S, 3), 'label': (batch,) int32,
+    'mask': (batch,) bool, 'clip_id': (batch,) string}; mask is False on padding (zeros,
+    label 0, clip_id b''). Every process yields ceil(max shard size / batch_size) batches.
   """
   process_index, process_count = _resolve_process(process_index, process_count)
   builder = get_builder(data_config)
@@ -397,19 +394,53 @@ def make_eval_iterator(data_config: ml_collections.ConfigDict, split: str, *, ba
   num_batches = -(-max(sizes) // batch_size)
 
   def preprocess(example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-    out = {'video': _eval_clip(example['video'], data_config),
-           'label': tf.cast(example['label'], tf.int32),
-           'mask': tf.constant(True)}
-    if return_ids:
-      out['clip_id'] = example['clip_id']
-    return out
+    return {'video': _eval_clip(example['video'], data_config),
+            'label': tf.cast(example['label'], tf.int32),
+            'mask': tf.constant(True),
+            'clip_id': example['clip_id']}
 
   ds = _read(builder, shards[process_index], data_config)
   ds = ds.map(preprocess, num_parallel_calls=data_config.num_parallel_calls, deterministic=True)
   padding = tf.nest.map_structure(lambda spec: tf.zeros(spec.shape, spec.dtype), ds.element_spec)
   ds = ds.concatenate(tf.data.Dataset.from_tensors(padding).repeat())
   ds = ds.take(num_batches * batch_size).batch(batch_size).prefetch(data_config.prefetch)
-  return ds.with_options(_options(data_config)).as_numpy_iterator()
+  return ds.with_options(_options(data_config))
+
+
+def _step_batches(ds: tf.data.Dataset) -> Iterator[dict[str, np.ndarray]]:
+  """The batches of `ds` as numpy arrays, without 'clip_id' (strings no step takes)."""
+  without_ids = ds.map(lambda batch: {k: v for k, v in batch.items() if k != 'clip_id'})
+  return without_ids.as_numpy_iterator()
+
+
+def make_train_iterator(data_config: ml_collections.ConfigDict, *, batch_size: int, seed: int,
+                        start_step: int = 0, process_index: int | None = None,
+                        process_count: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+  """The batches of `make_train_dataset` (same arguments) as numpy arrays, for the train step.
+
+  Returns:
+    Iterator of {'video': (batch, t, S, S, 3) float32 | bfloat16, 'label': (batch,) int32}.
+
+  Raises:
+    ValueError: this process's shard of the train split is empty.
+  """
+  return _step_batches(make_train_dataset(
+      data_config, batch_size=batch_size, seed=seed, start_step=start_step,
+      process_index=process_index, process_count=process_count))
+
+
+def make_eval_iterator(data_config: ml_collections.ConfigDict, split: str, *, batch_size: int,
+                       process_index: int | None = None,
+                       process_count: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+  """The batches of `make_eval_dataset` (same arguments) as numpy arrays, for the eval step.
+
+  Returns:
+    Iterator of {'video': (batch, num_clips, t, S, S, 3), 'label': (batch,) int32,
+    'mask': (batch,) bool}.
+  """
+  return _step_batches(make_eval_dataset(
+      data_config, split, batch_size=batch_size, process_index=process_index,
+      process_count=process_count))
 
 
 def to_global_arrays(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh,

@@ -115,23 +115,6 @@ def video_fps(path: str | os.PathLike[str]) -> float:
   return float(rate) if rate else 0.0
 
 
-def read_video(path: str | os.PathLike[str]) -> tuple[np.ndarray, float]:
-  """Decodes a whole video into memory.
-
-  Args:
-    path: a video file in any container and codec that ffmpeg decodes.
-
-  Returns:
-    (frames, fps): frames uint8 of shape (T, H, W, 3), RGB, in presentation
-    order; fps the declared frame rate, 0.0 when the container declares none.
-
-  Raises:
-    VideoReadError: as `iter_frames`.
-  """
-  frames = np.stack(list(iter_frames(path)))
-  return frames, video_fps(path)
-
-
 def write_video(path: str | os.PathLike[str],
                 frames: Iterable[np.ndarray],
                 fps: float = 25.0,
