@@ -82,7 +82,9 @@ def base_config(method: str) -> ml_collections.ConfigDict:
   c.seed = 0
   c.model = ml_collections.ConfigDict(dict(
       variant='B/16', image_size=224, num_classes=7, adapter=dict(adapter),
-      drop_path_rate=0.1, head_dropout=0.5, dtype='float32', remat=False))
+      drop_path_rate=0.1, head_dropout=0.5, dtype='float32', remat=False,
+      # 'auto': the CPU kernels on CPU, XLA's own convolutions and attention elsewhere.
+      kernels='auto'))
   c.trainable = methods.get(method).trainable
   # Backbone initialisation: a directory from `python -m feadapter_jax.convert` (or an
   # export/ of a training run); '' trains from scratch. `dont_load` skips matching names.

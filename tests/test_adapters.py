@@ -1,4 +1,7 @@
-"""Adapters: zero-init equivalence to the image model, and the dynamic dilation's semantics."""
+"""Adapters: zero-init equivalence to the image model, and the dynamic dilation's semantics
+(its factorised temporal path against the naive definition and against the general path)."""
+import itertools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -48,9 +51,10 @@ def conv_at(dilation_bias, x, kernel_size=(3, 1, 1), **kw):
   return conv, params
 
 
-def test_dilation_one_equals_a_plain_depthwise_conv3d():
+@pytest.mark.parametrize('kernels', ['cpu', 'reference'])
+def test_dilation_one_equals_a_plain_depthwise_conv3d(kernels):
   x = jax.random.normal(jax.random.key(1), (2, 6, 5, 5, 4))
-  conv, params = conv_at(0.0, x, kernel_size=(3, 3, 3))
+  conv, params = conv_at(0.0, x, kernel_size=(3, 3, 3), kernels=kernels)
   plain = nn.Conv(4, (3, 3, 3), padding='SAME', feature_group_count=4)
   kernel = params['taps']['kernel'].reshape(1, 3, 3, 1, 4, 3)  # (1, h, w, 1, c, k)
   kernel = jnp.transpose(kernel[0], (4, 0, 1, 2, 3))  # (k, h, w, 1, c)
@@ -92,23 +96,69 @@ def test_dilation_predictor_gets_gradient_at_initialisation():
   assert np.abs(grads['dilation']['bias']).sum() > 0
 
 
-def fast_and_general(max_dilation, predictor_scale, x):
-  """The factorised and general paths of one conv, their params, with spread dilations."""
-  fast = adapters.DynamicDilatedConv3D(max_dilation=max_dilation)
-  general = adapters.DynamicDilatedConv3D(max_dilation=max_dilation, force_general=True)
-  params = fast.init(jax.random.key(0), x)['params']
-  params['dilation']['kernel'] = predictor_scale * jax.random.normal(
+def spread_predictor(conv, x, scale=0.8):
+  """The conv's params with a random predictor: dilations spread, fractional, some capped."""
+  params = conv.init(jax.random.key(0), x)['params']
+  params['dilation']['kernel'] = scale * jax.random.normal(
       jax.random.key(2), params['dilation']['kernel'].shape)
-  to_general = lambda p: {**p, 'taps': p['taps']['kernel']}  # noqa: E731
-  return fast, general, params, to_general
-
-
-def test_general_path_equals_factorised_path_when_only_time_is_dynamic():
-  x = jax.random.normal(jax.random.key(1), (1, 5, 4, 4, 3))
-  fast, general, params, to_general = fast_and_general(2.0, 0.3, x)
   params['bias'] = params['bias'] + 0.1
+  return params
+
+
+def naive_dynamic_conv(params, x, max_dilation):
+  """The definition, one output location at a time: every tap (i, j, l) reads x at
+  (t + i d(t, h, w), h + j, w + l), linearly interpolated along time, zero outside."""
+  x = np.asarray(x, np.float64)
+  b, t, hgt, wid, c = x.shape
+  z = nn.Conv(1, (3, 1, 1), padding='SAME').apply({'params': params['dilation']}, x)
+  d = np.minimum(np.asarray(nn.elu(z) + 1.0, np.float64), max_dilation)[..., 0]
+  kernel = np.asarray(params['taps']['kernel']).reshape(3, 3, c, 3)  # (h, w, c, k)
+  padded = np.pad(x, [(0, 0), (0, 0), (1, 1), (1, 1), (0, 0)])
+  y = np.zeros_like(x)
+  frames = np.arange(-4.0, t + 4.0)
+  for bi, ti, hi, wi in np.ndindex(b, t, hgt, wid):
+    for (i, k), j, l in itertools.product(enumerate((-1, 0, 1)), range(3), range(3)):
+      at = ti + k * d[bi, ti, hi, wi]
+      series = np.pad(padded[bi, :, hi + j, wi + l], [(4, 4), (0, 0)])  # (t + 8, c)
+      read = [np.interp(at, frames, series[:, ch]) for ch in range(c)]
+      y[bi, ti, hi, wi] += kernel[j, l, :, i] * np.asarray(read)
+  return y + np.asarray(params['bias'])
+
+
+@pytest.mark.parametrize('kernels', ['cpu', 'reference'])
+def test_factorised_temporal_path_equals_the_naive_per_location_definition(kernels):
+  x = jax.random.normal(jax.random.key(1), (1, 5, 3, 3, 2))
+  conv = adapters.DynamicDilatedConv3D(max_dilation=2.5, kernels=kernels)
+  params = spread_predictor(conv, x)
+  np.testing.assert_allclose(conv.apply({'params': params}, x),
+                             naive_dynamic_conv(params, x, 2.5), atol=1e-5)
+
+
+@pytest.mark.parametrize('kernels', ['cpu', 'reference'])
+def test_factorised_path_gradients_equal_autodiff_of_the_general_path(kernels):
+  # With a second dynamic axis whose predictor is zero (dilation exactly 1), only the general
+  # path runs, and it must compute what the factorised path computes for time alone.
+  x = jax.random.normal(jax.random.key(1), (2, 6, 4, 4, 3))
+  fast = adapters.DynamicDilatedConv3D(max_dilation=2.5, kernels=kernels)
+  general = adapters.DynamicDilatedConv3D(max_dilation=2.5, dynamic_axes=('t', 'h'),
+                                          kernels=kernels)
+  params = spread_predictor(fast, x)
+  as_general = lambda p: {  # noqa: E731
+      'taps': p['taps']['kernel'], 'bias': p['bias'],
+      'dilation': {'kernel': jnp.concatenate([p['dilation']['kernel'],
+                                              jnp.zeros_like(p['dilation']['kernel'])], -1),
+                   'bias': jnp.concatenate([p['dilation']['bias'],
+                                            jnp.zeros_like(p['dilation']['bias'])])}}
+  assert jax.tree.map(jnp.shape, as_general(params)) == jax.tree.map(
+      jnp.shape, general.init(jax.random.key(0), x)['params'])
+  loss = lambda m, p, v: jnp.sum(jnp.sin(3 * m.apply({'params': p}, v)))  # noqa: E731
   np.testing.assert_allclose(fast.apply({'params': params}, x),
-                             general.apply({'params': to_general(params)}, x), atol=1e-5)
+                             general.apply({'params': as_general(params)}, x), atol=1e-5)
+  g_fast = jax.grad(lambda p, v: loss(fast, p, v), (0, 1))(params, x)
+  g_general = jax.grad(lambda p, v: loss(general, as_general(p), v), (0, 1))(params, x)
+  assert float(jnp.abs(g_fast[0]['dilation']['kernel']).sum()) > 1e-2
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+               g_fast, g_general)
 
 
 def test_multibranch_starts_as_the_mean_of_its_branches():
@@ -153,37 +203,3 @@ def test_temporal_adapters_see_frame_order_and_the_image_model_does_not(name):
     np.testing.assert_allclose(forward, backward, atol=1e-5)
   else:
     assert not np.allclose(forward, backward, atol=1e-4)
-
-
-@pytest.mark.parametrize('features,kernel,dilation,depthwise,narrow', [
-    (6, (3, 3, 3), (1, 1, 1), True, False),     # the fixed conv
-    (6, (3, 1, 1), (2, 1, 1), True, False),     # ST-Adapter's, dilated
-    (18, (1, 3, 3), (1, 2, 1), True, False),    # the dynamic conv's taps: 3 copies per channel
-    (1, (3, 1, 1), (1, 1, 1), False, True),     # the dilation predictor
-    (2, (3, 1, 1), (2, 1, 1), False, True),
-    (4, (3, 3, 1), (1, 1, 1), False, False)])
-def test_shift_conv_equals_nn_conv_values_and_gradients(features, kernel, dilation, depthwise,
-                                                        narrow):
-  x = jax.random.normal(jax.random.key(1), (2, 5, 4, 3, 6))
-  ours = adapters.ShiftConv3D(features, kernel, dilation, depthwise=depthwise, narrow=narrow)
-  ref = nn.Conv(features, kernel, kernel_dilation=dilation, padding='SAME',
-                feature_group_count=6 if depthwise else 1)
-  params = ref.init(jax.random.key(0), x)
-  assert jax.tree.map(jnp.shape, ours.init(jax.random.key(0), x)) == jax.tree.map(
-      jnp.shape, params)
-  params = jax.tree.map(lambda p: p + 0.1, params)  # a non-zero bias
-  np.testing.assert_allclose(ours.apply(params, x), ref.apply(params, x), atol=1e-5)
-  grad = lambda m: jax.grad(lambda p, x: jnp.sum(jnp.sin(m.apply(p, x))), (0, 1))(params, x)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4), grad(ours), grad(ref))
-
-
-def test_dynamic_reads_hand_written_gradient_equals_autodiff_of_the_general_path():
-  x = jax.random.normal(jax.random.key(1), (2, 6, 4, 4, 3))
-  # Dilations spread over (0, 2.5], fractional, some capped.
-  fast, general, params, to_general = fast_and_general(2.5, 0.8, x)
-  loss = lambda m, p, x: jnp.sum(jnp.sin(3 * m.apply({'params': p}, x)))  # noqa: E731
-  g_fast = jax.grad(lambda p, x: loss(fast, p, x), (0, 1))(params, x)
-  g_general = jax.grad(lambda p, x: loss(general, to_general(p), x), (0, 1))(params, x)
-  assert float(jnp.abs(g_fast[0]['dilation']['kernel']).sum()) > 1e-2
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
-               g_fast, g_general)

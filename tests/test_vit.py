@@ -6,8 +6,7 @@ import pytest
 
 from configs import synthetic
 from feadapter_jax import models, partition
-from feadapter_jax.models import vit
-from tests.tiny import tiny
+from tests.tiny import ADAPTERS, tiny
 
 
 def count(model_config, input_shape):
@@ -20,7 +19,8 @@ def count(model_config, input_shape):
     ('Ti/16', 5_717_416), ('S/16', 22_050_664), ('B/16', 86_567_656), ('L/16', 304_326_632),
     ('B/32', 88_224_232)])
 def test_param_count_equals_timm(variant, expected):
-  assert count(dict(variant=variant, num_classes=1000, image_size=224), (1, 224, 224, 3)) == expected
+  config = dict(variant=variant, num_classes=1000, image_size=224)
+  assert count(config, (1, 224, 224, 3)) == expected
 
 
 def test_image_is_a_one_frame_clip_and_clip_logits_average_frames():
@@ -68,9 +68,9 @@ def test_bfloat16_compute_and_remat_match_float32():
 def test_remat_under_the_cpu_compiler_options_frees_activations_and_keeps_gradients():
   """XLA CPU drops remat's CSE barriers unless the config's options keep them (configs/common).
 
-  Without them CSE merged recomputation into the forward pass (ViT-B/16 FE-Adapter scratch
-  2.07 GiB with remat vs 0.99 GiB with the options: docs/performance.md). Checked here with
-  frozen weights, as in an adapter step.
+  Without them CSE merges recomputation into the forward pass, and remat frees little
+  (docs/performance.md has the ViT-B/16 figures). Checked here with frozen weights, as in an
+  adapter step.
   """
   options = dict(synthetic.get_config().cpu_compiler_options)
   scheduler_only = {k: v for k, v in options.items() if k != 'xla_disable_hlo_passes'}
@@ -89,7 +89,7 @@ def test_remat_under_the_cpu_compiler_options_frees_activations_and_keeps_gradie
       barriers[remat, name] = compiled.as_text().count('opt-barrier(')
       grads[remat, name] = compiled(params, clip)
   # One barrier per rematerialised block survives compilation only under the config's options
-  # (beside the adapters' own: layers.materialized_cotangent).
+  # (beside the adapters' own: kernels.materialized_cotangent).
   assert barriers[True, 'config'] >= barriers[False, 'config'] + arch['depth']
   assert barriers[True, 'scheduler_only'] == 0
   assert temp[True, 'config'] < 0.5 * temp[False, 'config']
@@ -108,11 +108,76 @@ def test_stochastic_depth_is_per_sample_and_off_at_eval():
   assert not np.allclose(train, eval_a, atol=1e-4)
 
 
-def test_cpu_attention_equals_fused_dot_product_attention():
-  x = jax.random.normal(jax.random.key(0), (2, 5, 12))
-  explicit, fused = vit.Attention(3, fused=False), vit.Attention(3, fused=True)
-  params = explicit.init(jax.random.key(1), x)
-  np.testing.assert_allclose(explicit.apply(params, 4 * x), fused.apply(params, 4 * x),
-                             atol=1e-5)
-  grad = lambda m: jax.grad(lambda x: jnp.sum(jnp.sin(m.apply(params, 4 * x))))(x)  # noqa: E731
-  np.testing.assert_allclose(grad(explicit), grad(fused), atol=1e-5)
+def perturbed_params(model, clip, scale=0.1):
+  """Init params moved off zero, so zero-initialised layers (up, predictor, fc2) act."""
+  leaves, treedef = jax.tree.flatten(model.init(jax.random.key(0), clip)['params'])
+  keys = jax.random.split(jax.random.key(3), len(leaves))
+  return treedef.unflatten([p + scale * jax.random.normal(k, p.shape)
+                            for p, k in zip(leaves, keys)])
+
+
+# Each adapter kind and conv once ('fe_both_placements' has no kernel of its own).
+@pytest.mark.parametrize('name', sorted(set(ADAPTERS) - {'fe_both_placements'}) + ['none'])
+def test_cpu_and_reference_kernels_give_one_model(name):
+  clip = jax.random.normal(jax.random.key(1), (2, 4, 32, 32, 3))
+  cpu, ref = (models.build(tiny(ADAPTERS.get(name), kernels=k)) for k in ('cpu', 'reference'))
+  init = lambda m: m.init(jax.random.key(0), clip)['params']  # noqa: E731
+  flat_cpu, flat_ref = partition.flatten(init(cpu)), partition.flatten(init(ref))
+  # One parameter tree, initialised alike: names (those checkpoints hold), shapes and values.
+  assert {n: v.shape for n, v in flat_cpu.items()} == {n: v.shape for n, v in flat_ref.items()}
+  for n, v in flat_cpu.items():
+    np.testing.assert_array_equal(v, flat_ref[n], err_msg=n)
+  if name == 'fe':
+    assert {f'blocks_0/adapter_attn/{n}' for n in (
+        'conv/taps/kernel', 'conv/dilation/kernel', 'conv/bias', 'down/kernel')} <= set(flat_ref)
+  params = perturbed_params(cpu, clip)
+  loss = lambda m: lambda p: jnp.sum(jnp.sin(m.apply({'params': p}, clip)))  # noqa: E731
+  np.testing.assert_allclose(cpu.apply({'params': params}, clip),
+                             ref.apply({'params': params}, clip), atol=1e-5)
+  g_cpu, g_ref = jax.grad(loss(cpu))(params), jax.grad(loss(ref))(params)
+  assert jax.tree.structure(g_cpu) == jax.tree.structure(g_ref)
+  for path, a, b in zip(partition.flatten(g_cpu), jax.tree.leaves(g_cpu), jax.tree.leaves(g_ref)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=path)
+
+
+def traced(model, clip):
+  """The jaxprs, as text, of the model's forward pass and of its loss's gradient."""
+  params = model.init(jax.random.key(0), clip)['params']
+  apply = lambda p: model.apply({'params': p}, clip)  # noqa: E731
+  return (str(jax.make_jaxpr(apply)(params)),
+          str(jax.make_jaxpr(jax.grad(lambda p: apply(p).sum()))(params)))
+
+
+def test_kernels_option_reaches_every_module_and_auto_follows_the_backend(monkeypatch):
+  clip = jax.random.normal(jax.random.key(1), (1, 4, 32, 32, 3))
+  fe = tiny(dict(kind='fe', width=8, activation='gelu'))
+  built = {(name, k): models.build({**adapter, 'kernels': k})
+           for name, adapter in (('fe', fe), ('aim', tiny(dict(kind='aim'))))
+           for k in ('cpu', 'reference')}
+  text = {key: traced(model, clip) for key, model in built.items()}
+  # The CPU forms' custom derivatives (GELU, LayerNorm, convs, reads) and the adapters' barrier;
+  # none of them under 'reference', so no module falls back to its own default.
+  for name in ('fe', 'aim'):
+    assert not any(p in ''.join(text[name, 'reference'])
+                   for p in ('custom_jvp_call', 'custom_vjp_call', 'optimization_barrier'))
+    assert all(p in text[name, 'cpu'][0] for p in ('custom_jvp_call', 'custom_vjp_call'))
+  assert 'optimization_barrier' in text['fe', 'cpu'][1]
+  # XLA's convolutions: the patch embedding alone on CPU; with 'reference' also every FE
+  # block's dilation predictor and taps conv.
+  convs = {k: text['fe', k][0].count('conv_general_dilated') for k in ('cpu', 'reference')}
+  assert convs == {'cpu': 1, 'reference': 1 + 2 * fe['depth']}
+  # 'auto' (the default) is 'cpu' on this CPU backend, bit for bit ...
+  auto = models.build(fe)
+  assert auto.kernels == 'auto'
+  params = perturbed_params(auto, clip)
+  np.testing.assert_array_equal(auto.apply({'params': params}, clip),
+                                built['fe', 'cpu'].apply({'params': params}, clip))
+  # ... and 'reference' on any other.
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
+  assert traced(auto, clip) == text['fe', 'reference']
+
+
+def test_unknown_kernels_value_names_the_option_and_the_choices():
+  model = models.build(tiny(kernels='fast'))
+  with pytest.raises(ValueError, match=r"model\.kernels='fast'.*'auto', 'reference', 'cpu'"):
+    model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))

@@ -14,13 +14,13 @@ folded the `t` frames into the batch, and the patch tokens form an `(h, w)` grid
   time (temporal), after attention (spatial) and in parallel to the MLP (scale 0.5); the second
   projection of each is zero-initialised. The block in `vit.py` wires it.
 
-`method.md` documents which parts come from the papers and which are our reading.
+`docs/method.md` documents which parts come from the papers and which are our reading. How the
+convolutions, GELU and the temporal reads are computed is `kernels.py`'s concern: every module
+here takes `kernels` (`model.kernels`) and passes it on.
 """
 from __future__ import annotations
 
-import functools
 import itertools
-import math
 from typing import Any, Sequence
 
 import einops
@@ -29,224 +29,29 @@ import jax
 import jax.numpy as jnp
 
 from feadapter_jax.methods import AXES, AdapterConfig
-from feadapter_jax.models import layers
-
-ACTIVATIONS = {'none': lambda x: x, 'gelu': layers.gelu, 'relu': nn.relu}
+from feadapter_jax.models import kernels as kernels_lib
 
 
-def _check(ok: bool, message: str) -> None:
-  if not ok:
-    raise ValueError(message)
-
-
-def _shifts(x: jax.Array, shifts: Sequence[int], axis: int = 1) -> dict[int, jax.Array]:
-  """{m: y} with y[..., i, ...] = x[..., i + m, ...] along `axis`, zero outside: one pad."""
-  lo, hi = min(0, *shifts), max(0, *shifts)
-  pad = [(0, 0)] * x.ndim
-  pad[axis] = (-lo, hi)
-  padded = jnp.pad(x, pad)
-  return {m: jax.lax.slice_in_dim(padded, m - lo, m - lo + x.shape[axis], axis=axis)
-          for m in shifts}
-
-
-def _interp_reads(offset: jax.Array, shifts: Sequence[int], slope: bool = False
-                  ) -> list[tuple[int, jax.Array]]:
-  """Linear interpolation at a fractional per-location offset, as weighted integer shifts.
-
-  Reading f at i + offset equals the sum over integers m of w_m * f[i + m], with
-  w_m = 1 - a at m = floor(offset), a at m = floor(offset) + 1, else 0 (a the fraction).
-  Written with floor and fraction, not a symmetric hat, so the gradient with respect to the
-  offset exists at integer offsets, where the zero-initialised predictor starts.
-
-  Args:
-    offset: per-location offsets, any shape, within [min(shifts), max(shifts)].
-    shifts: the integer shifts that may be read (a static range covering the offsets).
-    slope: return d w_m / d offset instead (-1 at floor(offset), +1 at floor(offset) + 1).
-
-  Returns:
-    (m, weight) pairs, weights shaped like `offset`.
-  """
-  base = jax.lax.stop_gradient(jnp.floor(offset))
-  lower, upper = (-1.0, 1.0) if slope else (1.0 - (offset - base), offset - base)
-  return [(m, jnp.where(base == m, lower, 0.0) + jnp.where(base + 1 == m, upper, 0.0))
-          for m in shifts]
-
-
-def _tap_shifts(k: int, max_dilation: float) -> list[int]:
-  """The integer shifts that tap k's reads at k * d, d in (0, max_dilation], may touch."""
-  lo, hi = sorted((0.0, k * max_dilation))
-  return list(range(math.floor(lo), math.ceil(hi) + 1))
-
-
-def _tap_reads(k: int, dilation: jax.Array | int, max_dilation: float):
-  """Reads of kernel tap k at offset k * dilation: [(shift, weight)]."""
-  if isinstance(dilation, int):
-    return [(k * dilation, 1.0)]
-  return _interp_reads(k * dilation, _tap_shifts(k, max_dilation))
-
-
-def _reads_per_tap(kt: int, max_dilation: float) -> list[tuple[int, list[int]]]:
-  """(k, the integer shifts its reads may touch) for every temporal tap k, k = -(kt//2)..kt//2."""
-  return [(k, _tap_shifts(k, max_dilation)) for k in range(-(kt // 2), kt // 2 + 1)]
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def dynamic_temporal_reads(taps: jax.Array, d: jax.Array, max_dilation: float) -> jax.Array:
-  """y(t) = sum_k taps_k(t + k d(t)), each read interpolated linearly along time.
-
-  Args:
-    taps: `(kt, b, t, h, w, c)`, one map per temporal tap k = -(kt//2)..kt//2.
-    d: `(b, t, h, w, 1)` dilation per location, in (0, max_dilation].
-    max_dilation: bounds the static set of shifts read.
-
-  Returns:
-    `(b, t, h, w, c)`. The backward pass is written out (shifted weighted sums, one reduction
-    over channels for d): XLA's transpose of the forward's pads and slices ran ~10x slower.
-  """
-  y = 0.0
-  for j, (k, shifts) in enumerate(_reads_per_tap(taps.shape[0], max_dilation)):
-    moved = _shifts(taps[j], shifts)
-    y += taps[j] if not k else sum(w * moved[m] for m, w in _interp_reads(k * d, shifts))
-  return y
-
-
-def _reads_fwd(taps, d, max_dilation):
-  return dynamic_temporal_reads(taps, d, max_dilation), (taps, d)
-
-
-def _reads_bwd(max_dilation, residuals, g):
-  taps, d = residuals
-  g_taps, slopes = [], 0.0
-  for j, (k, shifts) in enumerate(_reads_per_tap(taps.shape[0], max_dilation)):
-    if not k:
-      g_taps.append(g)
-      continue
-    # Adjoint of "w_m * shift(x, m)": shift(w_m * g, -m).
-    weights = dict(_interp_reads(k * d, shifts))
-    back = _shifts(g, [-m for m in shifts])
-    back_w = {m: _shifts(weights[m], [-m])[-m] for m in shifts}
-    g_taps.append(sum(back_w[m] * back[-m] for m in shifts))
-    # d(read)/d(offset) = next sample minus this one; d(offset)/d(d) = k.
-    moved = _shifts(taps[j], shifts)
-    slopes += k * sum(a * moved[m] for m, a in _interp_reads(k * d, shifts, slope=True))
-  # One dot over channels. The barrier keeps the slopes an XLA loop that reads the shifted taps
-  # in place: fused into the dot's reduction (a YNNPACK call), every shifted tap became a copy.
-  g_d = jnp.einsum('bthwc,bthwc->bthw', jax.lax.optimization_barrier(slopes), g)[..., None]
-  return jnp.stack(g_taps).astype(taps.dtype), g_d.astype(d.dtype)
-
-
-dynamic_temporal_reads.defvjp(_reads_fwd, _reads_bwd)
-
-
-def _tap_views(x: jax.Array, kernel_size: Sequence[int], dilation: Sequence[int]):
-  """(tap index, view) for every tap of a 'SAME' 3-D kernel: x shifted by the tap's offset.
-
-  x: `(b, t, h, w, ...)`; views have x's shape, zero where the tap reads outside.
-  """
-  pads = [(k // 2) * d for k, d in zip(kernel_size, dilation)]
-  padded = jnp.pad(x, [(0, 0), *((p, p) for p in pads), *((0, 0),) * (x.ndim - 4)])
-  for tap in itertools.product(*(range(k) for k in kernel_size)):
-    start = (0, *(j * d for j, d in zip(tap, dilation)), *(0,) * (x.ndim - 4))
-    yield tap, jax.lax.slice(padded, start, tuple(s + n for s, n in zip(start, x.shape)))
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def depthwise_conv3d(x: jax.Array, kernel: jax.Array, dilation: tuple[int, int, int]
-                     ) -> jax.Array:
-  """'SAME' depthwise 3-D conv, one shifted read per tap.
-
-  Args:
-    x: `(b, t, h, w, c)`.
-    kernel: `(kt, kh, kw, c, m)`: m output copies per channel.
-    dilation: per axis.
-
-  Returns:
-    `(m, b, t, h, w, c)`. The backward pass saves x, not the taps' views (autodiff kept all of
-    them: 27 copies of x for a 3x3x3 kernel).
-  """
-  views = list(_tap_views(x, kernel.shape[:3], dilation))
-  return jnp.stack([sum(view * kernel[tap][:, j] for tap, view in views)
-                    for j in range(kernel.shape[-1])])
-
-
-def _depthwise_fwd(x, kernel, dilation):
-  return depthwise_conv3d(x, kernel, dilation), (x, kernel)
-
-
-def _depthwise_bwd(dilation, residuals, g):
-  x, kernel = residuals
-  size = kernel.shape[:3]
-  views = list(_tap_views(x, size, dilation))
-  reduce = tuple(range(x.ndim - 1))
-  g_kernel = jnp.stack([jnp.stack([jnp.sum(view * g[j], reduce) for j in range(g.shape[0])], -1)
-                        for _, view in views]).reshape(kernel.shape)
-  # The adjoint of a 'SAME' correlation: the same reads of g, with the kernel flipped.
-  g_x = sum(view * kernel[tuple(k - 1 - i for k, i in zip(size, tap))][:, j]
-            for j in range(g.shape[0]) for tap, view in _tap_views(g[j], size, dilation))
-  return g_x.astype(x.dtype), g_kernel.astype(kernel.dtype)
-
-
-depthwise_conv3d.defvjp(_depthwise_fwd, _depthwise_bwd)
-
-
-class ShiftConv3D(nn.Module):
-  """A 3-D conv ('SAME', zero padding) computed as one shifted read per tap.
-
-  Parameters are `nn.Conv`'s (names, shapes, init), so checkpoints and converters are shared.
-  Depthwise (`depthwise=True`, `features` = m x the input channels c; output channel `i m + j`
-  is copy j of channel i, as `feature_group_count=c`): each tap scales a shifted view. Dense:
-  one matmul maps the channels to every tap's outputs, which are shifted and summed. XLA fuses
-  either into a few loops; its CPU conv kernels ran 10-100x slower at the adapters' shapes
-  (depthwise and grouped 3-D convs; `benchmarks/train_step.py`, docs/performance.md).
-
-  Input `(b, t, h, w, c)`; output `(b, t, h, w, features)`, or `(m, b, t, h, w, c)` with
-  `split_multiplier` (depthwise only: copy j of every channel in slice j). `narrow` (dense only)
-  is for a few outputs, such as a dilation predictor: `layers.narrow_matmul`.
-  """
-  features: int
-  kernel_size: tuple[int, int, int]
-  kernel_dilation: tuple[int, int, int] = (1, 1, 1)
-  depthwise: bool = False
-  split_multiplier: bool = False
-  narrow: bool = False
-  use_bias: bool = True
-  kernel_init: Any = nn.initializers.lecun_normal()
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    c = x.shape[-1]
-    _check(not self.depthwise or self.features % c == 0,
-           f'a depthwise conv needs features ({self.features}) a multiple of channels ({c})')
-    _check(self.depthwise or not self.split_multiplier, 'split_multiplier needs depthwise')
-    kernel = self.param('kernel', self.kernel_init,
-                        (*self.kernel_size, 1 if self.depthwise else c, self.features))
-    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-    bias = (self.param('bias', nn.initializers.zeros, (self.features,)).astype(self.dtype)
-            if self.use_bias else jnp.zeros((self.features,), self.dtype))
-    if not self.depthwise:
-      taps = math.prod(self.kernel_size)
-      per_tap = einops.rearrange(kernel, 't h w c f -> c (t h w f)')
-      maps = layers.narrow_matmul(x, per_tap) if self.narrow else x @ per_tap
-      maps = maps.reshape(*x.shape[:-1], taps, self.features)
-      views = _tap_views(maps, self.kernel_size, self.kernel_dilation)
-      return sum(view[..., i, :] for i, (_, view) in enumerate(views)) + bias
-    m = self.features // c
-    # Copies in separate slices (m first): XLA differentiated an interleaved (c m) channel
-    # axis ~10x slower.
-    y = depthwise_conv3d(x, kernel.reshape(*self.kernel_size, c, m), self.kernel_dilation)
-    y += einops.rearrange(bias, '(c m) -> m 1 1 1 1 c', m=m)
-    return y if self.split_multiplier else einops.rearrange(y, 'm b t h w c -> b t h w (c m)')
+def activate(name: str, x: jax.Array, kernels: str = 'auto') -> jax.Array:
+  """The activation after `down`: 'none', 'gelu' (exact) or 'relu'."""
+  if name == 'gelu':
+    return kernels_lib.gelu(x, kernels)
+  return nn.relu(x) if name == 'relu' else x
 
 
 class DynamicDilatedConv3D(nn.Module):
   """Depthwise 3-D conv whose dilation is predicted at every location (D2Conv3D reading).
 
-  The dilation `d = base * (elu(z) + 1)` (positive; `z` from a zero-initialised conv, so it starts
-  at `base`) scales the kernel's tap offsets; taps at fractional positions are read by linear
-  interpolation. When only time is dynamic, the 3-D depthwise conv factorises exactly: a spatial
-  conv gives one map per temporal tap k, and y(t) = sum_k s_k(t + k d(t)) + bias. Other dynamic
-  axes take the general path (a per-location trilinear read for every tap: much slower).
+  The dilation `d = min(base * (elu(z) + 1), max_dilation)` is positive; `z` comes from a
+  zero-initialised conv of the input (the predictor, one output per dynamic axis), so `d` starts
+  at `base`. It scales the kernel's tap offsets: tap k reads the input at `k d`, and taps at
+  fractional positions are read by linear interpolation. The cap keeps every read inside a
+  static set of integer shifts.
+
+  When only time is dynamic, the 3-D depthwise conv factorises exactly: a spatial depthwise conv
+  gives one map s_k per temporal tap k, and y(t) = sum_k s_k(t + k d(t)) + bias. Other dynamic
+  axes take the general form: every tap reads the input at its scaled offset, interpolated along
+  each dynamic axis (trilinear for three), which costs a read per tap and corner.
 
   Input and output: `(b, t, h, w, c)`.
   """
@@ -255,56 +60,61 @@ class DynamicDilatedConv3D(nn.Module):
   dynamic_axes: tuple[str, ...] = ('t',)
   max_dilation: float = 3.0
   predictor_kernel: tuple[int, int, int] = (3, 1, 1)
-  force_general: bool = False  # tests compare the two paths
   dtype: Any = jnp.float32
+  kernels: str = 'auto'
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     c = x.shape[-1]
     axes = [a for a in AXES if a in self.dynamic_axes]
-    z = ShiftConv3D(len(axes), self.predictor_kernel, narrow=True, dtype=self.dtype,
-                    kernel_init=nn.initializers.zeros, name='dilation')(x)
-    # Capped so every tap stays inside the static set of shifts read.
+    z = kernels_lib.Conv3D(len(axes), self.predictor_kernel, dtype=self.dtype,
+                           kernel_init=nn.initializers.zeros, kernels=self.kernels,
+                           name='dilation')(x)
     factor = nn.elu(z.astype(jnp.float32)) + 1.0
     dyn = {a: jnp.minimum(factor[..., i:i + 1] * self.dilation[AXES.index(a)], self.max_dilation)
            for i, a in enumerate(axes)}
     bias = self.param('bias', nn.initializers.zeros, (c,))
-    if axes == ['t'] and not self.force_general:
-      y = self._temporal(x, dyn['t'])
-    else:
-      y = self._general(x, dyn)
+    y = self._temporal(x, dyn['t']) if axes == ['t'] else self._general(x, dyn)
     return (y + bias).astype(self.dtype)
 
-  def _taps(self, axis: int) -> range:
-    r = self.kernel_size[axis] // 2
-    return range(-r, r + 1)
-
   def _temporal(self, x: jax.Array, d_t: jax.Array) -> jax.Array:
-    """Factorised path: spatial depthwise conv per temporal tap, then dynamic temporal reads."""
+    """Factorised form: a spatial depthwise conv per temporal tap, then the dynamic reads."""
     kt, kh, kw = self.kernel_size
     c = x.shape[-1]
-    spatial = ShiftConv3D(c * kt, (1, kh, kw), (1, *self.dilation[1:]), depthwise=True,
-                          split_multiplier=True, use_bias=False, dtype=self.dtype,
-                          name='taps')(x)  # (k b t h w c)
-    return dynamic_temporal_reads(spatial, d_t, self.max_dilation)
+    spatial = kernels_lib.Conv3D(c * kt, (1, kh, kw), (1, *self.dilation[1:]), depthwise=True,
+                                 split_multiplier=True, use_bias=False, dtype=self.dtype,
+                                 kernels=self.kernels, name='taps')(x)  # (k b t h w c)
+    return kernels_lib.dynamic_temporal_reads(spatial, d_t, self.max_dilation, self.kernels)
 
   def _general(self, x: jax.Array, dyn: dict[str, jax.Array]) -> jax.Array:
     """Any dynamic axes: every tap reads x at its scaled offset, interpolated per axis."""
     kt, kh, kw = self.kernel_size
     c = x.shape[-1]
-    # Same parameter layout as the factorised path, so both read one checkpoint.
+    # The factorised form's parameter layout, so both read one checkpoint.
     kernel = self.param('taps', nn.initializers.lecun_normal(), (1, kh, kw, 1, c * kt))
     kernel = einops.rearrange(kernel, '1 h w 1 (c k) -> k h w c', k=kt)
     dilations = [dyn.get(a, self.dilation[i]) for i, a in enumerate(AXES)]
     y = jnp.zeros(x.shape, jnp.float32)
     for (i, kt_), (j, kh_), (l, kw_) in itertools.product(
         *(enumerate(self._taps(axis)) for axis in range(3))):
-      per_axis = [_tap_reads(k, d, self.max_dilation)
-                  for k, d in zip((kt_, kh_, kw_), dilations)]
+      per_axis = [self._reads(k, d) for k, d in zip((kt_, kh_, kw_), dilations)]
       for (mt, wt), (mh, wh), (mw, ww) in itertools.product(*per_axis):
-        moved = _shifts(_shifts(_shifts(x, [mt], 1)[mt], [mh], 2)[mh], [mw], 3)[mw]
+        moved = x
+        for axis, m in zip((1, 2, 3), (mt, mh, mw)):
+          moved = kernels_lib.shifted(moved, [m], axis)[m]
         y += (wt * wh * ww) * moved * kernel[i, j, l]
     return y
+
+  def _taps(self, axis: int) -> range:
+    r = self.kernel_size[axis] // 2
+    return range(-r, r + 1)
+
+  def _reads(self, k: int, dilation: jax.Array | int) -> Sequence[tuple[int, Any]]:
+    """Reads of tap k at offset k * dilation: [(integer shift, weight)]."""
+    if isinstance(dilation, int):
+      return [(k * dilation, 1.0)]
+    return kernels_lib.interpolation_weights(k * dilation,
+                                             kernels_lib.tap_shifts(k, self.max_dilation))
 
 
 class MultiBranchConv3D(nn.Module):
@@ -317,6 +127,7 @@ class MultiBranchConv3D(nn.Module):
   dilation: tuple[int, int, int] = (1, 1, 1)
   branch_dilations: tuple[int, ...] = (1, 2, 3)
   dtype: Any = jnp.float32
+  kernels: str = 'auto'
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -326,10 +137,25 @@ class MultiBranchConv3D(nn.Module):
     gates = jax.nn.softmax(gates.astype(jnp.float32), axis=-1)  # (b, branches)
     y = 0.0
     for i, d in enumerate(self.branch_dilations):
-      branch = ShiftConv3D(c, self.kernel_size, (d, *self.dilation[1:]), depthwise=True,
-                           dtype=self.dtype, name=f'branch_{i}')(x)
+      branch = kernels_lib.Conv3D(c, self.kernel_size, (d, *self.dilation[1:]), depthwise=True,
+                                  dtype=self.dtype, kernels=self.kernels, name=f'branch_{i}')(x)
       y += gates[:, i, None, None, None, None] * branch
     return y.astype(self.dtype)
+
+
+def make_conv(cfg: AdapterConfig, dtype: Any = jnp.float32, name: str | None = None,
+              kernels: str = 'auto') -> nn.Module:
+  """The token adapter's depthwise conv for `cfg.conv`: `(b, t, h, w, width)` -> same."""
+  if cfg.conv == 'dynamic':
+    return DynamicDilatedConv3D(cfg.kernel_size, cfg.dilation, cfg.dynamic_axes,
+                                cfg.max_dilation, cfg.predictor_kernel, dtype=dtype,
+                                kernels=kernels, name=name)
+  if cfg.conv == 'multibranch':
+    return MultiBranchConv3D(cfg.kernel_size, cfg.dilation, cfg.branch_dilations, dtype=dtype,
+                             kernels=kernels, name=name)
+  init = nn.initializers.zeros if cfg.zero_init == 'conv' else nn.initializers.lecun_normal()
+  return kernels_lib.Conv3D(cfg.width, cfg.kernel_size, cfg.dilation, depthwise=True,
+                            kernel_init=init, dtype=dtype, kernels=kernels, name=name)
 
 
 class TokenAdapter(nn.Module):
@@ -344,36 +170,22 @@ class TokenAdapter(nn.Module):
   num_frames: int
   grid: tuple[int, int]
   dtype: Any = jnp.float32
+  kernels: str = 'auto'
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     """x: `((b t), 1 + h w, d)` -> same."""
     cfg = self.config
     cls_tok, patches = x[:, :1], x[:, 1:]
-    zeros = nn.initializers.zeros
     z = nn.Dense(cfg.width, dtype=self.dtype, name='down')(patches)
-    z = ACTIVATIONS[cfg.activation](z)
+    z = activate(cfg.activation, z, self.kernels)
     z = einops.rearrange(z, '(b t) (h w) c -> b t h w c', t=self.num_frames, h=self.grid[0])
-    z = make_conv(cfg, self.dtype, name='conv')(z)
+    z = make_conv(cfg, self.dtype, name='conv', kernels=self.kernels)(z)
     z = einops.rearrange(z, 'b t h w c -> (b t) (h w) c')
-    up_init = zeros if cfg.zero_init == 'up' else nn.initializers.lecun_normal()
+    up_init = nn.initializers.zeros if cfg.zero_init == 'up' else nn.initializers.lecun_normal()
     z = nn.Dense(x.shape[-1], kernel_init=up_init, dtype=self.dtype, name='up')(z)
-    z = layers.materialized_cotangent(z)
+    z = kernels_lib.materialized_cotangent(z, self.kernels)
     return jnp.concatenate([cls_tok, patches + z.astype(patches.dtype)], axis=1)
-
-
-def make_conv(cfg: AdapterConfig, dtype: Any = jnp.float32, name: str | None = None
-              ) -> nn.Module:
-  """The token adapter's depthwise conv for `cfg.conv`: `(b, t, h, w, width)` -> same."""
-  if cfg.conv == 'dynamic':
-    return DynamicDilatedConv3D(cfg.kernel_size, cfg.dilation, cfg.dynamic_axes,
-                                cfg.max_dilation, cfg.predictor_kernel, dtype=dtype, name=name)
-  if cfg.conv == 'multibranch':
-    return MultiBranchConv3D(cfg.kernel_size, cfg.dilation, cfg.branch_dilations, dtype=dtype,
-                             name=name)
-  init = nn.initializers.zeros if cfg.zero_init == 'conv' else nn.initializers.lecun_normal()
-  return ShiftConv3D(cfg.width, cfg.kernel_size, cfg.dilation, depthwise=True, kernel_init=init,
-                     dtype=dtype, name=name)
 
 
 class Bottleneck(nn.Module):
@@ -381,12 +193,13 @@ class Bottleneck(nn.Module):
   ratio: float
   skip: bool
   dtype: Any = jnp.float32
+  kernels: str = 'auto'
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     d = x.shape[-1]
     y = nn.Dense(int(d * self.ratio), dtype=self.dtype, name='fc1')(x)
-    y = layers.gelu(y)
+    y = kernels_lib.gelu(y, self.kernels)
     y = nn.Dense(d, kernel_init=nn.initializers.zeros, dtype=self.dtype, name='fc2')(y)
     return x + y if self.skip else y
 

@@ -10,6 +10,10 @@ Parameter names mirror timm, so PyTorch checkpoints map one to one (`feadapter_j
   cls_token (1, 1, D), pos_embed (1, 1 + N, D)
   blocks_{i}/norm1, attn/qkv (D, 3D), attn/proj, norm2, mlp/fc1, mlp/fc2, adapter_*/...
   norm, head (D, K)
+
+`kernels` ('auto' | 'reference' | 'cpu', config key `model.kernels`) picks how attention, the
+norms, GELU and the adapters' convolutions are computed (`kernels.py`); parameters and values are
+the same under every choice.
 """
 from __future__ import annotations
 
@@ -21,7 +25,8 @@ import jax
 import jax.numpy as jnp
 
 from feadapter_jax.models import adapters as adapters_lib
-from feadapter_jax.models.layers import LayerNorm, gelu
+from feadapter_jax.models import kernels as kernels_lib
+from feadapter_jax.models.kernels import LayerNorm
 
 # width, depth, heads, mlp_dim: timm's vit_{tiny,small,base,large,huge}.
 PRESETS = {
@@ -45,43 +50,29 @@ def decode_variant(variant: str) -> dict[str, int]:
 
 
 class Attention(nn.Module):
-  """Multi-head self-attention with a fused qkv projection. `(b, n, d) -> (b, n, d)`.
-
-  `fused`: `jax.nn.dot_product_attention` (cuDNN flash attention on GPU); None picks it
-  everywhere but on CPU, where the explicit form below trains a ViT-B block ~1.4x faster
-  (heads-major layout for XLA's batched matmuls, softmax normalised after the value product).
-  """
+  """Multi-head self-attention with a fused qkv projection. `(b, n, d) -> (b, n, d)`."""
   num_heads: int
-  fused: bool | None = None
   dtype: Any = jnp.float32
+  kernels: str = 'auto'
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     d = x.shape[-1]
     qkv = nn.Dense(3 * d, dtype=self.dtype, name='qkv')(x)
-    fused = jax.default_backend() != 'cpu' if self.fused is None else self.fused
-    if fused:
-      q, k, v = einops.rearrange(qkv, 'b n (three h e) -> three b n h e', three=3,
-                                 h=self.num_heads)
-      y = einops.rearrange(jax.nn.dot_product_attention(q, k, v), 'b n h e -> b n (h e)')
-    else:
-      q, k, v = einops.rearrange(qkv, 'b n (three h e) -> three b h n e', three=3,
-                                 h=self.num_heads)
-      logits = jnp.einsum('bhqe,bhke->bhqk', q * q.shape[-1] ** -0.5, k)
-      logits = logits.astype(jnp.float32)
-      p = jnp.exp(logits - jax.lax.stop_gradient(logits.max(-1, keepdims=True)))
-      y = jnp.einsum('bhqk,bhke->bhqe', p.astype(v.dtype), v) / p.sum(-1, keepdims=True)
-      y = einops.rearrange(y.astype(self.dtype), 'b h n e -> b n (h e)')
+    y = kernels_lib.attention(qkv, self.num_heads, self.kernels)
     return nn.Dense(d, dtype=self.dtype, name='proj')(y)
 
 
 class Mlp(nn.Module):
+  """fc2(gelu(fc1(x))), GELU exact. `(..., d)` -> same."""
   mlp_dim: int
   dtype: Any = jnp.float32
+  kernels: str = 'auto'
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    y = gelu(nn.Dense(self.mlp_dim, dtype=self.dtype, name='fc1')(x))
+    y = nn.Dense(self.mlp_dim, dtype=self.dtype, name='fc1')(x)
+    y = kernels_lib.gelu(y, self.kernels)
     return nn.Dense(x.shape[-1], dtype=self.dtype, name='fc2')(y)
 
 
@@ -97,39 +88,43 @@ class Block(nn.Module):
   deterministic: bool = True
   layer_norm_eps: float = 1e-6
   dtype: Any = jnp.float32
+  kernels: str = 'auto'
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     cfg = self.adapter
+    kernels = self.kernels
     aim = cfg.kind == 'aim' and cfg.in_block(self.index)
     token_adapters = adapters_lib.placements(cfg, self.index)
     # Stochastic depth: drop a whole sample's residual branch.
     drop = nn.Dropout(self.drop_path, broadcast_dims=(1, 2), deterministic=self.deterministic)
-    norm1 = LayerNorm(self.layer_norm_eps, dtype=self.dtype, name='norm1')
-    norm2 = LayerNorm(self.layer_norm_eps, dtype=self.dtype, name='norm2')
-    attn = Attention(self.num_heads, dtype=self.dtype, name='attn')
+    norm1 = LayerNorm(self.layer_norm_eps, dtype=self.dtype, kernels=kernels, name='norm1')
+    norm2 = LayerNorm(self.layer_norm_eps, dtype=self.dtype, kernels=kernels, name='norm2')
+    attn = Attention(self.num_heads, dtype=self.dtype, kernels=kernels, name='attn')
 
     def token_adapter(where: str) -> nn.Module:
       return adapters_lib.TokenAdapter(cfg, self.num_frames, self.grid, dtype=self.dtype,
-                                       name=f'adapter_{where}')
+                                       kernels=kernels, name=f'adapter_{where}')
+
+    def bottleneck(skip: bool, name: str) -> nn.Module:
+      return adapters_lib.Bottleneck(cfg.aim_ratio, skip=skip, dtype=self.dtype,
+                                     kernels=kernels, name=name)
 
     if 'attn' in token_adapters:
       x = token_adapter('attn')(x)
     if aim:
       temporal = adapters_lib.temporal_attention(attn, norm1(x), self.num_frames)
-      x = x + drop(adapters_lib.Bottleneck(cfg.aim_ratio, skip=False, dtype=self.dtype,
-                                           name='adapter_t')(temporal))
+      x = x + drop(bottleneck(False, 'adapter_t')(temporal))
     y = attn(norm1(x))
     if aim:
-      y = adapters_lib.Bottleneck(cfg.aim_ratio, skip=True, dtype=self.dtype, name='adapter_s')(y)
+      y = bottleneck(True, 'adapter_s')(y)
     x = x + drop(y)
     if 'mlp' in token_adapters:
       x = token_adapter('mlp')(x)
     y = norm2(x)
-    out = Mlp(self.mlp_dim, dtype=self.dtype, name='mlp')(y)
+    out = Mlp(self.mlp_dim, dtype=self.dtype, kernels=kernels, name='mlp')(y)
     if aim:
-      out = out + drop(cfg.aim_scale * adapters_lib.Bottleneck(
-          cfg.aim_ratio, skip=False, dtype=self.dtype, name='adapter_mlp')(y))
+      out = out + drop(cfg.aim_scale * bottleneck(False, 'adapter_mlp')(y))
     return x + drop(out)
 
 
@@ -145,6 +140,9 @@ class ViT(nn.Module):
     head_dropout: dropout before the head.
     remat: rematerialise each block in the backward pass (memory for compute).
     dtype: compute dtype (parameters stay float32).
+    kernels: how the costly pieces are computed (`kernels.py`): 'reference' (plain JAX
+      forms, what GPU and TPU compile well), 'cpu' (forms written for XLA's CPU backend), or
+      'auto': 'cpu' on the CPU backend, 'reference' elsewhere.
   """
   num_classes: int
   patch_size: int = 16
@@ -159,10 +157,12 @@ class ViT(nn.Module):
   layer_norm_eps: float = 1e-6
   remat: bool = False
   dtype: Any = jnp.float32
+  kernels: str = 'auto'
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
     """`(b, t, H, W, 3)` or `(b, H, W, 3)` normalised pixels -> logits `(b, num_classes)`."""
+    kernels = kernels_lib.resolve(self.kernels)
     if x.ndim == 4:
       x = x[:, None]
     if x.ndim != 5 or x.shape[-1] != 3:
@@ -199,8 +199,8 @@ class ViT(nn.Module):
                     adapter=self.adapter,
                     drop_path=self.drop_path_rate * i / max(self.depth - 1, 1),
                     deterministic=not train, layer_norm_eps=self.layer_norm_eps,
-                    dtype=self.dtype, name=f'blocks_{i}')(x)
-    x = LayerNorm(self.layer_norm_eps, dtype=self.dtype, name='norm')(x)
+                    dtype=self.dtype, kernels=kernels, name=f'blocks_{i}')(x)
+    x = LayerNorm(self.layer_norm_eps, dtype=self.dtype, kernels=kernels, name='norm')(x)
     # Mean over frames of the class token: a linear head then averages per-frame logits.
     features = einops.reduce(x[:, 0].astype(jnp.float32), '(b t) d -> b d', 'mean', t=t)
     if not self.num_classes:
@@ -214,7 +214,8 @@ def build(model_config: Mapping[str, Any]) -> ViT:
 
   Keys: `variant` ('B/16'...) or the explicit architecture (width, depth, num_heads, mlp_dim,
   patch_size), which override the variant; `num_classes`, `image_size`, `adapter` (dict),
-  `drop_path_rate`, `head_dropout`, `layer_norm_eps`, `remat`, `dtype` ('float32'|'bfloat16').
+  `drop_path_rate`, `head_dropout`, `layer_norm_eps`, `remat`, `dtype` ('float32'|'bfloat16'),
+  `kernels` ('auto'|'reference'|'cpu').
   """
   cfg = dict(model_config.to_dict() if hasattr(model_config, 'to_dict') else model_config)
   arch = decode_variant(cfg.pop('variant')) if cfg.get('variant') else {}
