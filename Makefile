@@ -1,12 +1,14 @@
 # Two commands on a fresh machine (Python 3.10+ with venv):
 #   make demo   installs the runtime into .venv and runs the main job on SynthFER
-#   make test   installs runtime + test extras (torch CPU, timm, transformers) and runs the tests
+#   make test   installs runtime + test extras (torch CPU, timm, transformers), checks the
+#               formatting (pyink) and runs the tests
+#   make format applies the formatter (pyink, configured in pyproject.toml)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 WORKDIRS ?= workdirs
 
-.PHONY: demo test install install-test clean
+.PHONY: demo test format install install-test clean
 
 $(VENV)/.runtime: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +30,11 @@ demo: $(VENV)/.runtime
 	$(PY) -m feadapter_jax.main --config=configs/synthetic.py:init=$(WORKDIRS)/synth_image/export --workdir=$(WORKDIRS)/synth_video
 
 test: $(VENV)/.test
+	$(PY) -m pyink --check --quiet .
 	$(PY) -m pytest -q tests
+
+format: $(VENV)/.test
+	$(PY) -m pyink --quiet .
 
 clean:
 	rm -rf $(VENV) $(WORKDIRS)

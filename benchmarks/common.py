@@ -3,6 +3,7 @@
 Nothing here imports jax or torch at module level: a benchmark's child process imports only the
 framework it measures, so its resident memory is that framework's alone.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -12,8 +13,8 @@ import resource
 import time
 from typing import Any, Callable, Mapping, Sequence
 
-
 # ---------------------------------------------------------------------------------- machine
+
 
 def cpu_model() -> str:
   try:
@@ -24,6 +25,7 @@ def cpu_model() -> str:
   except OSError:
     pass
   import platform  # pylint: disable=g-import-not-at-top
+
   return platform.processor() or platform.machine()
 
 
@@ -44,6 +46,7 @@ def load_average() -> tuple[float, float, float]:
 
 # ---------------------------------------------------------------------------------- memory
 
+
 def rss_bytes() -> int:
   """Resident memory of this process now."""
   try:
@@ -51,12 +54,14 @@ def rss_bytes() -> int:
       return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
   except OSError:
     import psutil  # pylint: disable=g-import-not-at-top
+
     return psutil.Process().memory_info().rss
 
 
 def device_peak_bytes() -> int | None:
   """Peak bytes in use on the first accelerator since the process started; None on CPU."""
   import jax  # pylint: disable=g-import-not-at-top
+
   device = jax.local_devices()[0]
   stats = device.memory_stats() if device.platform != 'cpu' else None
   return int(stats['peak_bytes_in_use']) if stats and 'peak_bytes_in_use' in stats else None
@@ -89,6 +94,7 @@ def peak_rss_bytes() -> int:
 
 # ---------------------------------------------------------------------------------- timing
 
+
 def best_time(fn: Callable[[], Any], repeats: int) -> float:
   """Best wall time of `repeats` calls of `fn` (which must block until its work is done)."""
   best = float('inf')
@@ -99,14 +105,16 @@ def best_time(fn: Callable[[], Any], repeats: int) -> float:
   return best
 
 
-def jax_matmul_peak(sizes: Sequence[int] = (2048, 4096), repeats: int = 5,
-                    dtype: str = 'float32') -> dict[str, Any]:
+def jax_matmul_peak(
+    sizes: Sequence[int] = (2048, 4096), repeats: int = 5, dtype: str = 'float32'
+) -> dict[str, Any]:
   """GFLOP/s of square `jnp.dot`s in `dtype` (2 n^3 FLOP each): the best over sizes and repeats.
 
   On the default device: the CPU's float32 peak, or a GPU's bfloat16 (tensor core) peak.
   """
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
   per_size = {}
   for n in sizes:
     a = jax.random.normal(jax.random.key(0), (n, n), dtype)
@@ -114,14 +122,16 @@ def jax_matmul_peak(sizes: Sequence[int] = (2048, 4096), repeats: int = 5,
     dot = jax.jit(jnp.dot)
     dot(a, b).block_until_ready()
     seconds = best_time(lambda: dot(a, b).block_until_ready(), repeats)
-    per_size[n] = 2 * n ** 3 / seconds / 1e9
+    per_size[n] = 2 * n**3 / seconds / 1e9
   return {'gflops': max(per_size.values()), 'per_size': per_size}
 
 
-def torch_matmul_peak(sizes: Sequence[int] = (2048, 4096), repeats: int = 5,
-                      threads: int | None = None) -> dict[str, Any]:
+def torch_matmul_peak(
+    sizes: Sequence[int] = (2048, 4096), repeats: int = 5, threads: int | None = None
+) -> dict[str, Any]:
   """As `jax_matmul_peak`, with `torch.mm` on `threads` threads (default: every core)."""
   import torch  # pylint: disable=g-import-not-at-top
+
   torch.set_num_threads(threads or cores())
   per_size = {}
   for n in sizes:
@@ -129,11 +139,12 @@ def torch_matmul_peak(sizes: Sequence[int] = (2048, 4096), repeats: int = 5,
     a, b = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
     torch.mm(a, b)
     seconds = best_time(lambda: torch.mm(a, b), repeats)
-    per_size[n] = 2 * n ** 3 / seconds / 1e9
+    per_size[n] = 2 * n**3 / seconds / 1e9
   return {'gflops': max(per_size.values()), 'per_size': per_size}
 
 
 # ---------------------------------------------------------------------------------- FLOPs
+
 
 @dataclasses.dataclass(frozen=True)
 class Op:
@@ -143,6 +154,7 @@ class Op:
     activation: attention scores and values, the dynamic dilation's weighted reads).
   trainable: the op has parameters that are trained (its weight gradient is computed).
   """
+
   name: str
   macs: float
   kind: str
@@ -187,12 +199,20 @@ def vit_ops(model: Mapping[str, Any], num_frames: int, trainable: Sequence[str])
       if conv == 'dynamic':
         reads = (kt - 1) * (int(-(-a.get('max_dilation', 3.0) // 1)) + 1)
         pk = a.get('predictor_kernel', (3, 1, 1))
-        out += [Op(name + 'conv/dilation', t * n_patch * w * pk[0] * pk[1] * pk[2], 'weight', ad),
-                Op(name + 'conv/taps', t * n_patch * w * kt * kh * kw, 'weight', ad),
-                Op(name + 'conv/reads', t * n_patch * w * reads, 'activation', ad)]
+        out += [
+            Op(name + 'conv/dilation', t * n_patch * w * pk[0] * pk[1] * pk[2], 'weight', ad),
+            Op(name + 'conv/taps', t * n_patch * w * kt * kh * kw, 'weight', ad),
+            Op(name + 'conv/reads', t * n_patch * w * reads, 'activation', ad),
+        ]
       elif conv == 'multibranch':
-        out += [Op(name + 'conv/branches', len(a.get('branch_dilations', (1, 2, 3))) *
-                   t * n_patch * w * kt * kh * kw, 'weight', ad)]
+        out += [
+            Op(
+                name + 'conv/branches',
+                len(a.get('branch_dilations', (1, 2, 3))) * t * n_patch * w * kt * kh * kw,
+                'weight',
+                ad,
+            )
+        ]
       else:
         out += [Op(name + 'conv', t * n_patch * w * kt * kh * kw, 'weight', ad)]
       return out + [Op(name + 'up', t * n_patch * w * d, 'weight', ad)]
@@ -200,34 +220,43 @@ def vit_ops(model: Mapping[str, Any], num_frames: int, trainable: Sequence[str])
     def bottleneck(name: str) -> list[Op]:
       r = int(d * a.get('aim_ratio', 0.25))
       ad = tr(pre + name + '/fc1/kernel')
-      return [Op(pre + name + '/fc1', t * n * d * r, 'weight', ad),
-              Op(pre + name + '/fc2', t * n * r * d, 'weight', ad)]
+      return [
+          Op(pre + name + '/fc1', t * n * d * r, 'weight', ad),
+          Op(pre + name + '/fc2', t * n * r * d, 'weight', ad),
+      ]
 
     placement = a.get('placement', ('attn',)) if has and kind in ('fe', 'st') else ()
     if 'attn' in placement:
       ops += token_adapter('attn')
     if has and kind == 'aim':  # the frozen attention reused along time, for every token
-      ops += [Op(pre + 'attn_t/qkv', t * n * d * 3 * d, 'weight', backbone),
-              Op(pre + 'attn_t/scores+values', 2 * n * t * t * d, 'activation', False),
-              Op(pre + 'attn_t/proj', t * n * d * d, 'weight', backbone)]
+      ops += [
+          Op(pre + 'attn_t/qkv', t * n * d * 3 * d, 'weight', backbone),
+          Op(pre + 'attn_t/scores+values', 2 * n * t * t * d, 'activation', False),
+          Op(pre + 'attn_t/proj', t * n * d * d, 'weight', backbone),
+      ]
       ops += bottleneck('adapter_t')
-    ops += [Op(pre + 'attn/qkv', t * n * d * 3 * d, 'weight', backbone),
-            Op(pre + 'attn/scores+values', 2 * t * n * n * d, 'activation', False),
-            Op(pre + 'attn/proj', t * n * d * d, 'weight', backbone)]
+    ops += [
+        Op(pre + 'attn/qkv', t * n * d * 3 * d, 'weight', backbone),
+        Op(pre + 'attn/scores+values', 2 * t * n * n * d, 'activation', False),
+        Op(pre + 'attn/proj', t * n * d * d, 'weight', backbone),
+    ]
     if has and kind == 'aim':
       ops += bottleneck('adapter_s')
     if 'mlp' in placement:
       ops += token_adapter('mlp')
-    ops += [Op(pre + 'mlp/fc1', t * n * d * mlp, 'weight', backbone),
-            Op(pre + 'mlp/fc2', t * n * mlp * d, 'weight', backbone)]
+    ops += [
+        Op(pre + 'mlp/fc1', t * n * d * mlp, 'weight', backbone),
+        Op(pre + 'mlp/fc2', t * n * mlp * d, 'weight', backbone),
+    ]
     if has and kind == 'aim':
       ops += bottleneck('adapter_mlp')
   ops.append(Op('head', d * max(model.get('num_classes', 0), 1), 'weight', tr('head/kernel')))
   return ops
 
 
-def analytic_flops(model: Mapping[str, Any], num_frames: int, trainable: Sequence[str]
-                   ) -> dict[str, float]:
+def analytic_flops(
+    model: Mapping[str, Any], num_frames: int, trainable: Sequence[str]
+) -> dict[str, float]:
   """Model FLOPs (2 per multiply-add) per clip: forward, and a train step's forward + backward.
 
   The backward pass of an op computes the gradient of its input only when something trainable
@@ -251,14 +280,21 @@ def analytic_flops(model: Mapping[str, Any], num_frames: int, trainable: Sequenc
 
 # ---------------------------------------------------------------------------------- reporting
 
+
 def gib(nbytes: float) -> str:
-  return f'{nbytes / 2 ** 30:.2f} GiB' if nbytes >= 2 ** 30 else f'{nbytes / 2 ** 20:.0f} MiB'
+  return f'{nbytes / 2 ** 30:.2f} GiB' if nbytes >= 2**30 else f'{nbytes / 2 ** 20:.0f} MiB'
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
   cells = [[str(c) for c in row] for row in rows]
-  widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h)
-            for i, h in enumerate(headers)]
+  widths = [
+      max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)
+  ]
   line = lambda r: '| ' + ' | '.join(c.ljust(w) for c, w in zip(r, widths)) + ' |'  # noqa: E731
-  return '\n'.join([line(headers), '|' + '|'.join('-' * (w + 2) for w in widths) + '|',
-                    *(line(r) for r in cells)])
+  return '\n'.join(
+      [
+          line(headers),
+          '|' + '|'.join('-' * (w + 2) for w in widths) + '|',
+          *(line(r) for r in cells),
+      ]
+  )

@@ -11,6 +11,7 @@ its input and its parameters), jitted alone at the block's shape, the two varian
 for `--repeats` rounds (the best counts). `train_step.py` turns the difference into a share of
 the fixed-conv train step: depth x (dynamic - fixed) / step time.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,24 +46,34 @@ def time_convs(size: str, repeats: int, kernels: str = 'auto') -> dict:
   b, t = sp['batch'], sp['frames']
   g = sp['model']['image_size'] // sp['model']['patch_size']
   rng = np.random.default_rng(0)
-  x, cotangent = (jnp.asarray(rng.standard_normal((b, t, g, g, cfg.width), np.float32))
-                  for _ in range(2))
+  x, cotangent = (
+      jnp.asarray(rng.standard_normal((b, t, g, g, cfg.width), np.float32)) for _ in range(2)
+  )
   kernels = kernels_lib.resolve(kernels)
-  variants = {conv: adapters.make_conv(dataclasses.replace(cfg, conv=conv), kernels=kernels)
-              for conv in ('dynamic', 'fixed')}
+  variants = {
+      conv: adapters.make_conv(dataclasses.replace(cfg, conv=conv), kernels=kernels)
+      for conv in ('dynamic', 'fixed')
+  }
   steps = {}
   for name, conv in variants.items():
     params = conv.init(jax.random.PRNGKey(0), x)
     # Non-zero parameters: the zero-initialised dilation predictor would make every read integral.
     params = jax.tree.map(lambda p: 0.1 * jnp.ones_like(p), params)
+
     # The output and the backward of a given cotangent, as in the step, where the cotangent
     # comes materialised from `up`'s backward matmul. A loss such as sum(y ** 2) would let XLA
     # fuse its cotangent 2 y into every backward consumer and recompute the forward in each.
     def forward_backward(p, v, g, conv=conv):
       y, vjp = jax.vjp(conv.apply, p, v)
       return y, vjp(g)
-    compiled = jax.jit(forward_backward).lower(params, x, cotangent).compile(
-        compiler_options=sp['cpu_compiler_options'] if jax.default_backend() == 'cpu' else None)
+
+    compiled = (
+        jax.jit(forward_backward)
+        .lower(params, x, cotangent)
+        .compile(
+            compiler_options=sp['cpu_compiler_options'] if jax.default_backend() == 'cpu' else None
+        )
+    )
     steps[name] = (compiled, params)
   best = {name: float('inf') for name in steps}
   for _ in range(repeats):
@@ -71,9 +82,15 @@ def time_convs(size: str, repeats: int, kernels: str = 'auto') -> dict:
       start = time.perf_counter()
       jax.block_until_ready(compiled(params, x, cotangent))
       best[name] = min(best[name], time.perf_counter() - start)
-  return {'size': size, 'shape': [b, t, g, g, cfg.width], 'depth': sp['model']['depth'],
-          'repeats': repeats, 'kernels': kernels, 'dynamic_s': best['dynamic'],
-          'fixed_s': best['fixed']}
+  return {
+      'size': size,
+      'shape': [b, t, g, g, cfg.width],
+      'depth': sp['model']['depth'],
+      'repeats': repeats,
+      'kernels': kernels,
+      'dynamic_s': best['dynamic'],
+      'fixed_s': best['fixed'],
+  }
 
 
 def main() -> None:
@@ -87,11 +104,13 @@ def main() -> None:
   if args.json:
     print(json.dumps(r))
   else:
-    print(f"Adapter conv at {r['shape']} (b t h w c), kernels={r['kernels']}, forward + input "
-          f"and parameter gradients, best of {r['repeats']}: dynamic "
-          f"{1e3 * r['dynamic_s']:.2f} ms, fixed 3x3x3 {1e3 * r['fixed_s']:.2f} ms; "
-          f"x {r['depth']} blocks: "
-          f"{1e3 * r['depth'] * (r['dynamic_s'] - r['fixed_s']):+.1f} ms per step")
+    print(
+        f"Adapter conv at {r['shape']} (b t h w c), kernels={r['kernels']}, forward + input "
+        f"and parameter gradients, best of {r['repeats']}: dynamic "
+        f"{1e3 * r['dynamic_s']:.2f} ms, fixed 3x3x3 {1e3 * r['fixed_s']:.2f} ms; "
+        f"x {r['depth']} blocks: "
+        f"{1e3 * r['depth'] * (r['dynamic_s'] - r['fixed_s']):+.1f} ms per step"
+    )
 
 
 if __name__ == '__main__':

@@ -45,26 +45,35 @@ def _parse_args() -> argparse.Namespace:
 def _data_config(args: argparse.Namespace, data_dir: str, cores: int):
   # Imported here: a worker must pin its cores before TensorFlow starts.
   from configs import common  # pylint: disable=g-import-not-at-top
+
   config = common.data_defaults()
   config.data_dir = data_dir
   config.num_frames = args.frames
   config.image_size = args.size
   config.num_threads = cores
   config.num_parallel_calls = cores
-  config.synth.update({'num_train': args.clips, 'num_validation': args.batch_size,
-                       'num_test': args.batch_size, 'num_frames': args.frames,
-                       'resolution': args.size})
+  config.synth.update(
+      {
+          'num_train': args.clips,
+          'num_validation': args.batch_size,
+          'num_test': args.batch_size,
+          'num_frames': args.frames,
+          'resolution': args.size,
+      }
+  )
   return config
 
 
 def _worker(args: argparse.Namespace) -> dict[str, float | int]:
   """Times the train iterator on `args.cores` cores; returns one result row."""
   allowed = sorted(os.sched_getaffinity(0))
-  os.sched_setaffinity(0, allowed[:args.cores])
+  os.sched_setaffinity(0, allowed[: args.cores])
   from feadapter_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+
   config = _data_config(args, args.data_dir, args.cores)
-  iterator = pipeline.make_train_iterator(config, batch_size=args.batch_size, seed=0,
-                                          process_index=0, process_count=1)
+  iterator = pipeline.make_train_iterator(
+      config, batch_size=args.batch_size, seed=0, process_index=0, process_count=1
+  )
   for _ in range(args.warmup_batches):
     next(iterator)
   start = time.perf_counter()
@@ -72,24 +81,35 @@ def _worker(args: argparse.Namespace) -> dict[str, float | int]:
     next(iterator)
   seconds = time.perf_counter() - start
   clips_per_s = args.batches * args.batch_size / seconds
-  return {'cores': args.cores, 'frames': args.frames, 'size': args.size,
-          'batch_size': args.batch_size, 'clips': args.batches * args.batch_size,
-          'seconds': round(seconds, 3), 'clips_per_s': round(clips_per_s, 2),
-          'clips_per_s_per_core': round(clips_per_s / args.cores, 2)}
+  return {
+      'cores': args.cores,
+      'frames': args.frames,
+      'size': args.size,
+      'batch_size': args.batch_size,
+      'clips': args.batches * args.batch_size,
+      'seconds': round(seconds, 3),
+      'clips_per_s': round(clips_per_s, 2),
+      'clips_per_s_per_core': round(clips_per_s / args.cores, 2),
+  }
 
 
 def _run(args: argparse.Namespace, data_dir: str) -> list[dict[str, float | int]]:
   from feadapter_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+
   start = time.perf_counter()
   with contextlib.redirect_stdout(sys.stderr):  # TFDS prints its progress on stdout.
     pipeline.get_builder(_data_config(args, data_dir, 0))
   print(f'dataset ready in {time.perf_counter() - start:.1f} s: {data_dir}', file=sys.stderr)
   rows = []
   for cores in sorted({1, len(os.sched_getaffinity(0))}):
-    command = [sys.executable, os.path.abspath(__file__), '--cores', str(cores),
-               '--data_dir', data_dir] + [
-                   f'--{k}={v}' for k, v in vars(args).items()
-                   if k not in ('cores', 'data_dir', 'json')]
+    command = [
+        sys.executable,
+        os.path.abspath(__file__),
+        '--cores',
+        str(cores),
+        '--data_dir',
+        data_dir,
+    ] + [f'--{k}={v}' for k, v in vars(args).items() if k not in ('cores', 'data_dir', 'json')]
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     rows.append(json.loads(output.strip().splitlines()[-1]))
   return rows
@@ -109,10 +129,12 @@ def main() -> None:
     if args.json:
       print(json.dumps(row))
     else:
-      print(f"{row['cores']:>2} core(s): {row['clips_per_s']:7.1f} clips/s  "
-            f"{row['clips_per_s_per_core']:6.1f} clips/s/core  "
-            f"({row['frames']} frames at {row['size']}x{row['size']}, "
-            f"batch {row['batch_size']})")
+      print(
+          f"{row['cores']:>2} core(s): {row['clips_per_s']:7.1f} clips/s  "
+          f"{row['clips_per_s_per_core']:6.1f} clips/s/core  "
+          f"({row['frames']} frames at {row['size']}x{row['size']}, "
+          f"batch {row['batch_size']})"
+      )
 
 
 if __name__ == '__main__':

@@ -5,6 +5,7 @@ r"""Trainable-parameter budget per method for ViT-B/16 (224, 7 classes), from th
 Counts come from `jax.eval_shape` of the Flax model each method's config builds, and the same
 regex freezing the trainer uses (`partition.trainable_mask`).
 """
+
 import argparse
 import json
 import os
@@ -39,12 +40,16 @@ def main() -> None:
     print(json.dumps(rows, indent=2))
     return
   print('ViT-B/16, 224x224, 7 classes')
-  print(f'| {"method":<14} | {"total":>12} | {"trainable":>12} | {"% trainable":>11} | '
-        f'{"vs full FT":>10} |')
+  print(
+      f'| {"method":<14} | {"total":>12} | {"trainable":>12} | {"% trainable":>11} | '
+      f'{"vs full FT":>10} |'
+  )
   print(f'|{"-" * 16}|{"-" * 14}|{"-" * 14}|{"-" * 13}|{"-" * 12}|')
   for r in rows:
-    print(f'| {r["method"]:<14} | {r["total"]:>12,} | {r["trainable"]:>12,} | '
-          f'{100 * r["trainable"] / r["total"]:>10.2f}% | {r["trainable"] / full:>9.4f}x |')
+    print(
+        f'| {r["method"]:<14} | {r["total"]:>12,} | {r["trainable"]:>12,} | '
+        f'{100 * r["trainable"] / r["total"]:>10.2f}% | {r["trainable"] / full:>9.4f}x |'
+    )
 
 
 if __name__ == '__main__':

@@ -12,6 +12,7 @@ transpose, pad, slice, concatenate). Shares are of the summed op time; the wall 
 is printed beside it (op time below the wall time: gaps between ops; above it: ops overlapping).
 A last table sums the matmul ops by output shape (the block GEMMs against attention's batched ones).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,18 @@ from benchmarks import common, train_step  # pylint: disable=g-import-not-at-top
 
 _INSTRUCTION = re.compile(r'^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(\S+)\s+([\w\-]+)\(')
 _CALLS = re.compile(r'calls=%?([\w.\-]+)')
-_LAYOUT_OPS = {'copy', 'transpose', 'pad', 'slice', 'concatenate', 'dynamic-slice',
-               'dynamic-update-slice', 'bitcast', 'broadcast', 'reshape'}
+_LAYOUT_OPS = {
+    'copy',
+    'transpose',
+    'pad',
+    'slice',
+    'concatenate',
+    'dynamic-slice',
+    'dynamic-update-slice',
+    'bitcast',
+    'broadcast',
+    'reshape',
+}
 
 
 def classify_hlo(hlo_text: str) -> dict[str, tuple[str, str]]:
@@ -112,16 +123,32 @@ def main() -> None:
   for name, seconds in per_op.items():
     by_category[categories[name][0]] += seconds
   print(f"## Profile: {sp['label']}, {args.size} (batch {sp['batch']} x {sp['frames']} frames)")
-  print(f'Wall {wall:.3f} s per step (profiler on); XLA ops {busy:.3f} s per step summed, on a '
-        f'{common.cores()}-core machine.\n')
-  print(common.markdown_table(
-      ['category', 's / step', 'share'],
-      [[c, f'{s:.3f}', f'{100 * s / busy:.1f}%'] for c, s in by_category.most_common()]))
+  print(
+      f'Wall {wall:.3f} s per step (profiler on); XLA ops {busy:.3f} s per step summed, on a '
+      f'{common.cores()}-core machine.\n'
+  )
+  print(
+      common.markdown_table(
+          ['category', 's / step', 'share'],
+          [[c, f'{s:.3f}', f'{100 * s / busy:.1f}%'] for c, s in by_category.most_common()],
+      )
+  )
   print()
-  print(common.markdown_table(
-      ['op', 'category', 'shape', 's / step', 'share'],
-      [[name, categories[name][0], categories[name][1][:48], f'{s:.3f}',
-        f'{100 * s / busy:.1f}%'] for name, s in per_op.most_common(args.top)]))
+  print(
+      common.markdown_table(
+          ['op', 'category', 'shape', 's / step', 'share'],
+          [
+              [
+                  name,
+                  categories[name][0],
+                  categories[name][1][:48],
+                  f'{s:.3f}',
+                  f'{100 * s / busy:.1f}%',
+              ]
+              for name, s in per_op.most_common(args.top)
+          ],
+      )
+  )
   # Matmuls by output shape: which GEMMs (block matmuls, attention's batched ones) cost what.
   by_shape: collections.Counter = collections.Counter()
   count: collections.Counter = collections.Counter()
@@ -130,10 +157,15 @@ def main() -> None:
       by_shape[categories[name][1]] += seconds
       count[categories[name][1]] += 1
   print()
-  print(common.markdown_table(
-      ['matmul output shape', 'ops / step', 's / step', 'ms per op'],
-      [[shape, str(count[shape]), f'{s:.3f}', f'{1e3 * s / count[shape]:.2f}']
-       for shape, s in by_shape.most_common(args.top)]))
+  print(
+      common.markdown_table(
+          ['matmul output shape', 'ops / step', 's / step', 'ms per op'],
+          [
+              [shape, str(count[shape]), f'{s:.3f}', f'{1e3 * s / count[shape]:.2f}']
+              for shape, s in by_shape.most_common(args.top)
+          ],
+      )
+  )
 
 
 if __name__ == '__main__':

@@ -20,6 +20,7 @@ kernel (t, h, w, in/groups, out) = Conv3d weight (out, in/groups, t, h, w)).
 
 Only torch, timm and numpy are imported: a benchmark's PyTorch child process holds no JAX.
 """
+
 from __future__ import annotations
 
 import re
@@ -44,22 +45,36 @@ class DynamicDilatedConv3D(nn.Module):
   Input and output `(b, c, t, h, w)`. Only time may be dynamic here (the configs' setting).
   """
 
-  def __init__(self, channels: int, kernel_size=(3, 3, 3), dilation=(1, 1, 1),
-               dynamic_axes=('t',), max_dilation: float = 3.0, predictor_kernel=(3, 1, 1)):
+  def __init__(
+      self,
+      channels: int,
+      kernel_size=(3, 3, 3),
+      dilation=(1, 1, 1),
+      dynamic_axes=('t',),
+      max_dilation: float = 3.0,
+      predictor_kernel=(3, 1, 1),
+  ):
     super().__init__()
     if tuple(dynamic_axes) != ('t',):
       raise NotImplementedError('the PyTorch reference implements dynamic_axes=("t",) only')
     self.kernel_size, self.dilation = tuple(kernel_size), tuple(dilation)
     self.max_dilation = max_dilation
-    self.predictor = nn.Conv3d(channels, 1, predictor_kernel,
-                               padding=_same_padding(predictor_kernel, (1, 1, 1)))
+    self.predictor = nn.Conv3d(
+        channels, 1, predictor_kernel, padding=_same_padding(predictor_kernel, (1, 1, 1))
+    )
     nn.init.zeros_(self.predictor.weight)
     nn.init.zeros_(self.predictor.bias)
     kt, kh, kw = self.kernel_size
     # Output channel c * kt + j is temporal tap j of channel c (the Flax `taps` layout).
-    self.taps = nn.Conv3d(channels, channels * kt, (1, kh, kw), groups=channels, bias=False,
-                          dilation=(1, *self.dilation[1:]),
-                          padding=(0, *_same_padding((kh, kw), self.dilation[1:])))
+    self.taps = nn.Conv3d(
+        channels,
+        channels * kt,
+        (1, kh, kw),
+        groups=channels,
+        bias=False,
+        dilation=(1, *self.dilation[1:]),
+        padding=(0, *_same_padding((kh, kw), self.dilation[1:])),
+    )
     self.bias = nn.Parameter(torch.zeros(channels))
 
   def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -90,8 +105,7 @@ class DynamicDilatedConv3D(nn.Module):
 class TokenAdapter(nn.Module):
   """`x + up(conv(down(x)))` on the patch tokens; the class token passes through."""
 
-  def __init__(self, dim: int, adapter: Mapping[str, Any], num_frames: int,
-               grid: tuple[int, int]):
+  def __init__(self, dim: int, adapter: Mapping[str, Any], num_frames: int, grid: tuple[int, int]):
     super().__init__()
     width = adapter['width']
     self.num_frames, self.grid = num_frames, grid
@@ -103,13 +117,23 @@ class TokenAdapter(nn.Module):
     kernel = tuple(adapter.get('kernel_size', (3, 3, 3)))
     dilation = tuple(adapter.get('dilation', (1, 1, 1)))
     if conv == 'dynamic':
-      self.conv = DynamicDilatedConv3D(width, kernel, dilation,
-                                       tuple(adapter.get('dynamic_axes', ('t',))),
-                                       adapter.get('max_dilation', 3.0),
-                                       tuple(adapter.get('predictor_kernel', (3, 1, 1))))
+      self.conv = DynamicDilatedConv3D(
+          width,
+          kernel,
+          dilation,
+          tuple(adapter.get('dynamic_axes', ('t',))),
+          adapter.get('max_dilation', 3.0),
+          tuple(adapter.get('predictor_kernel', (3, 1, 1))),
+      )
     elif conv == 'fixed':
-      self.conv = nn.Conv3d(width, width, kernel, dilation=dilation, groups=width,
-                            padding=_same_padding(kernel, dilation))
+      self.conv = nn.Conv3d(
+          width,
+          width,
+          kernel,
+          dilation=dilation,
+          groups=width,
+          padding=_same_padding(kernel, dilation),
+      )
     else:
       raise NotImplementedError(f'the PyTorch reference has no conv={conv!r}')
     zero = self.conv if adapter.get('zero_init', 'up') == 'conv' else self.up
@@ -148,8 +172,15 @@ class Bottleneck(nn.Module):
 class AdaptedBlock(nn.Module):
   """timm's pre-norm block (its norm1, attn, norm2, mlp, drop paths) with the Flax block's adapters."""
 
-  def __init__(self, block: nn.Module, index: int, adapter: Mapping[str, Any], num_frames: int,
-               grid: tuple[int, int], dim: int):
+  def __init__(
+      self,
+      block: nn.Module,
+      index: int,
+      adapter: Mapping[str, Any],
+      num_frames: int,
+      grid: tuple[int, int],
+      dim: int,
+  ):
     super().__init__()
     self.norm1, self.attn, self.norm2, self.mlp = block.norm1, block.attn, block.norm2, block.mlp
     self.drop_path = block.drop_path1
@@ -158,8 +189,9 @@ class AdaptedBlock(nn.Module):
     blocks = adapter.get('blocks') or ()
     active = kind != 'none' and (not blocks or index in blocks)
     self.aim = active and kind == 'aim'
-    self.placements = tuple(adapter.get('placement', ('attn',))) if (
-        active and kind in ('fe', 'st')) else ()
+    self.placements = (
+        tuple(adapter.get('placement', ('attn',))) if (active and kind in ('fe', 'st')) else ()
+    )
     for where in self.placements:
       setattr(self, f'adapter_{where}', TokenAdapter(dim, adapter, num_frames, grid))
     if self.aim:
@@ -199,17 +231,27 @@ class VideoViT(nn.Module):
 
   def __init__(self, model: Mapping[str, Any], num_frames: int):
     super().__init__()
-    kwargs = dict(num_classes=model['num_classes'],
-                  drop_path_rate=model.get('drop_path_rate', 0.0))
-    arch = (model['width'], model['depth'], model['num_heads'], model['mlp_dim'],
-            model['patch_size'], model['image_size'])
+    kwargs = dict(num_classes=model['num_classes'], drop_path_rate=model.get('drop_path_rate', 0.0))
+    arch = (
+        model['width'],
+        model['depth'],
+        model['num_heads'],
+        model['mlp_dim'],
+        model['patch_size'],
+        model['image_size'],
+    )
     if arch == (768, 12, 12, 3072, 16, 224):
       vit = timm.create_model('vit_base_patch16_224', pretrained=False, **kwargs)
     else:
       vit = timm.models.vision_transformer.VisionTransformer(
-          img_size=model['image_size'], patch_size=model['patch_size'],
-          embed_dim=model['width'], depth=model['depth'], num_heads=model['num_heads'],
-          mlp_ratio=model['mlp_dim'] / model['width'], **kwargs)
+          img_size=model['image_size'],
+          patch_size=model['patch_size'],
+          embed_dim=model['width'],
+          depth=model['depth'],
+          num_heads=model['num_heads'],
+          mlp_ratio=model['mlp_dim'] / model['width'],
+          **kwargs,
+      )
     if model.get('layer_norm_eps', 1e-6) != 1e-6:
       raise NotImplementedError('timm ViT LayerNorm eps is 1e-6')
     self.num_frames = num_frames
@@ -217,11 +259,17 @@ class VideoViT(nn.Module):
     self.patch_embed, self.cls_token, self.pos_embed = vit.patch_embed, vit.cls_token, vit.pos_embed
     adapter = dict(model.get('adapter') or {'kind': 'none'})
     # AIM's learned temporal position embedding, zero-initialised, on every token of a frame.
-    self.adapter_time_embed = (nn.Parameter(torch.zeros(1, num_frames, 1, model['width']))
-                               if adapter.get('kind') == 'aim' else None)
+    self.adapter_time_embed = (
+        nn.Parameter(torch.zeros(1, num_frames, 1, model['width']))
+        if adapter.get('kind') == 'aim'
+        else None
+    )
     self.blocks = nn.ModuleList(
-        [AdaptedBlock(b, i, adapter, num_frames, grid, model['width'])
-         for i, b in enumerate(vit.blocks)])
+        [
+            AdaptedBlock(b, i, adapter, num_frames, grid, model['width'])
+            for i, b in enumerate(vit.blocks)
+        ]
+    )
     self.norm, self.head = vit.norm, vit.head
     self.head_drop = nn.Dropout(model.get('head_dropout', 0.0))
 
@@ -239,6 +287,7 @@ class VideoViT(nn.Module):
 
 
 # ------------------------------------------------------------------------- names and weights
+
 
 def flax_name(torch_name: str) -> str:
   """'blocks.3.adapter_attn.conv.taps.weight' -> 'blocks_3/adapter_attn/conv/taps/kernel'."""
@@ -272,15 +321,20 @@ def load_flax_params(model: nn.Module, flat_params: Mapping[str, Any]) -> None:
   missing = sorted(set(by_flax) - set(flat_params))
   extra = sorted(set(flat_params) - set(by_flax))
   if missing or extra:
-    raise ValueError(f'Parameter names differ. Only in PyTorch: {missing[:8]}; only in Flax: '
-                     f'{extra[:8]}')
+    raise ValueError(
+        f'Parameter names differ. Only in PyTorch: {missing[:8]}; only in Flax: ' f'{extra[:8]}'
+    )
   with torch.no_grad():
     for fname, tname in by_flax.items():
-      value = torch.from_numpy(np.array(to_torch_layout(np.asarray(flat_params[fname]), fname),
-                                        dtype=np.float32, order='C'))
+      value = torch.from_numpy(
+          np.array(
+              to_torch_layout(np.asarray(flat_params[fname]), fname), dtype=np.float32, order='C'
+          )
+      )
       if value.shape != state[tname].shape:
-        raise ValueError(f'{tname}: Flax {tuple(value.shape)} vs PyTorch '
-                         f'{tuple(state[tname].shape)}')
+        raise ValueError(
+            f'{tname}: Flax {tuple(value.shape)} vs PyTorch ' f'{tuple(state[tname].shape)}'
+        )
       state[tname].copy_(value)
 
 
@@ -295,8 +349,12 @@ def freeze(model: nn.Module, trainable: Sequence[str]) -> list[tuple[str, nn.Par
   return kept
 
 
-def make_train_step(model: nn.Module, trainable: Sequence[str], optim: Mapping[str, Any],
-                    label_smoothing: float = 0.0):
+def make_train_step(
+    model: nn.Module,
+    trainable: Sequence[str],
+    optim: Mapping[str, Any],
+    label_smoothing: float = 0.0,
+):
   """AdamW on the trainable parameters (decay per the optimizer's regex rules), clip, step.
 
   Returns `train_step(video (b, t, 3, H, W), label (b,)) -> loss` (a float tensor).
@@ -307,12 +365,20 @@ def make_train_step(model: nn.Module, trainable: Sequence[str], optim: Mapping[s
   def decays(name: str) -> bool:
     return next(bool(v) for p, v in rules if re.fullmatch(p, flax_name(name)))
 
-  groups = [{'params': [p for n, p in params if decays(n)],
-             'weight_decay': optim.get('weight_decay', 0.0)},
-            {'params': [p for n, p in params if not decays(n)], 'weight_decay': 0.0}]
-  opt = torch.optim.AdamW([g for g in groups if g['params']], lr=optim.get('lr', 1e-3),
-                          betas=(optim.get('b1', 0.9), optim.get('b2', 0.999)),
-                          eps=optim.get('eps', 1e-8), foreach=True)
+  groups = [
+      {
+          'params': [p for n, p in params if decays(n)],
+          'weight_decay': optim.get('weight_decay', 0.0),
+      },
+      {'params': [p for n, p in params if not decays(n)], 'weight_decay': 0.0},
+  ]
+  opt = torch.optim.AdamW(
+      [g for g in groups if g['params']],
+      lr=optim.get('lr', 1e-3),
+      betas=(optim.get('b1', 0.9), optim.get('b2', 0.999)),
+      eps=optim.get('eps', 1e-8),
+      foreach=True,
+  )
   clip = optim.get('grad_clip_norm', 0.0)
   trained = [p for _, p in params]
 

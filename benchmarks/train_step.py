@@ -33,6 +33,7 @@ Model FLOPs are counted analytically (`common.analytic_flops`: matmuls and convs
 multiply-add, the unit of the matmul peak, forward + the backward a step really needs); XLA's
 `cost_analysis()` of the compiled step is shown next to it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,8 +65,16 @@ MARK = 'RESULT_JSON '
 
 # ------------------------------------------------------------------------------ specs (parent)
 
-def spec(size: str, method: str, *, remat: bool = False, conv: str | None = None,
-         dtype: str = 'float32', batch: int | None = None) -> dict:
+
+def spec(
+    size: str,
+    method: str,
+    *,
+    remat: bool = False,
+    conv: str | None = None,
+    dtype: str = 'float32',
+    batch: int | None = None,
+) -> dict:
   """Everything a child needs to build one method's model, optimizer and batch (plain JSON).
 
   `dtype`: the model's compute dtype; `batch`: clips per step (default: the size's).
@@ -73,8 +82,12 @@ def spec(size: str, method: str, *, remat: bool = False, conv: str | None = None
   from configs import common as configs_common  # pylint: disable=g-import-not-at-top
   from configs import synthetic  # pylint: disable=g-import-not-at-top
   from feadapter_jax import models  # pylint: disable=g-import-not-at-top
-  config = (configs_common.base_config(method) if size == 'base'
-            else synthetic.get_config(f'method={method},quick'))
+
+  config = (
+      configs_common.base_config(method)
+      if size == 'base'
+      else synthetic.get_config(f'method={method},quick')
+  )
   model = config.model.to_dict()
   variant = model.pop('variant', None)
   model = {**(models.decode_variant(variant) if variant else {}), **model}
@@ -84,29 +97,44 @@ def spec(size: str, method: str, *, remat: bool = False, conv: str | None = None
   if conv:
     model['adapter']['conv'] = conv
     label += f' conv={conv}'
-  model['adapter'] = {k: list(v) if isinstance(v, tuple) else v
-                      for k, v in model['adapter'].items()}
-  return dict(framework='jax', method=method, label=label, size=size, model=model,
-              trainable=list(config.trainable), optim=config.optim.to_dict(),
-              label_smoothing=config.label_smoothing, batch=batch or SIZES[size]['batch'],
-              cpu_compiler_options=dict(config.cpu_compiler_options),
-              frames=SIZES[size]['frames'])
+  model['adapter'] = {
+      k: list(v) if isinstance(v, tuple) else v for k, v in model['adapter'].items()
+  }
+  return dict(
+      framework='jax',
+      method=method,
+      label=label,
+      size=size,
+      model=model,
+      trainable=list(config.trainable),
+      optim=config.optim.to_dict(),
+      label_smoothing=config.label_smoothing,
+      batch=batch or SIZES[size]['batch'],
+      cpu_compiler_options=dict(config.cpu_compiler_options),
+      frames=SIZES[size]['frames'],
+  )
 
 
 def _child_env() -> dict[str, str]:
   env = dict(os.environ)
   # One host device: the step runs on every core, as in training on one CPU host.
-  env['XLA_FLAGS'] = ' '.join(f for f in env.get('XLA_FLAGS', '').split()
-                              if 'xla_force_host_platform_device_count' not in f)
+  env['XLA_FLAGS'] = ' '.join(
+      f for f in env.get('XLA_FLAGS', '').split() if 'xla_force_host_platform_device_count' not in f
+  )
   env.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   return env
 
 
 def run_child(args: list[str]) -> dict:
   """Runs this script as a child with `args`; returns the JSON it reports."""
-  proc = subprocess.run([sys.executable, os.path.abspath(__file__), *args], env=_child_env(),
-                        stdout=subprocess.PIPE, text=True, check=False)
-  results = [line[len(MARK):] for line in proc.stdout.splitlines() if line.startswith(MARK)]
+  proc = subprocess.run(
+      [sys.executable, os.path.abspath(__file__), *args],
+      env=_child_env(),
+      stdout=subprocess.PIPE,
+      text=True,
+      check=False,
+  )
+  results = [line[len(MARK) :] for line in proc.stdout.splitlines() if line.startswith(MARK)]
   if proc.returncode or not results:
     raise RuntimeError(f'child {args[:2]} failed with exit code {proc.returncode}')
   return json.loads(results[-1])
@@ -114,19 +142,24 @@ def run_child(args: list[str]) -> dict:
 
 def run_benchmark(script: str, *args: str) -> list[dict]:
   """Runs `benchmarks/<script> --json *args`; returns its JSON lines."""
-  out = subprocess.run([sys.executable, os.path.join(ROOT, 'benchmarks', script), '--json', *args],
-                       env=_child_env(), stdout=subprocess.PIPE, text=True, check=True).stdout
+  out = subprocess.run(
+      [sys.executable, os.path.join(ROOT, 'benchmarks', script), '--json', *args],
+      env=_child_env(),
+      stdout=subprocess.PIPE,
+      text=True,
+      check=True,
+  ).stdout
   return [json.loads(line) for line in out.splitlines() if line.startswith('{')]
 
 
 # ------------------------------------------------------------------------------ children
 
+
 def _report(result: dict) -> None:
   print(MARK + json.dumps(result), flush=True)
 
 
-def build_jax(sp: dict, compiler_options: dict | None, with_hlo: bool = False
-              ) -> tuple[dict, Any]:
+def build_jax(sp: dict, compiler_options: dict | None, with_hlo: bool = False) -> tuple[dict, Any]:
   """The trainer's model, optimizer and jitted (donating) train step for `sp`, compiled.
 
   Returns (facts: compile time, XLA FLOPs and temp bytes, the HLO text if `with_hlo`; a
@@ -141,22 +174,26 @@ def build_jax(sp: dict, compiler_options: dict | None, with_hlo: bool = False
   model = models.build(sp['model'])
   b, t, s = sp['batch'], sp['frames'], sp['model']['image_size']
   rng = np.random.default_rng(0)
-  batch = {'video': jnp.asarray(rng.standard_normal((b, t, s, s, 3), np.float32)),
-           'label': jnp.asarray(rng.integers(0, sp['model']['num_classes'], b), jnp.int32)}
-  params = jax.jit(lambda v: model.init(jax.random.PRNGKey(0), v))(
-      batch['video'][:1])['params']  # AIM's time embedding depends on the frames
+  batch = {
+      'video': jnp.asarray(rng.standard_normal((b, t, s, s, 3), np.float32)),
+      'label': jnp.asarray(rng.integers(0, sp['model']['num_classes'], b), jnp.int32),
+  }
+  params = jax.jit(lambda v: model.init(jax.random.PRNGKey(0), v))(batch['video'][:1])[
+      'params'
+  ]  # AIM's time embedding depends on the frames
   mask = partition.trainable_mask(params, sp['trainable'])
-  tx = optim.make(ml_collections.ConfigDict(sp['optim']), mask, total_steps=10_000,
-                  warmup_steps=100)
+  tx = optim.make(
+      ml_collections.ConfigDict(sp['optim']), mask, total_steps=10_000, warmup_steps=100
+  )
   state = jax.jit(lambda p: step.init_state(model, tx, p, 0))(params)
   forward_flops = None
   if sp.get('forward_flops'):
     forward = jax.jit(lambda p, v: model.apply({'params': p}, v))
     forward_flops = forward.lower(params, batch['video']).compile().cost_analysis()['flops']
   del params
-  train_step = jax.jit(step.make_train_step(model, tx, mask,
-                                            label_smoothing=sp['label_smoothing']),
-                       donate_argnums=0)
+  train_step = jax.jit(
+      step.make_train_step(model, tx, mask, label_smoothing=sp['label_smoothing']), donate_argnums=0
+  )
   start = time.perf_counter()
   # The config's CPU options (as the trainer uses them), then the command line's.
   options = {**(sp.get('cpu_compiler_options') or {}), **(compiler_options or {})}
@@ -165,8 +202,12 @@ def build_jax(sp: dict, compiler_options: dict | None, with_hlo: bool = False
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   memory = compiled.memory_analysis()
-  run = dict(compile_s=compile_s, xla_flops=float(cost['flops']), forward_flops=forward_flops,
-             temp_bytes=int(getattr(memory, 'temp_size_in_bytes', 0) or 0))
+  run = dict(
+      compile_s=compile_s,
+      xla_flops=float(cost['flops']),
+      forward_flops=forward_flops,
+      temp_bytes=int(getattr(memory, 'temp_size_in_bytes', 0) or 0),
+  )
   if with_hlo:
     run['hlo'] = compiled.as_text()
   box = {'state': state}
@@ -187,10 +228,16 @@ def _build_torch(sp: dict) -> tuple[dict, Any]:
   torch.manual_seed(0)
   start = time.perf_counter()
   model = torch_reference.VideoViT(sp['model'], sp['frames'])
-  train_step = torch_reference.make_train_step(model, sp['trainable'], sp['optim'],
-                                               sp['label_smoothing'])
-  run = dict(compile_s=None, build_s=time.perf_counter() - start, xla_flops=None,
-             forward_flops=None, temp_bytes=None)
+  train_step = torch_reference.make_train_step(
+      model, sp['trainable'], sp['optim'], sp['label_smoothing']
+  )
+  run = dict(
+      compile_s=None,
+      build_s=time.perf_counter() - start,
+      xla_flops=None,
+      forward_flops=None,
+      temp_bytes=None,
+  )
   b, t, s = sp['batch'], sp['frames'], sp['model']['image_size']
   video = torch.randn(b, t, 3, s, s)
   label = torch.randint(0, sp['model']['num_classes'], (b,))
@@ -201,8 +248,14 @@ def _build(sp: dict, compiler_options: dict | None):
   return build_jax(sp, compiler_options) if sp['framework'] == 'jax' else _build_torch(sp)
 
 
-def spec_child(sp: dict, warmup: int, steps: int, max_seconds: float, peak_sizes: list[int],
-               compiler_options: dict | None) -> dict:
+def spec_child(
+    sp: dict,
+    warmup: int,
+    steps: int,
+    max_seconds: float,
+    peak_sizes: list[int],
+    compiler_options: dict | None,
+) -> dict:
   """One spec alone in this process: build, warm up, time steps, then its framework's peak.
 
   Peak memory is the RSS high-water mark of the first timed step (reset just before it), so it
@@ -226,8 +279,9 @@ def spec_child(sp: dict, warmup: int, steps: int, max_seconds: float, peak_sizes
       break
   run['baseline_rss_bytes'] = baseline
   if sp['framework'] == 'jax':
-    run['peak_gflops'] = common.jax_matmul_peak(peak_sizes, repeats=3,
-                                                dtype=sp['model']['dtype'])['gflops']
+    run['peak_gflops'] = common.jax_matmul_peak(peak_sizes, repeats=3, dtype=sp['model']['dtype'])[
+        'gflops'
+    ]
   else:
     run['peak_gflops'] = common.torch_matmul_peak(peak_sizes, repeats=3)['gflops']
   return run
@@ -236,12 +290,17 @@ def spec_child(sp: dict, warmup: int, steps: int, max_seconds: float, peak_sizes
 def probe_child() -> dict:
   """The backend and device the JAX children will run on."""
   import jax  # pylint: disable=g-import-not-at-top
+
   device = jax.local_devices()[0]
-  return {'backend': jax.default_backend(), 'device': device.device_kind,
-          'devices': jax.local_device_count()}
+  return {
+      'backend': jax.default_backend(),
+      'device': device.device_kind,
+      'devices': jax.local_device_count(),
+  }
 
 
 # ------------------------------------------------------------------------------ parent
+
 
 def row(sp: dict, run: dict, peak_gflops: float) -> dict:
   flops = common.analytic_flops(sp['model'], sp['frames'], sp['trainable'])
@@ -249,20 +308,28 @@ def row(sp: dict, run: dict, peak_gflops: float) -> dict:
   model_flops = flops['train']  # per clip
   achieved = model_flops * sp['batch'] / best
   return {
-      'framework': sp['framework'], 'method': sp['method'], 'variant': run['label'],
-      'size': sp['size'], 'batch': sp['batch'], 'frames': sp['frames'],
-      'dtype': sp['model']['dtype'], 'image_size': sp['model']['image_size'],
+      'framework': sp['framework'],
+      'method': sp['method'],
+      'variant': run['label'],
+      'size': sp['size'],
+      'batch': sp['batch'],
+      'frames': sp['frames'],
+      'dtype': sp['model']['dtype'],
+      'image_size': sp['model']['image_size'],
       'remat': sp['model'].get('remat', False),
-      'conv': sp['model']['adapter'].get('conv') if sp['model']['adapter']['kind'] == 'fe'
-              else None,
-      'step_s': best, 'step_s_median': statistics.median(run['times']),
+      'conv': sp['model']['adapter'].get('conv')
+      if sp['model']['adapter']['kind'] == 'fe'
+      else None,
+      'step_s': best,
+      'step_s_median': statistics.median(run['times']),
       'steps_timed': len(run['times']),
       'clips_per_s': sp['batch'] / best,
       'model_flops_per_clip': model_flops,
       'model_forward_flops_per_clip': flops['forward'],
       'xla_flops_per_clip': run['xla_flops'] / sp['batch'] if run['xla_flops'] else None,
-      'xla_forward_flops_per_clip': (run['forward_flops'] / sp['batch']
-                                     if run.get('forward_flops') else None),
+      'xla_forward_flops_per_clip': (
+          run['forward_flops'] / sp['batch'] if run.get('forward_flops') else None
+      ),
       'achieved_flops_per_s': achieved,
       'utilisation': achieved / (peak_gflops * 1e9),
       'peak_memory_bytes': run['peak_memory_bytes'],
@@ -278,117 +345,176 @@ def _fmt(x: Any, spec_: str) -> str:
 
 def print_report(size: str, machine: dict, rows: list[dict], dilation: dict | None) -> None:
   batch, frames = rows[0]['batch'], rows[0]['frames']
-  print(f'## Train step, {size}: '
-        + ('ViT-B/16' if size == 'base' else 'tiny ViT (configs/synthetic.py TINY_VIT)')
-        + f", {batch} clip{'s' if batch > 1 else ''} of {frames} x {rows[0]['image_size']} x "
-        f"{rows[0]['image_size']}" + (', 7 classes' if size == 'base' else ''))
+  print(
+      f'## Train step, {size}: '
+      + ('ViT-B/16' if size == 'base' else 'tiny ViT (configs/synthetic.py TINY_VIT)')
+      + f", {batch} clip{'s' if batch > 1 else ''} of {frames} x {rows[0]['image_size']} x "
+      f"{rows[0]['image_size']}" + (', 7 classes' if size == 'base' else '')
+  )
   on_cpu = machine['backend'] == 'cpu'
   memory = 'peak RSS' if on_cpu else 'peak device mem'
   if not on_cpu:
-    print(f"Device: {machine['devices']} x {machine['device']} ({machine['backend']}), JAX steps "
-          f"in {machine['dtype']}; the PyTorch reference is CPU-only and was skipped.")
-  print(f"Machine: {machine['cpu']}, {machine['cores']} cores; {machine['dtype']} matmul peak "
-        f"{machine['peak_gflops']:.0f} GFLOP/s (best: jnp.dot {machine['jax_peak']:.0f}, "
-        f"torch.mm {_fmt(machine['torch_peak'], '.0f')}; square n x n for n in "
-        f"{', '.join(str(n) for n in machine['peak_sizes'])}, measured after every spec's steps); "
-        f"load average at start {machine['load_start'][0]:.2f}, at end "
-        f"{machine['load_end'][0]:.2f} (1 min)"
-        + (f"; XLA options {machine['xla_options']}" if machine['xla_options'] else '') + '\n')
-  headers = ['framework', 'method', 'clips/s', 'step s (best/med)', 'model GFLOP/clip',
-             'XLA GFLOP/clip', 'GFLOP/s', 'util.', memory, 'XLA temp', 'compile s']
+    print(
+        f"Device: {machine['devices']} x {machine['device']} ({machine['backend']}), JAX steps "
+        f"in {machine['dtype']}; the PyTorch reference is CPU-only and was skipped."
+    )
+  print(
+      f"Machine: {machine['cpu']}, {machine['cores']} cores; {machine['dtype']} matmul peak "
+      f"{machine['peak_gflops']:.0f} GFLOP/s (best: jnp.dot {machine['jax_peak']:.0f}, "
+      f"torch.mm {_fmt(machine['torch_peak'], '.0f')}; square n x n for n in "
+      f"{', '.join(str(n) for n in machine['peak_sizes'])}, measured after every spec's steps); "
+      f"load average at start {machine['load_start'][0]:.2f}, at end "
+      f"{machine['load_end'][0]:.2f} (1 min)"
+      + (f"; XLA options {machine['xla_options']}" if machine['xla_options'] else '')
+      + '\n'
+  )
+  headers = [
+      'framework',
+      'method',
+      'clips/s',
+      'step s (best/med)',
+      'model GFLOP/clip',
+      'XLA GFLOP/clip',
+      'GFLOP/s',
+      'util.',
+      memory,
+      'XLA temp',
+      'compile s',
+  ]
   table = []
   for r in rows:
-    table.append([
-        r['framework'], r['variant'], f"{r['clips_per_s']:.3g}",
-        f"{r['step_s']:.3f}/{r['step_s_median']:.3f} (n={r['steps_timed']})",
-        f"{r['model_flops_per_clip'] / 1e9:.2f}",
-        _fmt(r['xla_flops_per_clip'] and r['xla_flops_per_clip'] / 1e9, '.2f'),
-        f"{r['achieved_flops_per_s'] / 1e9:.1f}", f"{100 * r['utilisation']:.1f}%",
-        common.gib(r['peak_memory_bytes']) if r['peak_memory_bytes'] else 'n/a',
-        common.gib(r['xla_temp_bytes']) if r['xla_temp_bytes'] else 'n/a',
-        _fmt(r['compile_s'], '.1f')])
+    table.append(
+        [
+            r['framework'],
+            r['variant'],
+            f"{r['clips_per_s']:.3g}",
+            f"{r['step_s']:.3f}/{r['step_s_median']:.3f} (n={r['steps_timed']})",
+            f"{r['model_flops_per_clip'] / 1e9:.2f}",
+            _fmt(r['xla_flops_per_clip'] and r['xla_flops_per_clip'] / 1e9, '.2f'),
+            f"{r['achieved_flops_per_s'] / 1e9:.1f}",
+            f"{100 * r['utilisation']:.1f}%",
+            common.gib(r['peak_memory_bytes']) if r['peak_memory_bytes'] else 'n/a',
+            common.gib(r['xla_temp_bytes']) if r['xla_temp_bytes'] else 'n/a',
+            _fmt(r['compile_s'], '.1f'),
+        ]
+    )
   print(common.markdown_table(headers, table))
-  print('\nEvery spec ran alone in its own process, in turn, for every round (best step counts). '
-        'model GFLOP/clip: analytic matmul/conv FLOPs of the step (forward + the backward it '
-        'needs); util. = achieved / matmul peak; '
-        + ("peak RSS: the process's high-water mark over one step (reset before it: model, "
-           "optimizer state, the step's buffers)" if on_cpu else
-           "peak device mem: the device's peak bytes in use (model, optimizer state, the step)")
-        + "; XLA temp: the compiled step's scratch buffers.")
+  print(
+      '\nEvery spec ran alone in its own process, in turn, for every round (best step counts). '
+      'model GFLOP/clip: analytic matmul/conv FLOPs of the step (forward + the backward it '
+      'needs); util. = achieved / matmul peak; '
+      + (
+          "peak RSS: the process's high-water mark over one step (reset before it: model, "
+          "optimizer state, the step's buffers)"
+          if on_cpu
+          else "peak device mem: the device's peak bytes in use (model, optimizer state, the step)"
+      )
+      + "; XLA temp: the compiled step's scratch buffers."
+  )
 
   by = {(r['framework'], r['variant']): r for r in rows}
   lines = []
   jax_fe, jax_full = by.get(('jax', 'fe_adapter')), by.get(('jax', 'full_finetune'))
   if jax_full and jax_full.get('xla_forward_flops_per_clip'):
     fwd = jax_full['xla_forward_flops_per_clip']
-    parts = [f"{v}: {by[('jax', v)]['xla_flops_per_clip'] / fwd:.2f}x"
-             for v in METHODS if ('jax', v) in by and by[('jax', v)]['xla_flops_per_clip']]
+    parts = [
+        f"{v}: {by[('jax', v)]['xla_flops_per_clip'] / fwd:.2f}x"
+        for v in METHODS
+        if ('jax', v) in by and by[('jax', v)]['xla_flops_per_clip']
+    ]
     lines.append('XLA step FLOPs / XLA forward FLOPs (ViT forward): ' + ', '.join(parts))
   if jax_fe and jax_full:
-    xla = (jax_fe['xla_flops_per_clip'] / jax_full['xla_flops_per_clip']
-           if jax_fe['xla_flops_per_clip'] else None)
+    xla = (
+        jax_fe['xla_flops_per_clip'] / jax_full['xla_flops_per_clip']
+        if jax_fe['xla_flops_per_clip']
+        else None
+    )
     lines.append(
         'Frozen weights get no gradient computation: fe_adapter step FLOPs / full fine-tuning = '
         f"{jax_fe['model_flops_per_clip'] / jax_full['model_flops_per_clip']:.3f} analytic, "
-        f"{_fmt(xla, '.3f')} XLA (backbone alone: 2/3; adapters trained in full add the rest)")
+        f"{_fmt(xla, '.3f')} XLA (backbone alone: 2/3; adapters trained in full add the rest)"
+    )
   for name in ('linear_probe', 'full_finetune'):
     r = by.get(('jax', name))
     if r and r['xla_flops_per_clip']:
-      lines.append(f'XLA / analytic FLOPs, {name}: '
-                   f"{r['xla_flops_per_clip'] / r['model_flops_per_clip']:.3f}")
+      lines.append(
+          f'XLA / analytic FLOPs, {name}: '
+          f"{r['xla_flops_per_clip'] / r['model_flops_per_clip']:.3f}"
+      )
   if jax_fe and jax_full:
-    lines.append(f"fe_adapter / full_finetune step time: "
-                 f"{jax_fe['step_s'] / jax_full['step_s']:.3f} (target <= 0.77)")
+    lines.append(
+        f'fe_adapter / full_finetune step time: '
+        f"{jax_fe['step_s'] / jax_full['step_s']:.3f} (target <= 0.77)"
+    )
     if jax_fe['peak_memory_bytes'] and jax_full['peak_memory_bytes']:
-      lines.append(f"fe_adapter / full_finetune {memory}: "
-                   f"{jax_fe['peak_memory_bytes'] / jax_full['peak_memory_bytes']:.3f} "
-                   '(target <= 0.6)' + (
-                       '; above the process baseline: '
-                       f"{(jax_fe['peak_memory_bytes'] - jax_fe['baseline_rss_bytes']) / (jax_full['peak_memory_bytes'] - jax_full['baseline_rss_bytes']):.3f}"
-                       if on_cpu else ''))
+      lines.append(
+          f'fe_adapter / full_finetune {memory}: '
+          f"{jax_fe['peak_memory_bytes'] / jax_full['peak_memory_bytes']:.3f} "
+          '(target <= 0.6)'
+          + (
+              '; above the process baseline: '
+              f"{(jax_fe['peak_memory_bytes'] - jax_fe['baseline_rss_bytes']) / (jax_full['peak_memory_bytes'] - jax_full['baseline_rss_bytes']):.3f}"
+              if on_cpu
+              else ''
+          )
+      )
   if jax_fe:
-    lines.append(f"fe_adapter utilisation: {100 * jax_fe['utilisation']:.1f}% of the matmul "
-                 'peak (target >= 80%)')
+    lines.append(
+        f"fe_adapter utilisation: {100 * jax_fe['utilisation']:.1f}% of the matmul "
+        'peak (target >= 80%)'
+    )
   for v in METHODS:
     j, p = by.get(('jax', v)), by.get(('pytorch', v))
     if j and p:
-      lines.append(f"JAX / PyTorch speed, {v}: {p['step_s'] / j['step_s']:.3f}x"
-                   + (' (target >= 1.05x)' if v == 'fe_adapter' else ''))
+      lines.append(
+          f"JAX / PyTorch speed, {v}: {p['step_s'] / j['step_s']:.3f}x"
+          + (' (target >= 1.05x)' if v == 'fe_adapter' else '')
+      )
   fe_remat = by.get(('jax', 'fe_adapter remat'))
   if fe_remat and jax_full and fe_remat['peak_memory_bytes'] and jax_full['peak_memory_bytes']:
-    lines.append(f"fe_adapter remat / full_finetune {memory}: "
-                 f"{fe_remat['peak_memory_bytes'] / jax_full['peak_memory_bytes']:.3f} "
-                 "(target <= 0.6, remat being the config option for memory)")
+    lines.append(
+        f'fe_adapter remat / full_finetune {memory}: '
+        f"{fe_remat['peak_memory_bytes'] / jax_full['peak_memory_bytes']:.3f} "
+        '(target <= 0.6, remat being the config option for memory)'
+    )
   for v in REMAT_METHODS:
     a = by.get(('jax', v))
-    b = next((r for (f, name), r in by.items() if f == 'jax' and name.startswith(v + ' remat')),
-             None)
+    b = next(
+        (r for (f, name), r in by.items() if f == 'jax' and name.startswith(v + ' remat')), None
+    )
     if a and b and a['peak_memory_bytes'] and b['peak_memory_bytes']:
-      lines.append(f"{b['variant']}: {memory} {common.gib(b['peak_memory_bytes'])} vs "
-                   f"{common.gib(a['peak_memory_bytes'])} without, step time "
-                   f"{b['step_s'] / a['step_s']:.2f}x")
+      lines.append(
+          f"{b['variant']}: {memory} {common.gib(b['peak_memory_bytes'])} vs "
+          f"{common.gib(a['peak_memory_bytes'])} without, step time "
+          f"{b['step_s'] / a['step_s']:.2f}x"
+      )
   pipe = machine.get('input_pipeline')
   if pipe:
     one = next(r for r in pipe['rows'] if r['cores'] == 1)
     every = max(pipe['rows'], key=lambda r: r['cores'])
-    lines.append(f"Input pipeline ({one['frames']} JPEG frames at {one['size']}x{one['size']}, "
-                 f"training augmentation): {one['clips_per_s_per_core']:.1f} clips/s on 1 core "
-                 f"(target >= 25), {every['clips_per_s']:.1f} on {every['cores']}; the fastest JAX "
-                 f"step consumes {pipe['fastest_jax_step_clips_per_s']:.3g} clips/s: "
-                 f"{every['clips_per_s'] / pipe['fastest_jax_step_clips_per_s']:.0f}x headroom")
+    lines.append(
+        f"Input pipeline ({one['frames']} JPEG frames at {one['size']}x{one['size']}, "
+        f"training augmentation): {one['clips_per_s_per_core']:.1f} clips/s on 1 core "
+        f"(target >= 25), {every['clips_per_s']:.1f} on {every['cores']}; the fastest JAX "
+        f"step consumes {pipe['fastest_jax_step_clips_per_s']:.3g} clips/s: "
+        f"{every['clips_per_s'] / pipe['fastest_jax_step_clips_per_s']:.0f}x headroom"
+    )
   if dilation:
-    lines.append(f"Dynamic dilation: fe_adapter conv=dynamic / conv=fixed step time = "
-                 f"{dilation['ratio']:.3f} (best of {dilation['steps']} steps each: "
-                 f"{dilation['dynamic_s']:.3f} s vs {dilation['fixed_s']:.3f} s; target <= 1.03)")
+    lines.append(
+        f'Dynamic dilation: fe_adapter conv=dynamic / conv=fixed step time = '
+        f"{dilation['ratio']:.3f} (best of {dilation['steps']} steps each: "
+        f"{dilation['dynamic_s']:.3f} s vs {dilation['fixed_s']:.3f} s; target <= 1.03)"
+    )
     conv = dilation.get('conv')
     if conv:
       extra = conv['depth'] * (conv['dynamic_s'] - conv['fixed_s'])
       lines.append(
-          f"Dynamic dilation alone (benchmarks/dilation.py: the adapter conv, forward + backward, "
+          f'Dynamic dilation alone (benchmarks/dilation.py: the adapter conv, forward + backward, '
           f"best of {conv['repeats']}): {1e3 * conv['dynamic_s']:.2f} ms dynamic vs "
           f"{1e3 * conv['fixed_s']:.2f} ms fixed 3x3x3 per block; x {conv['depth']} blocks = "
           f"{1e3 * extra:+.0f} ms = {1 + extra / dilation['fixed_s']:.3f}x the conv=fixed step "
-          '(target <= 1.03)')
+          '(target <= 1.03)'
+      )
   print('\n' + '\n'.join(f'- {line}' for line in lines))
 
 
@@ -406,33 +532,63 @@ def _xla_options(items: list[str]) -> dict[str, Any]:
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--size', choices=tuple(SIZES), default='tiny')
-  parser.add_argument('--methods', default=','.join(METHODS),
-                      help='comma-separated subset of ' + ','.join(METHODS))
-  parser.add_argument('--rounds', type=int, default=None,
-                      help='processes per spec, run in turn over all specs (default per size)')
-  parser.add_argument('--warmup', type=int, default=None,
-                      help='untimed steps per process (default per size)')
-  parser.add_argument('--steps', type=int, default=None,
-                      help='timed steps per process (default per size)')
-  parser.add_argument('--max_seconds', type=float, default=None,
-                      help='start no further timed step after this many seconds of them')
+  parser.add_argument(
+      '--methods', default=','.join(METHODS), help='comma-separated subset of ' + ','.join(METHODS)
+  )
+  parser.add_argument(
+      '--rounds',
+      type=int,
+      default=None,
+      help='processes per spec, run in turn over all specs (default per size)',
+  )
+  parser.add_argument(
+      '--warmup', type=int, default=None, help='untimed steps per process (default per size)'
+  )
+  parser.add_argument(
+      '--steps', type=int, default=None, help='timed steps per process (default per size)'
+  )
+  parser.add_argument(
+      '--max_seconds',
+      type=float,
+      default=None,
+      help='start no further timed step after this many seconds of them',
+  )
   parser.add_argument('--no_torch', action='store_true', help='skip the PyTorch reference')
   parser.add_argument('--no_remat', action='store_true', help='skip the remat rows')
   parser.add_argument('--no_dilation', action='store_true', help='skip dynamic vs fixed conv')
   parser.add_argument('--json', action='store_true', help='rows as JSON lines')
-  parser.add_argument('--input_pipeline', action='store_true',
-                      help='also run benchmarks/input_pipeline.py at this size and compare its '
-                           'clips/s with the fastest train step\'s consumption')
-  parser.add_argument('--peak_sizes', default=None,
-                      help='square matmul sizes for the peak, the best counts (default: '
-                           '2048,4096 on CPU, 4096,8192 on an accelerator)')
-  parser.add_argument('--dtype', choices=('auto', 'float32', 'bfloat16'), default='auto',
-                      help='JAX compute dtype (auto: float32 on CPU, bfloat16 on an accelerator)')
-  parser.add_argument('--batch', type=int, default=None,
-                      help='clips per step (default per size; on a GPU, one that fills it)')
-  parser.add_argument('--xla_option', action='append', default=[], metavar='KEY=VALUE',
-                      help='XLA compiler option for the JAX train steps, e.g. '
-                           'xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED')
+  parser.add_argument(
+      '--input_pipeline',
+      action='store_true',
+      help='also run benchmarks/input_pipeline.py at this size and compare its '
+      "clips/s with the fastest train step's consumption",
+  )
+  parser.add_argument(
+      '--peak_sizes',
+      default=None,
+      help='square matmul sizes for the peak, the best counts (default: '
+      '2048,4096 on CPU, 4096,8192 on an accelerator)',
+  )
+  parser.add_argument(
+      '--dtype',
+      choices=('auto', 'float32', 'bfloat16'),
+      default='auto',
+      help='JAX compute dtype (auto: float32 on CPU, bfloat16 on an accelerator)',
+  )
+  parser.add_argument(
+      '--batch',
+      type=int,
+      default=None,
+      help='clips per step (default per size; on a GPU, one that fills it)',
+  )
+  parser.add_argument(
+      '--xla_option',
+      action='append',
+      default=[],
+      metavar='KEY=VALUE',
+      help='XLA compiler option for the JAX train steps, e.g. '
+      'xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED',
+  )
   parser.add_argument('--child', default=None, help=argparse.SUPPRESS)
   parser.add_argument('--specs', default=None, help=argparse.SUPPRESS)
   args = parser.parse_args()
@@ -447,8 +603,16 @@ def main() -> None:
     _report(probe_child())
     return
   if args.child:  # worker mode
-    _report(spec_child(json.loads(args.specs), warmup, steps, max_seconds,
-                       [int(n) for n in args.peak_sizes.split(',')], compiler_options))
+    _report(
+        spec_child(
+            json.loads(args.specs),
+            warmup,
+            steps,
+            max_seconds,
+            [int(n) for n in args.peak_sizes.split(',')],
+            compiler_options,
+        )
+    )
     return
 
   methods = [m for m in args.methods.split(',') if m]
@@ -477,27 +641,54 @@ def main() -> None:
   if not args.no_dilation and 'fe_adapter' in methods:
     specs.append(spec_('fe_adapter', conv='fixed'))
   if not args.no_torch and (not on_cpu or dtype != 'float32'):
-    log(f"{target['backend']}, {dtype}: the PyTorch reference runs in float32 on CPU only (the "
-        'pinned CPU build of torch); skipped')
+    log(
+        f"{target['backend']}, {dtype}: the PyTorch reference runs in float32 on CPU only (the "
+        'pinned CPU build of torch); skipped'
+    )
   elif not args.no_torch:
     specs += [{**spec_(m), 'framework': 'pytorch'} for m in methods]
 
-  log(f'load average {load_start}; {rounds} round(s) over {len(specs)} train steps, each in '
-      f'its own process: {warmup} warm-up + {steps} timed steps, then the matmul peak')
+  log(
+      f'load average {load_start}; {rounds} round(s) over {len(specs)} train steps, each in '
+      f'its own process: {warmup} warm-up + {steps} timed steps, then the matmul peak'
+  )
   runs: list[list[dict]] = [[] for _ in specs]
   for r in range(rounds):
-    order = list(range(len(specs)))[::(-1) ** r]  # alternate, so no spec always runs first
+    order = list(range(len(specs)))[:: (-1) ** r]  # alternate, so no spec always runs first
     for i in order:
       log(f"round {r + 1}/{rounds}: {specs[i]['framework']} {specs[i]['label']}")
-      runs[i].append(run_child(['--child', 'spec', '--specs', json.dumps(specs[i]),
-                                '--warmup', str(warmup), '--steps', str(steps),
-                                '--max_seconds', str(max_seconds),
-                                '--peak_sizes', peak_sizes, *options]))
-  merged = [dict(rs[0], times=[t for x in rs for t in x['times']],
-                 peak_memory_bytes=min(x['peak_memory_bytes'] for x in rs), label=sp['label'])
-            for sp, rs in zip(specs, runs)]
-  peaks = {f: [x['peak_gflops'] for sp, rs in zip(specs, runs) if sp['framework'] == f
-               for x in rs] for f in ('jax', 'pytorch')}
+      runs[i].append(
+          run_child(
+              [
+                  '--child',
+                  'spec',
+                  '--specs',
+                  json.dumps(specs[i]),
+                  '--warmup',
+                  str(warmup),
+                  '--steps',
+                  str(steps),
+                  '--max_seconds',
+                  str(max_seconds),
+                  '--peak_sizes',
+                  peak_sizes,
+                  *options,
+              ]
+          )
+      )
+  merged = [
+      dict(
+          rs[0],
+          times=[t for x in rs for t in x['times']],
+          peak_memory_bytes=min(x['peak_memory_bytes'] for x in rs),
+          label=sp['label'],
+      )
+      for sp, rs in zip(specs, runs)
+  ]
+  peaks = {
+      f: [x['peak_gflops'] for sp, rs in zip(specs, runs) if sp['framework'] == f for x in rs]
+      for f in ('jax', 'pytorch')
+  }
   jax_peak = max(peaks['jax'])
   torch_peak = max(peaks['pytorch']) if peaks['pytorch'] else None
   peak = max(jax_peak, torch_peak or 0.0)
@@ -506,21 +697,34 @@ def main() -> None:
   by = {(r['framework'], r['variant']): r for r in rows}
   dyn, fixed = by.get(('jax', 'fe_adapter')), by.get(('jax', 'fe_adapter conv=fixed'))
   if dyn and fixed:
-    dilation = {'dynamic_s': dyn['step_s'], 'fixed_s': fixed['step_s'],
-                'steps': fixed['steps_timed'], 'ratio': dyn['step_s'] / fixed['step_s']}
+    dilation = {
+        'dynamic_s': dyn['step_s'],
+        'fixed_s': fixed['step_s'],
+        'steps': fixed['steps_timed'],
+        'ratio': dyn['step_s'] / fixed['step_s'],
+    }
     fixed['dynamic_over_fixed_step_time'] = dilation['ratio']
     log('dynamic vs fixed adapter conv')
     dilation['conv'] = run_benchmark('dilation.py', f'--size={args.size}')[-1]
     fixed['dynamic_over_fixed_step_time_from_conv'] = 1 + (
-        dilation['conv']['depth'] * (dilation['conv']['dynamic_s'] - dilation['conv']['fixed_s'])
-        / dilation['fixed_s'])
+        dilation['conv']['depth']
+        * (dilation['conv']['dynamic_s'] - dilation['conv']['fixed_s'])
+        / dilation['fixed_s']
+    )
 
-  machine = {'cpu': common.cpu_model(), 'cores': common.cores(), 'peak_gflops': peak,
-             'jax_peak': jax_peak, 'torch_peak': torch_peak,
-             'peak_sizes': [int(n) for n in peak_sizes.split(',')], 'dtype': dtype, **target,
-             'load_start': load_start, 'load_end': common.load_average(),
-             'xla_options': {**specs[0].get('cpu_compiler_options', {}),
-                             **_xla_options(args.xla_option)}}
+  machine = {
+      'cpu': common.cpu_model(),
+      'cores': common.cores(),
+      'peak_gflops': peak,
+      'jax_peak': jax_peak,
+      'torch_peak': torch_peak,
+      'peak_sizes': [int(n) for n in peak_sizes.split(',')],
+      'dtype': dtype,
+      **target,
+      'load_start': load_start,
+      'load_end': common.load_average(),
+      'xla_options': {**specs[0].get('cpu_compiler_options', {}), **_xla_options(args.xla_option)},
+  }
   if args.input_pipeline:
     log('input pipeline')
     frames, size_px = SIZES[args.size]['frames'], specs[0]['model']['image_size']
@@ -529,12 +733,22 @@ def main() -> None:
     machine['input_pipeline'] = {'rows': pipe, 'fastest_jax_step_clips_per_s': fastest}
   if args.json:
     for r in rows:
-      print(json.dumps({**r, 'cpu': machine['cpu'], 'cores': machine['cores'],
-                        'backend': target['backend'], 'device': target['device'],
-                        'peak_dtype': dtype,
-                        'peak_gflops': peak, 'load_average_start': load_start[0],
-                        'load_average_end': machine['load_end'][0],
-                        'xla_options': machine['xla_options']}))
+      print(
+          json.dumps(
+              {
+                  **r,
+                  'cpu': machine['cpu'],
+                  'cores': machine['cores'],
+                  'backend': target['backend'],
+                  'device': target['device'],
+                  'peak_dtype': dtype,
+                  'peak_gflops': peak,
+                  'load_average_start': load_start[0],
+                  'load_average_end': machine['load_end'][0],
+                  'xla_options': machine['xla_options'],
+              }
+          )
+      )
   else:
     print_report(args.size, machine, rows, dilation)
 

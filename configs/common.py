@@ -4,6 +4,7 @@ A config file's `get_config(arg)` takes a string like 'fold=3,method=st_adapter,
 after ':' in `--config=configs/dfew.py:fold=3`); bare words are flags set to True. Configs import
 `ml_collections` and plain data only (`feadapter_jax.methods`), never JAX or TensorFlow.
 """
+
 from __future__ import annotations
 
 import ml_collections
@@ -31,44 +32,53 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
 
 def data_defaults() -> ml_collections.ConfigDict:
   """The `config.data` section with every field the input pipeline reads, at CPU-demo sizes."""
-  return ml_collections.ConfigDict({
-      'name': 'synth_fer',          # TFDS builder: 'synth_fer' | 'dfew' | 'ferv39k' | 'mafw'.
-      'builder_config': 'video',    # e.g. 'fold1' (dfew, mafw); 'video' | 'image' (synth_fer).
-      'data_dir': 'data/tfds',      # TFDS data_dir.
-      # The user's copy of a real dataset (TFDS manual_dir); '{name}' becomes the dataset name.
-      'manual_dir': 'data/manual/{name}',
-      'train_split': 'train',
-      'eval_split': 'test',
-      'num_frames': 8,              # T frames sampled per clip (1 for images).
-      'image_size': 32,             # S: model input height and width.
-      'num_clips': 1,               # temporal views per clip at evaluation.
-      'crop_scale': (0.7, 1.0),     # random resized crop: area fraction range (train).
-      'crop_ratio': (3 / 4, 4 / 3),  # random resized crop: aspect-ratio range (train).
-      'flip': True,                 # random horizontal flip (train).
-      'mean': IMAGENET_MEAN,        # in [0, 1] pixel units.
-      'std': IMAGENET_STD,
-      'dtype': 'float32',           # 'float32' | 'bfloat16' video output.
-      'shuffle_buffer': 1024,       # clips (their JPEG bytes) held for the epoch shuffle.
-      'num_threads': 0,             # tf.data private threadpool; 0: the CPUs this process may use.
-      'num_parallel_calls': -1,     # parallel decode/augment calls; -1: AUTOTUNE.
-      'prefetch': 2,                # batches prepared ahead.
-      'synth': {                    # synth_fer only: any `synth_fer.builder.synth_config` field.
-          'num_train': 1500,
-          'num_validation': 300,
-          'num_test': 300,
-          'num_frames': 8,
-          'resolution': 32,
-          'seed': 0,
-      },
-  })
+  return ml_collections.ConfigDict(
+      {
+          'name': 'synth_fer',  # TFDS builder: 'synth_fer' | 'dfew' | 'ferv39k' | 'mafw'.
+          'builder_config': 'video',  # e.g. 'fold1' (dfew, mafw); 'video' | 'image' (synth_fer).
+          'data_dir': 'data/tfds',  # TFDS data_dir.
+          # The user's copy of a real dataset (TFDS manual_dir); '{name}' becomes the dataset name.
+          'manual_dir': 'data/manual/{name}',
+          'train_split': 'train',
+          'eval_split': 'test',
+          'num_frames': 8,  # T frames sampled per clip (1 for images).
+          'image_size': 32,  # S: model input height and width.
+          'num_clips': 1,  # temporal views per clip at evaluation.
+          'crop_scale': (0.7, 1.0),  # random resized crop: area fraction range (train).
+          'crop_ratio': (3 / 4, 4 / 3),  # random resized crop: aspect-ratio range (train).
+          'flip': True,  # random horizontal flip (train).
+          'mean': IMAGENET_MEAN,  # in [0, 1] pixel units.
+          'std': IMAGENET_STD,
+          'dtype': 'float32',  # 'float32' | 'bfloat16' video output.
+          'shuffle_buffer': 1024,  # clips (their JPEG bytes) held for the epoch shuffle.
+          'num_threads': 0,  # tf.data private threadpool; 0: the CPUs this process may use.
+          'num_parallel_calls': -1,  # parallel decode/augment calls; -1: AUTOTUNE.
+          'prefetch': 2,  # batches prepared ahead.
+          'synth': {  # synth_fer only: any `synth_fer.builder.synth_config` field.
+              'num_train': 1500,
+              'num_validation': 300,
+              'num_test': 300,
+              'num_frames': 8,
+              'resolution': 32,
+              'seed': 0,
+          },
+      }
+  )
 
 
 def data_config(name: str, builder_config: str = '', **overrides) -> ml_collections.ConfigDict:
   """`config.data`: the defaults, the real-data recipe (16 x 224), then overrides."""
   data = data_defaults()
-  data.update(name=name, builder_config=builder_config, manual_dir=f'data/manual/{name}',
-              num_frames=16, image_size=224, crop_scale=(0.8, 1.0),
-              mean=IMAGENET_MEAN, std=IMAGENET_STD)
+  data.update(
+      name=name,
+      builder_config=builder_config,
+      manual_dir=f'data/manual/{name}',
+      num_frames=16,
+      image_size=224,
+      crop_scale=(0.8, 1.0),
+      mean=IMAGENET_MEAN,
+      std=IMAGENET_STD,
+  )
   data.update(overrides)
   return data
 
@@ -80,11 +90,20 @@ def base_config(method: str) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.method = method
   c.seed = 0
-  c.model = ml_collections.ConfigDict(dict(
-      variant='B/16', image_size=224, num_classes=7, adapter=dict(adapter),
-      drop_path_rate=0.1, head_dropout=0.5, dtype='float32', remat=False,
-      # 'auto': the CPU kernels on CPU, XLA's own convolutions and attention elsewhere.
-      kernels='auto'))
+  c.model = ml_collections.ConfigDict(
+      dict(
+          variant='B/16',
+          image_size=224,
+          num_classes=7,
+          adapter=dict(adapter),
+          drop_path_rate=0.1,
+          head_dropout=0.5,
+          dtype='float32',
+          remat=False,
+          # 'auto': the CPU kernels on CPU, XLA's own convolutions and attention elsewhere.
+          kernels='auto',
+      )
+  )
   c.trainable = methods.get(method).trainable
   # Backbone initialisation: a directory from `python -m feadapter_jax.convert` (or an
   # export/ of a training run); '' trains from scratch. `dont_load` skips matching names.
@@ -94,19 +113,29 @@ def base_config(method: str) -> ml_collections.ConfigDict:
   c.num_epochs = 100.0
   c.total_steps = 0  # > 0 overrides num_epochs
   c.label_smoothing = 0.1
-  c.optim = ml_collections.ConfigDict(dict(
-      lr=1e-3 if method != 'full_finetune' else 1e-4, warmup_epochs=5.0, end_lr_factor=0.01,
-      b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.05,
-      weight_decay_rules=[('.*(bias|scale|cls_token|pos_embed)', False), ('.*', True)],
-      grad_clip_norm=1.0))
+  c.optim = ml_collections.ConfigDict(
+      dict(
+          lr=1e-3 if method != 'full_finetune' else 1e-4,
+          warmup_epochs=5.0,
+          end_lr_factor=0.01,
+          b1=0.9,
+          b2=0.999,
+          eps=1e-8,
+          weight_decay=0.05,
+          weight_decay_rules=[('.*(bias|scale|cls_token|pos_embed)', False), ('.*', True)],
+          grad_clip_norm=1.0,
+      )
+  )
   c.mesh = [('data', -1)]
   # XLA options for the train step when it runs on CPU (figures in docs/performance.md): the
   # memory-optimised scheduler lowers a step's scratch memory and time. Disabling
   # `cse_barrier_expander` keeps optimisation barriers, which XLA CPU otherwise drops: remat's
   # (without them CSE merges the recomputation into the forward pass, and `model.remat` saves
   # little) and the CPU kernels' (`model.kernels`).
-  c.cpu_compiler_options = dict(xla_cpu_scheduler_type='CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED',
-                                xla_disable_hlo_passes='cse_barrier_expander')
+  c.cpu_compiler_options = dict(
+      xla_cpu_scheduler_type='CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED',
+      xla_disable_hlo_passes='cse_barrier_expander',
+  )
   c.sharding_rules = [('.*', 'replicate')]  # ('.*', 'fsdp') with an 'fsdp' mesh axis for ViT-L
   c.eval_batch_size = 32
   c.log_every_steps = 50
@@ -116,7 +145,13 @@ def base_config(method: str) -> ml_collections.ConfigDict:
   c.checkpoint_async = True
   # Multi-host: initialize=True starts jax.distributed. With coordinator_address empty, JAX finds
   # the processes itself (TPU pods, SLURM); set the coordinator fields for anything else.
-  c.distributed = ml_collections.ConfigDict(dict(
-      initialize=False, coordinator_address='', num_processes=0, process_id=-1,
-      heartbeat_timeout_seconds=100))
+  c.distributed = ml_collections.ConfigDict(
+      dict(
+          initialize=False,
+          coordinator_address='',
+          num_processes=0,
+          process_id=-1,
+          heartbeat_timeout_seconds=100,
+      )
+  )
   return c

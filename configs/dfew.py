@@ -9,6 +9,7 @@ cosine, 16 frames x 224, flip + random resized crop, 100 epochs). Paper (FE-Adap
 by FRU-Adapter Table 1): UAR 60.89 / WAR 73.67, mean of 5 folds.
 Args: fold=1..5, method=..., frames16 (read Clip/clip_224x224_16f), seed=N.
 """
+
 import ml_collections
 
 from configs import common
@@ -20,8 +21,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     raise ValueError(f'fold={arg.fold}: DFEW has folds 1..5')
   c = common.base_config(arg.method)
   c.seed = arg.seed
-  c.data = common.data_config(
-      'dfew', f'fold{arg.fold}' + ('_16f' if arg.frames16 else ''))
+  c.data = common.data_config('dfew', f'fold{arg.fold}' + ('_16f' if arg.frames16 else ''))
   c.model.num_classes = 7
   # A converted image classifier's head keeps its classes only when they match DFEW's order.
   c.init.dont_load = ('head/.*',)

@@ -5,6 +5,7 @@ r"""FERV39k (official train/test), 7 classes: FE-Adapter on a frozen ViT-B/16.
 
 Paper (FE-Adapter, as quoted by FRU-Adapter Table 1): UAR 41.44 / WAR 52.11. Args: method, seed.
 """
+
 import ml_collections
 
 from configs import common

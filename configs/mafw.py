@@ -6,6 +6,7 @@ r"""MAFW, 5-fold, 11 classes (single-label, no caption): FE-Adapter on a frozen 
 Paper (FE-Adapter, as quoted by FRU-Adapter Table 1): UAR 39.41 / WAR 55.02, mean of 5 folds.
 Args: fold=1..5, method, seed.
 """
+
 import ml_collections
 
 from configs import common

@@ -12,6 +12,7 @@ results, on a random backbone unless init is given), init=DIR (the image classif
 workdirs/synth_image/export), fold=K (SynthFER drawn with data seed K, so the k-fold driver
 `python -m feadapter_jax.kfold` can be tried without a real dataset).
 """
+
 import ml_collections
 
 from configs import common
@@ -27,10 +28,19 @@ def synth_data(variant: str, quick: bool, **overrides) -> ml_collections.ConfigD
   if quick:
     synth.update(num_train=160, num_validation=64, num_test=64)
   data = common.data_config(
-      'synth_fer', variant, **{
-          'eval_split': 'test', 'image_size': TINY_VIT['image_size'],
-          'num_frames': synth['num_frames'], 'crop_scale': (0.85, 1.0), 'mean': (0.5,) * 3,
-          'std': (0.25,) * 3, 'shuffle_buffer': 2048, **overrides})
+      'synth_fer',
+      variant,
+      **{
+          'eval_split': 'test',
+          'image_size': TINY_VIT['image_size'],
+          'num_frames': synth['num_frames'],
+          'crop_scale': (0.85, 1.0),
+          'mean': (0.5,) * 3,
+          'std': (0.25,) * 3,
+          'shuffle_buffer': 2048,
+          **overrides,
+      },
+  )
   data.synth.update(synth)
   return data
 

@@ -6,6 +6,7 @@ The video configs (`configs/synthetic.py`) adapt it, as FE-Adapter adapts an Aff
 
 Writes workdirs/synth_image/export (params + model_config.json). Args: seed=N, quick.
 """
+
 import ml_collections
 
 from configs import common

@@ -11,6 +11,7 @@ with a warning and the previous one is used. docs/reliability.md lists the fault
 Parameter directories (`save_params` / `load_params`): `params/` (orbax) + `model_config.json`;
 the format of converted backbones and of exported adapters.
 """
+
 from __future__ import annotations
 
 import json
@@ -58,6 +59,7 @@ def _leaf_checksums(tree: Any) -> Any:
     # in any order, so every sharding and process count computes the same value.
     weights = (2 * jnp.arange(bits.size, dtype=jnp.uint32) + 1).reshape(bits.shape)
     return jnp.sum(bits * weights, dtype=jnp.uint32)
+
   return jax.tree.map(checksum, tree)
 
 
@@ -65,8 +67,9 @@ def checksums(tree: Any) -> dict[str, int]:
   """{leaf path: 32-bit position-weighted sum of its bits} (detects corruption, not forgery)."""
   flat, _ = jax.tree_util.tree_flatten_with_path(jax.device_get(_leaf_checksums(tree)))
   # Plain 'a/0/b' names: a target built from the saved metadata has dicts for optax's tuples.
-  return {jax.tree_util.keystr(path, simple=True, separator='/'): int(value)
-          for path, value in flat}
+  return {
+      jax.tree_util.keystr(path, simple=True, separator='/'): int(value) for path, value in flat
+  }
 
 
 def _brief(error: Exception) -> str:
@@ -77,33 +80,44 @@ def _brief(error: Exception) -> str:
 class Checkpoints:
   """The last `keep_last` steps plus the best by `best_metric`, written atomically."""
 
-  def __init__(self, directory: str, *, keep_last: int, best_metric: str = 'uar',
-               asynchronous: bool = True):
+  def __init__(
+      self, directory: str, *, keep_last: int, best_metric: str = 'uar', asynchronous: bool = True
+  ):
     directory = os.path.abspath(directory)
     if os.path.isdir(directory):
       partial = ocp.path.step.tmp_checkpoints(directory)
       if partial:
-        logging.warning('Removing %s from %s: partially written checkpoints (a run stopped '
-                        'while saving them).', sorted(partial), directory)
+        logging.warning(
+            'Removing %s from %s: partially written checkpoints (a run stopped '
+            'while saving them).',
+            sorted(partial),
+            directory,
+        )
     score = lambda m: m[best_metric] if m else float('-inf')  # steps saved without an eval
-    policy = policies.AnyPreservationPolicy([
-        policies.LatestN(keep_last),
-        policies.BestN(get_metric_fn=score, n=1, keep_checkpoints_without_metrics=False)])
+    policy = policies.AnyPreservationPolicy(
+        [
+            policies.LatestN(keep_last),
+            policies.BestN(get_metric_fn=score, n=1, keep_checkpoints_without_metrics=False),
+        ]
+    )
     self.manager = ocp.CheckpointManager(
         directory,
         options=ocp.CheckpointManagerOptions(
-            preservation_policy=policy, cleanup_tmp_directories=True,
+            preservation_policy=policy,
+            cleanup_tmp_directories=True,
             # With best_fn set, orbax also writes each step's metrics (read back on resume).
-            best_fn=score, best_mode='max',
-            enable_async_checkpointing=asynchronous))
+            best_fn=score,
+            best_mode='max',
+            enable_async_checkpointing=asynchronous,
+        ),
+    )
     self._writing: int | None = None  # the step of a write that may still be in progress
     self._unrestorable: set[int] = set()
 
   def steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
 
-  def save(self, step: int, saved_state: Any, metrics: Mapping[str, float] | None = None
-           ) -> None:
+  def save(self, step: int, saved_state: Any, metrics: Mapping[str, float] | None = None) -> None:
     """Writes `step` (in the background if asynchronous), replacing it if it did not restore.
 
     Raises:
@@ -113,8 +127,12 @@ class Checkpoints:
     if step in self._unrestorable:
       self.manager.delete(step)
       self._unrestorable.discard(step)
-    args = ocp.args.Composite(**{STATE: ocp.args.StandardSave(saved_state),
-                                 CHECKSUMS: ocp.args.JsonSave(checksums(saved_state))})
+    args = ocp.args.Composite(
+        **{
+            STATE: ocp.args.StandardSave(saved_state),
+            CHECKSUMS: ocp.args.JsonSave(checksums(saved_state)),
+        }
+    )
     self._writing = step
     try:
       # {} for a step without an eval: it scores -inf, and orbax warns only about None.
@@ -137,7 +155,8 @@ class Checkpoints:
         f'Writing checkpoint step {self._writing} to {self.manager.directory} failed '
         f'({_brief(error)}). The last complete checkpoint is '
         f'{f"step {complete[-1]}" if complete else "none"}: make room (or fix the directory) '
-        'and rerun the same command to resume from it.')
+        'and rerun the same command to resume from it.'
+    )
 
   def restore(self, step: int, abstract_saved_state: Any) -> Any:
     """The saved state of `step` in the form of the target, checked against its checksums.
@@ -145,14 +164,21 @@ class Checkpoints:
     Raises:
       CheckpointError: an array differs from its checksum; other errors: unreadable files.
     """
-    restored = self.manager.restore(step, args=ocp.args.Composite(**{
-        STATE: ocp.args.StandardRestore(abstract_saved_state),
-        CHECKSUMS: ocp.args.JsonRestore()}))
+    restored = self.manager.restore(
+        step,
+        args=ocp.args.Composite(
+            **{
+                STATE: ocp.args.StandardRestore(abstract_saved_state),
+                CHECKSUMS: ocp.args.JsonRestore(),
+            }
+        ),
+    )
     expected, actual = restored[CHECKSUMS], checksums(restored[STATE])
     differ = sorted(k for k in expected.keys() | actual.keys() if expected.get(k) != actual.get(k))
     if differ:
-      raise CheckpointError(f'{len(differ)} arrays differ from the checksums saved with them '
-                            f'(first: {differ[0]})')
+      raise CheckpointError(
+          f'{len(differ)} arrays differ from the checksums saved with them ' f'(first: {differ[0]})'
+      )
     return restored[STATE]
 
   def restore_latest(self, abstract_saved_state: Any) -> Any | None:
@@ -168,13 +194,19 @@ class Checkpoints:
       except Exception as e:  # pylint: disable=broad-except  (any damage: fall back)
         failures.append(f'step {step}: {_brief(e)}')
         self._unrestorable.add(step)
-        logging.warning('Checkpoint step %d in %s cannot be restored (%s); trying the previous '
-                        'one.', step, self.manager.directory, _brief(e))
+        logging.warning(
+            'Checkpoint step %d in %s cannot be restored (%s); trying the previous ' 'one.',
+            step,
+            self.manager.directory,
+            _brief(e),
+        )
     if failures:
       raise CheckpointError(
-          f'No checkpoint in {self.manager.directory} restores:\n  ' + '\n  '.join(failures) +
-          '\nIf the config changed since they were written, restore it or use a new workdir; '
-          'to start this run over, delete that directory.')
+          f'No checkpoint in {self.manager.directory} restores:\n  '
+          + '\n  '.join(failures)
+          + '\nIf the config changed since they were written, restore it or use a new workdir; '
+          'to start this run over, delete that directory.'
+      )
     return None
 
   def set_aside(self, step: int, tag: str) -> str:
@@ -198,8 +230,11 @@ def _process_local_checkpointer() -> ocp.StandardCheckpointer:
   # Parameter directories are written and read by one process alone (the chief exports, any
   # process converts or predicts): no barrier with processes that are not taking part.
   me = jax.process_index()
-  return ocp.StandardCheckpointer(multiprocessing_options=ocp.options.MultiprocessingOptions(
-      primary_host=me, active_processes={me}, barrier_sync_key_prefix=f'params{me}'))
+  return ocp.StandardCheckpointer(
+      multiprocessing_options=ocp.options.MultiprocessingOptions(
+          primary_host=me, active_processes={me}, barrier_sync_key_prefix=f'params{me}'
+      )
+  )
 
 
 def save_params(directory: str, params: Any, model_config: Mapping[str, Any]) -> None:
@@ -227,7 +262,8 @@ def load_params(directory: str) -> tuple[Any, dict[str, Any]]:
     raise FileNotFoundError(
         f'{config_path} not found: {directory} is not a parameter directory. Make one with '
         '`python -m feadapter_jax.convert --checkpoint PYTORCH_FILE --out DIR`, or point to '
-        'a training workdir\'s export/ folder.')
+        "a training workdir's export/ folder."
+    )
   with open(config_path) as f:
     model_config = json.load(f)
   with _process_local_checkpointer() as ckptr:
@@ -236,5 +272,6 @@ def load_params(directory: str) -> tuple[Any, dict[str, Any]]:
 
 
 def directory_bytes(directory: str) -> int:
-  return sum(os.path.getsize(os.path.join(root, f))
-             for root, _, files in os.walk(directory) for f in files)
+  return sum(
+      os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(directory) for f in files
+  )

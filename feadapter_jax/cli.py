@@ -6,6 +6,7 @@ off accelerators before anything imports it. Commands that take a config define 
 call `start(config)` at the top of `main`, and re-read the config with other args through
 `reload_config` (k-fold and the comparison build one config per run).
 """
+
 from __future__ import annotations
 
 import os
@@ -23,9 +24,12 @@ import ml_collections
 from ml_collections import config_flags
 
 
-def define_config(name: str = 'config', default: str | None = None,
-                  help_text: str = 'Config file, `path.py[:args]`; override fields with '
-                  '`--config.field=value`.') -> flags.FlagHolder:
+def define_config(
+    name: str = 'config',
+    default: str | None = None,
+    help_text: str = 'Config file, `path.py[:args]`; override fields with '
+    '`--config.field=value`.',
+) -> flags.FlagHolder:
   """The config-file flag `--name=path.py[:args]` with `--name.field=value` overrides."""
   return config_flags.DEFINE_config_file(name, default, help_text, lock_config=True)
 
@@ -59,16 +63,19 @@ def initialize_distributed(dist: ml_collections.ConfigDict) -> None:
   if not dist.initialize:
     return
   import jax  # pylint: disable=g-import-not-at-top  (reading configs must not import JAX)
+
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
   kwargs = {}
   if dist.coordinator_address:
-    kwargs = dict(coordinator_address=dist.coordinator_address,
-                  num_processes=dist.num_processes, process_id=dist.process_id)
+    kwargs = dict(
+        coordinator_address=dist.coordinator_address,
+        num_processes=dist.num_processes,
+        process_id=dist.process_id,
+    )
   jax.distributed.initialize(heartbeat_timeout_seconds=dist.heartbeat_timeout_seconds, **kwargs)
 
 
-def load_config(spec: str, overrides: Mapping[str, Any] | None = None
-                ) -> ml_collections.ConfigDict:
+def load_config(spec: str, overrides: Mapping[str, Any] | None = None) -> ml_collections.ConfigDict:
   """`get_config(args)` of the config file `spec` = 'path.py[:args]', then flat overrides.
 
   Raises:

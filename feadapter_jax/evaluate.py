@@ -5,6 +5,7 @@ r"""Evaluation: metrics over a whole split, and evaluating a trained run's expor
 rebuilds the model from DIR/config.json, puts the exported trainable parameters (DIR/export) on
 top of the frozen backbone named there, and writes DIR/results_<split>_<clips>clip.json.
 """
+
 from __future__ import annotations
 
 from feadapter_jax import cli  # pylint: disable=g-bad-import-order  (first: quiets TensorFlow)
@@ -30,8 +31,14 @@ from feadapter_jax.data import pipeline
 from feadapter_jax.models import builder
 
 
-def evaluate(eval_step, params: Any, config: ml_collections.ConfigDict, mesh: Any,
-             class_names: list[str], split: str) -> dict[str, Any]:
+def evaluate(
+    eval_step,
+    params: Any,
+    config: ml_collections.ConfigDict,
+    mesh: Any,
+    class_names: list[str],
+    split: str,
+) -> dict[str, Any]:
   """WAR, UAR, per-class recall and the confusion matrix over a whole split (all processes)."""
   local_bs = config.eval_batch_size // jax.process_count()
   labels, preds = [], []
@@ -39,12 +46,12 @@ def evaluate(eval_step, params: Any, config: ml_collections.ConfigDict, mesh: An
     batch = pipeline.to_global_arrays({k: batch[k] for k in ('video', 'label', 'mask')}, mesh)
     probs = eval_step(params, batch)
     probs, label, mask = multihost_utils.process_allgather(
-        (probs, batch['label'], batch['mask']), tiled=True)
+        (probs, batch['label'], batch['mask']), tiled=True
+    )
     mask = np.asarray(mask)
     labels.append(np.asarray(label)[mask])
     preds.append(np.argmax(np.asarray(probs), -1)[mask])
-  cm = metrics_lib.confusion_matrix(np.concatenate(labels), np.concatenate(preds),
-                                    len(class_names))
+  cm = metrics_lib.confusion_matrix(np.concatenate(labels), np.concatenate(preds), len(class_names))
   return metrics_lib.summarize(cm, class_names)
 
 
@@ -72,8 +79,10 @@ def evaluate_workdir(workdir: str, split: str, num_clips: int = 0) -> dict[str, 
   path = os.path.join(workdir, workdir_lib.evaluation_file(split, config.data.num_clips))
   with open(path, 'w') as f:
     json.dump(results, f, indent=2)
-  print(f'{workdir} {split} ({config.data.num_clips} clip): UAR {results["uar"]:.4f} '
-        f'WAR {results["war"]:.4f} ({results["num_examples"]} clips) -> {path}')
+  print(
+      f'{workdir} {split} ({config.data.num_clips} clip): UAR {results["uar"]:.4f} '
+      f'WAR {results["war"]:.4f} ({results["num_examples"]} clips) -> {path}'
+  )
   return results
 
 

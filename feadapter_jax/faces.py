@@ -39,6 +39,7 @@ class FaceConfig:
     min_neighbors: overlapping detections the cascade needs to accept a face (higher: fewer
       false faces, more missed ones).
   """
+
   margin: float = 0.25
   smoothing: float = 0.6
   crop_size: int = 224
@@ -65,9 +66,11 @@ class FaceDetector:
       gray = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
     # Histogram equalisation is the cascade's usual companion: it was trained on normalised
     # contrast, and dim or washed-out frames otherwise lose faces.
-    faces = self._cascade.detectMultiScale(cv2.equalizeHist(gray),
-                                           scaleFactor=self.config.scale_factor,
-                                           minNeighbors=self.config.min_neighbors)
+    faces = self._cascade.detectMultiScale(
+        cv2.equalizeHist(gray),
+        scaleFactor=self.config.scale_factor,
+        minNeighbors=self.config.min_neighbors,
+    )
     if len(faces) == 0:
       return None
     x, y, w, h = max(faces, key=lambda f: f[2] * f[3]) / scale
@@ -121,7 +124,7 @@ def crop(frame: np.ndarray, box: np.ndarray, config: FaceConfig) -> np.ndarray:
   top, left = max(y0, 0), max(x0, 0)
   bottom, right = min(y0 + side, height), min(x0 + side, width)
   if bottom > top and right > left:
-    square[top - y0:bottom - y0, left - x0:right - x0] = frame[top:bottom, left:right]
+    square[top - y0 : bottom - y0, left - x0 : right - x0] = frame[top:bottom, left:right]
   size = config.crop_size
   interpolation = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
   return cv2.resize(square, (size, size), interpolation=interpolation)

@@ -9,6 +9,7 @@ after ':' plus `fold=K`, and applies the `--config.x` overrides to each. Each fo
 folds are read back from their results.json). Writes DIR/kfold.md and DIR/kfold.json with UAR/WAR
 per fold and their mean +- std.
 """
+
 from __future__ import annotations
 
 from feadapter_jax import cli  # pylint: disable=g-bad-import-order  (first: quiets TensorFlow)
@@ -32,18 +33,23 @@ def table(results: dict[int, dict[str, Any]]) -> str:
     rows.append(f'| {fold} | {100 * r["uar"]:.2f} | {100 * r["war"]:.2f} |')
   uar = 100 * np.array([r['uar'] for r in results.values()])
   war = 100 * np.array([r['war'] for r in results.values()])
-  rows.append(f'| mean | {uar.mean():.2f} +- {uar.std():.2f} | '
-              f'{war.mean():.2f} +- {war.std():.2f} |')
+  rows.append(
+      f'| mean | {uar.mean():.2f} +- {uar.std():.2f} | ' f'{war.mean():.2f} +- {war.std():.2f} |'
+  )
   return '\n'.join(rows)
 
 
-def run(config_spec: str, workdir: str, folds: Sequence[int],
-        overrides: Mapping[str, Any] | None = None) -> str:
+def run(
+    config_spec: str, workdir: str, folds: Sequence[int], overrides: Mapping[str, Any] | None = None
+) -> str:
   """Trains (or reads back) each fold of `config_spec` ('path.py[:args]'); returns the table."""
   if any(a.partition('=')[0] == 'fold' for a in config_spec.partition(':')[2].split(',')):
-    raise ValueError(f'--config={config_spec} sets fold: the driver sets it per fold; '
-                     'choose the folds with --folds.')
+    raise ValueError(
+        f'--config={config_spec} sets fold: the driver sets it per fold; '
+        'choose the folds with --folds.'
+    )
   from feadapter_jax import train  # pylint: disable=g-import-not-at-top  (after cli.start)
+
   results = {}
   for fold in folds:
     fold_dir = os.path.join(workdir, f'fold{fold}')
@@ -57,8 +63,7 @@ def run(config_spec: str, workdir: str, folds: Sequence[int],
   with open(os.path.join(workdir, 'kfold.md'), 'w') as f:
     f.write(md + '\n')
   with open(os.path.join(workdir, 'kfold.json'), 'w') as f:
-    json.dump({str(k): {'uar': v['uar'], 'war': v['war']} for k, v in results.items()}, f,
-              indent=2)
+    json.dump({str(k): {'uar': v['uar'], 'war': v['war']} for k, v in results.items()}, f, indent=2)
   print(md)
   return md
 
@@ -67,8 +72,12 @@ def main(argv) -> None:
   del argv
   cli.start(_CONFIG.value)
   try:
-    run(cli.config_spec(_CONFIG), _WORKDIR.value, [int(k) for k in _FOLDS.value],
-        cli.config_overrides(_CONFIG))
+    run(
+        cli.config_spec(_CONFIG),
+        _WORKDIR.value,
+        [int(k) for k in _FOLDS.value],
+        cli.config_overrides(_CONFIG),
+    )
   except (ValueError, KeyError, FileNotFoundError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
@@ -76,10 +85,12 @@ def main(argv) -> None:
 
 if __name__ == '__main__':
   # Flags only when run as a program: importing this module (tests, other drivers) defines none.
-  _CONFIG = cli.define_config('config', help_text='Config file taking a `fold` arg, '
-                              '`path.py[:args]`; override fields with `--config.field=value`.')
-  _WORKDIR = flags.DEFINE_string('workdir', None, 'Parent directory of the folds.',
-                                 required=True)
+  _CONFIG = cli.define_config(
+      'config',
+      help_text='Config file taking a `fold` arg, '
+      '`path.py[:args]`; override fields with `--config.field=value`.',
+  )
+  _WORKDIR = flags.DEFINE_string('workdir', None, 'Parent directory of the folds.', required=True)
   _FOLDS = flags.DEFINE_list('folds', ['1', '2', '3', '4', '5'], 'Folds to run.')
   flags.mark_flags_as_required(['config'])
   app.run(main)

@@ -4,6 +4,7 @@ Any config field can be overridden (`--config.batch_size=8`). Rerunning the same
 from the last checkpoint in DIR. Multi-host: `--config.distributed.initialize=true`, with the
 explicit coordinator fields (configs/common.py) or, on TPU pods and SLURM, without them.
 """
+
 from feadapter_jax import cli  # pylint: disable=g-bad-import-order  (first: quiets TensorFlow)
 
 import sys  # pylint: disable=g-import-not-at-top,g-bad-import-order
@@ -27,12 +28,19 @@ def main(argv) -> None:
   from feadapter_jax import train  # pylint: disable=g-import-not-at-top
   from feadapter_jax.data import clip_folders  # pylint: disable=g-import-not-at-top
   from feadapter_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  logging.info('JAX process %d/%d, devices: %s', jax.process_index(), jax.process_count(),
-               jax.devices())
+
+  logging.info(
+      'JAX process %d/%d, devices: %s', jax.process_index(), jax.process_count(), jax.devices()
+  )
   try:
     train.train_and_evaluate(config, _WORKDIR.value)
-  except (pipeline.DatasetNotFoundError, clip_folders.DataLayoutError, train.NonFiniteLossError,
-          checkpoint.CheckpointError, FileNotFoundError) as e:
+  except (
+      pipeline.DatasetNotFoundError,
+      clip_folders.DataLayoutError,
+      train.NonFiniteLossError,
+      checkpoint.CheckpointError,
+      FileNotFoundError,
+  ) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
 

@@ -4,6 +4,7 @@ Configs import this module to build `config.model.adapter` and `config.trainable
 config imports neither JAX nor TensorFlow. The modules that implement the adapters live in
 `models/adapters.py`; `AdapterConfig` is what they are built from.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,6 +37,7 @@ class AdapterConfig:
     aim_ratio: AIM bottleneck as a fraction of the width D.
     aim_scale: AIM's scale of the MLP adapter.
   """
+
   kind: str = 'none'
   width: int = 352
   placement: tuple[str, ...] = ('attn',)
@@ -55,15 +57,23 @@ class AdapterConfig:
   def __post_init__(self):
     _check(self.kind in KINDS, f'adapter.kind={self.kind!r}, expected one of {KINDS}')
     _check(self.conv in CONVS, f'adapter.conv={self.conv!r}, expected one of {CONVS}')
-    _check(set(self.placement) <= {'attn', 'mlp'},
-           f"adapter.placement={self.placement!r}, expected a subset of ('attn', 'mlp')")
-    _check(set(self.dynamic_axes) <= set(AXES),
-           f'adapter.dynamic_axes={self.dynamic_axes!r}, expected a subset of {AXES}')
-    _check(all(k % 2 == 1 for k in self.kernel_size),
-           f'adapter.kernel_size={self.kernel_size!r} must be odd on every axis')
-    _check(self.activation in ACTIVATIONS,
-           f'adapter.activation={self.activation!r}, expected one of {ACTIVATIONS}')
-    _check(self.zero_init in ('up', 'conv'), f"adapter.zero_init={self.zero_init!r}")
+    _check(
+        set(self.placement) <= {'attn', 'mlp'},
+        f"adapter.placement={self.placement!r}, expected a subset of ('attn', 'mlp')",
+    )
+    _check(
+        set(self.dynamic_axes) <= set(AXES),
+        f'adapter.dynamic_axes={self.dynamic_axes!r}, expected a subset of {AXES}',
+    )
+    _check(
+        all(k % 2 == 1 for k in self.kernel_size),
+        f'adapter.kernel_size={self.kernel_size!r} must be odd on every axis',
+    )
+    _check(
+        self.activation in ACTIVATIONS,
+        f'adapter.activation={self.activation!r}, expected one of {ACTIVATIONS}',
+    )
+    _check(self.zero_init in ('up', 'conv'), f'adapter.zero_init={self.zero_init!r}')
 
   @classmethod
   def from_dict(cls, d: Mapping[str, Any] | None) -> AdapterConfig:
@@ -91,6 +101,7 @@ ADAPTERS_AND_HEAD = ('.*adapter.*', 'head/.*')
 class Method:
   """One row of the comparison: the adapter preset (over `AdapterConfig`'s defaults) and the
   parameters it trains (regexes over flattened names, `partition.match`)."""
+
   label: str
   adapter: Mapping[str, Any]
   trainable: tuple[str, ...]
@@ -101,13 +112,16 @@ class Method:
 METHODS: dict[str, Method] = {
     'linear_probe': Method('linear probe', dict(kind='none'), ('head/.*',)),
     'full_finetune': Method('full fine-tuning', dict(kind='none'), ('.*',)),
-    'st_adapter': Method('ST-Adapter', dict(kind='st', width=384, conv='fixed',
-                                            kernel_size=(3, 1, 1), zero_init='conv'),
-                         ADAPTERS_AND_HEAD),
+    'st_adapter': Method(
+        'ST-Adapter',
+        dict(kind='st', width=384, conv='fixed', kernel_size=(3, 1, 1), zero_init='conv'),
+        ADAPTERS_AND_HEAD,
+    ),
     'aim': Method('AIM', dict(kind='aim'), ADAPTERS_AND_HEAD),
     'fe_adapter': Method('FE-Adapter', dict(kind='fe', conv='dynamic'), ADAPTERS_AND_HEAD),
-    'fe_multibranch': Method('FE-Adapter (multi-branch)', dict(kind='fe', conv='multibranch'),
-                             ADAPTERS_AND_HEAD),
+    'fe_multibranch': Method(
+        'FE-Adapter (multi-branch)', dict(kind='fe', conv='multibranch'), ADAPTERS_AND_HEAD
+    ),
 }
 
 

@@ -4,6 +4,7 @@ WAR (weighted average recall) is plain accuracy; UAR (unweighted average recall)
 of per-class recalls, i.e. the mean of the diagonal of the row-normalised confusion matrix,
 over the classes that have examples (a class absent from the labels has no recall).
 """
+
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -44,16 +45,25 @@ def summarize(cm: np.ndarray, class_names: Sequence[str] | None = None) -> dict[
 def plot_confusion(cm: np.ndarray, class_names: Sequence[str], path: str, title: str = '') -> None:
   """Row-normalised confusion matrix as a PNG (counts in the cells)."""
   import matplotlib  # pylint: disable=g-import-not-at-top  (plotting is optional at import)
+
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
   cm = np.asarray(cm)
   norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
   fig, ax = plt.subplots(figsize=(1.0 + 0.7 * len(cm), 0.8 + 0.6 * len(cm)))
   ax.imshow(norm, cmap='Blues', vmin=0, vmax=1)
   for i in range(len(cm)):
     for j in range(len(cm)):
-      ax.text(j, i, f'{cm[i, j]}', ha='center', va='center',
-              color='white' if norm[i, j] > 0.5 else 'black', fontsize=8)
+      ax.text(
+          j,
+          i,
+          f'{cm[i, j]}',
+          ha='center',
+          va='center',
+          color='white' if norm[i, j] > 0.5 else 'black',
+          fontsize=8,
+      )
   ax.set_xticks(range(len(cm)), class_names, rotation=45, ha='right')
   ax.set_yticks(range(len(cm)), class_names)
   ax.set_xlabel('predicted')

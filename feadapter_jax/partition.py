@@ -4,6 +4,7 @@ Names are the Flax parameter paths joined by '/', e.g. 'blocks_3/adapter_attn/do
 `match` turns `[(pattern, value), ...]` into a tree of values, the first fully matching pattern
 winning (as big_vision does). Every per-parameter decision in this project goes through it.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,7 +31,8 @@ def _key_name(key: Any) -> str:
 def names(tree: Any) -> Any:
   """A tree like `tree` whose leaves are their '/'-joined paths."""
   return jax.tree_util.tree_map_with_path(
-      lambda path, _: '/'.join(_key_name(k) for k in path), tree)
+      lambda path, _: '/'.join(_key_name(k) for k in path), tree
+  )
 
 
 def flatten(tree: Any) -> dict[str, Any]:
@@ -67,7 +69,8 @@ def trainable_mask(params: Any, patterns: Sequence[str]) -> Any:
     if not any(re.fullmatch(pattern, n) for n in all_names):
       raise ValueError(
           f'Trainable pattern {pattern!r} matches no parameter. Patterns: {list(patterns)}. '
-          f'Parameter names look like: {all_names[:3] + all_names[-2:]}')
+          f'Parameter names look like: {all_names[:3] + all_names[-2:]}'
+      )
   mask = match(params, [(p, True) for p in patterns] + [('.*', False)])
   if not any(jax.tree.leaves(mask)):
     raise ValueError(f'Trainable patterns {list(patterns)} leave no parameter trainable.')
@@ -91,6 +94,7 @@ def size(leaf: Any) -> int:
 @dataclasses.dataclass(frozen=True)
 class ParamReport:
   """Parameter counts: total, trainable, and per group (backbone, adapters, head)."""
+
   total: int
   trainable: int
   groups: Mapping[str, tuple[int, int]]  # group -> (total, trainable)
@@ -103,8 +107,10 @@ class ParamReport:
     rows = [f'{"group":<10} {"params":>14} {"trainable":>14}']
     for group, (tot, tr) in self.groups.items():
       rows.append(f'{group:<10} {tot:>14,} {tr:>14,}')
-    rows.append(f'{"total":<10} {self.total:>14,} {self.trainable:>14,}  '
-                f'({self.percent_trainable:.2f}% trainable)')
+    rows.append(
+        f'{"total":<10} {self.total:>14,} {self.trainable:>14,}  '
+        f'({self.percent_trainable:.2f}% trainable)'
+    )
     return '\n'.join(rows)
 
 
@@ -112,20 +118,24 @@ def report(params: Any, mask: Any) -> ParamReport:
   """Counts parameters (arrays or ShapeDtypeStructs) by group and trainability."""
   groups = match(params, [(pattern, group) for group, pattern in REPORT_GROUPS])
   counts = {group: [0, 0] for group, _ in REPORT_GROUPS}
-  for leaf, group, trainable in zip(jax.tree.leaves(params), jax.tree.leaves(groups),
-                                    jax.tree.leaves(mask)):
+  for leaf, group, trainable in zip(
+      jax.tree.leaves(params), jax.tree.leaves(groups), jax.tree.leaves(mask)
+  ):
     counts[group][0] += size(leaf)
     counts[group][1] += size(leaf) * bool(trainable)
-  return ParamReport(total=sum(c[0] for c in counts.values()),
-                     trainable=sum(c[1] for c in counts.values()),
-                     groups={g: tuple(c) for g, c in counts.items() if c[0]})
+  return ParamReport(
+      total=sum(c[0] for c in counts.values()),
+      trainable=sum(c[1] for c in counts.values()),
+      groups={g: tuple(c) for g, c in counts.items() if c[0]},
+  )
 
 
 def subtree(params: Any, mask: Any, keep: bool = True) -> dict[str, Any]:
   """The nested dict of the leaves whose mask equals `keep` (others pruned)."""
   flat, flat_mask = flatten(params), flatten(mask)
   return traverse_util.unflatten_dict(
-      {name: leaf for name, leaf in flat.items() if bool(flat_mask[name]) == keep}, sep='/')
+      {name: leaf for name, leaf in flat.items() if bool(flat_mask[name]) == keep}, sep='/'
+  )
 
 
 def merge(*trees: Any) -> dict[str, Any]:

@@ -84,6 +84,7 @@ class Options:
     fps: frame rate of frame folders, and of videos that declare none.
     face: detection and cropping knobs (faces='detect').
   """
+
   faces: str = 'detect'
   window_seconds: float = 2.0
   stride_seconds: float = 1.0
@@ -94,6 +95,7 @@ class Options:
 @dataclasses.dataclass
 class Window:
   """One window of an input: frames [start_frame, end_frame) and its class probabilities."""
+
   start_frame: int
   end_frame: int
   probs: np.ndarray
@@ -110,6 +112,7 @@ class VideoPrediction:
     windows: in temporal order.
     boxes: (num_frames, 3) smoothed face boxes `(cx, cy, side)`; None with faces='none'.
   """
+
   path: str
   fps: float
   num_frames: int
@@ -155,8 +158,15 @@ class Predictor:
   one padded), so no input length or window count compiles anew.
   """
 
-  def __init__(self, workdir: str, *, batch_size: int = 8, num_clips: int = 0,
-               expect_image_size: int = 0, expect_classes: Sequence[str] = ()):
+  def __init__(
+      self,
+      workdir: str,
+      *,
+      batch_size: int = 8,
+      num_clips: int = 0,
+      expect_image_size: int = 0,
+      expect_classes: Sequence[str] = (),
+  ):
     """Loads the run in `workdir`.
 
     Args:
@@ -172,32 +182,45 @@ class Predictor:
     """
     config_path = os.path.join(workdir, workdir_lib.CONFIG_FILE)
     self.config = ml_collections.ConfigDict(
-        _read_json(config_path, 'a training workdir has the config.json of its run'))
+        _read_json(config_path, 'a training workdir has the config.json of its run')
+    )
     if num_clips:
       self.config.data.num_clips = num_clips
     results_path = os.path.join(workdir, workdir_lib.RESULTS_FILE)
     results = _read_json(results_path, 'the run has not finished (results.json names its classes)')
     if not isinstance(results, dict) or 'class_names' not in results:
-      raise PredictError(results_path, 'has no class_names: rerun the training command to finish '
-                         'the run')
+      raise PredictError(
+          results_path, 'has no class_names: rerun the training command to finish ' 'the run'
+      )
     self.class_names = list(results['class_names'])
     self.batch_size = batch_size
     export = os.path.join(workdir, workdir_lib.EXPORT_DIR)
     image_size = self.config.data.image_size
-    export_config = _read_json(os.path.join(export, checkpoint.MODEL_CONFIG),
-                               'the run has no exported parameters')
+    export_config = _read_json(
+        os.path.join(export, checkpoint.MODEL_CONFIG), 'the run has no exported parameters'
+    )
     if export_config.get('image_size', image_size) != image_size:
-      raise PredictError(export, f'exported for image size {export_config["image_size"]}, but '
-                         f'{config_path} says {image_size}: the export is from another run')
+      raise PredictError(
+          export,
+          f'exported for image size {export_config["image_size"]}, but '
+          f'{config_path} says {image_size}: the export is from another run',
+      )
     if expect_image_size and expect_image_size != image_size:
-      raise PredictError(export, f'the model takes {image_size}x{image_size} frames, '
-                         f'{expect_image_size}x{expect_image_size} asked')
+      raise PredictError(
+          export,
+          f'the model takes {image_size}x{image_size} frames, '
+          f'{expect_image_size}x{expect_image_size} asked',
+      )
     if len(self.class_names) != self.config.model.num_classes:
-      raise PredictError(results_path, f'names {len(self.class_names)} classes, the model has '
-                         f'{self.config.model.num_classes} outputs')
+      raise PredictError(
+          results_path,
+          f'names {len(self.class_names)} classes, the model has '
+          f'{self.config.model.num_classes} outputs',
+      )
     if expect_classes and list(expect_classes) != self.class_names:
-      raise PredictError(results_path, f'the model predicts {self.class_names}, '
-                         f'{list(expect_classes)} asked')
+      raise PredictError(
+          results_path, f'the model predicts {self.class_names}, ' f'{list(expect_classes)} asked'
+      )
     try:
       model, params = evaluate.load_trained(workdir, self.config)
     except (FileNotFoundError, ValueError) as e:
@@ -217,10 +240,10 @@ class Predictor:
     """(n, classes) probabilities of n windows' views, in fixed-size (padded) batches."""
     probs = []
     for first in range(0, len(views), self.batch_size):
-      chunk = views[first:first + self.batch_size]
+      chunk = views[first : first + self.batch_size]
       batch = np.zeros((self.batch_size, *chunk[0].shape), chunk[0].dtype)
-      batch[:len(chunk)] = chunk
-      probs.append(np.asarray(self._step(self._params, {'video': batch}))[:len(chunk)])
+      batch[: len(chunk)] = chunk
+      probs.append(np.asarray(self._step(self._params, {'video': batch}))[: len(chunk)])
     return np.concatenate(probs)
 
 
@@ -236,6 +259,7 @@ class Source:
     fps: frame rate of its timeline.
     frame_files: a folder's frames in natural order; empty for a video file.
   """
+
   path: str
   fps: float
   frame_files: tuple[str, ...] = ()
@@ -257,8 +281,11 @@ class Source:
       if first_shape is None:
         first_shape = frame.shape
       elif frame.shape != first_shape:
-        raise PredictError(self.path, f'frame {index} is {frame.shape[1]}x{frame.shape[0]}, the '
-                           f'first is {first_shape[1]}x{first_shape[0]}; frames must share a size')
+        raise PredictError(
+            self.path,
+            f'frame {index} is {frame.shape[1]}x{frame.shape[0]}, the '
+            f'first is {first_shape[1]}x{first_shape[0]}; frames must share a size',
+        )
       yield frame
 
   def _decoded(self) -> Iterator[np.ndarray]:
@@ -286,8 +313,9 @@ def open_source(path: str, default_fps: float) -> Source:
   if os.path.isdir(path):
     files = clip_folders.list_frame_files(path)
     if not files:
-      raise PredictError(path, 'folder holds no frame images '
-                         f'({", ".join(clip_folders.FRAME_EXTENSIONS)})')
+      raise PredictError(
+          path, 'folder holds no frame images ' f'({", ".join(clip_folders.FRAME_EXTENSIONS)})'
+      )
     return Source(path, default_fps, tuple(files))
   try:
     return Source(path, video_io.video_fps(path) or default_fps)
@@ -295,8 +323,9 @@ def open_source(path: str, default_fps: float) -> Source:
     raise PredictError(path, e.problem) from None
 
 
-def sliding_windows(frames: Iterable[np.ndarray], window: int | None, stride: int
-                    ) -> Iterator[tuple[int, int, list[np.ndarray]]]:
+def sliding_windows(
+    frames: Iterable[np.ndarray], window: int | None, stride: int
+) -> Iterator[tuple[int, int, list[np.ndarray]]]:
   """Windows over a frame stream, holding at most one window of frames in memory.
 
   Windows start every `stride` frames while they fit; if those leave frames at the end, one more
@@ -327,8 +356,15 @@ def _num_frames(seconds: float, fps: float) -> int:
 
 def _progress(frames: Iterable[np.ndarray], source: Source, what: str) -> Iterable[np.ndarray]:
   # disable=None: a bar on terminals only, none in logs and pipes.
-  return tqdm.tqdm(frames, desc=f'{os.path.basename(source.path)}: {what}', unit='frame',
-                   total=source.num_frames, disable=None, leave=False, file=sys.stderr)
+  return tqdm.tqdm(
+      frames,
+      desc=f'{os.path.basename(source.path)}: {what}',
+      unit='frame',
+      total=source.num_frames,
+      disable=None,
+      leave=False,
+      file=sys.stderr,
+  )
 
 
 def detect_faces(source: Source, detector: faces_lib.FaceDetector) -> np.ndarray:
@@ -341,12 +377,17 @@ def detect_faces(source: Source, detector: faces_lib.FaceDetector) -> np.ndarray
   try:
     return faces_lib.smooth_boxes(detections, detector.config.smoothing)
   except faces_lib.NoFaceError as e:
-    raise PredictError(source.path, f'{e}; if the frames are face crops already, use '
-                       '--faces=none') from None
+    raise PredictError(
+        source.path, f'{e}; if the frames are face crops already, use ' '--faces=none'
+    ) from None
 
 
-def predict_source(predictor: Predictor, source: Source, options: Options,
-                   detector: faces_lib.FaceDetector | None = None) -> VideoPrediction:
+def predict_source(
+    predictor: Predictor,
+    source: Source,
+    options: Options,
+    detector: faces_lib.FaceDetector | None = None,
+) -> VideoPrediction:
   """Classifies every window of one input.
 
   Args:
@@ -365,8 +406,7 @@ def predict_source(predictor: Predictor, source: Source, options: Options,
   frames = _progress(source.frames(), source, 'windows')
   if boxes is not None:
     frames = (faces_lib.crop(frame, box, options.face) for frame, box in zip(frames, boxes))
-  window = (_num_frames(options.window_seconds, source.fps) if options.window_seconds > 0
-            else None)
+  window = _num_frames(options.window_seconds, source.fps) if options.window_seconds > 0 else None
   stride = _num_frames(options.stride_seconds, source.fps)
   bounds, views, probs = [], [], []
   for start, end, clip in sliding_windows(frames, window, stride):
@@ -398,44 +438,72 @@ def format_table(prediction: VideoPrediction, class_names: Sequence[str]) -> str
   """A readable timeline: one line per window, then the whole input's prediction."""
   fps, windows = prediction.fps, prediction.windows
   width = max(len(name) for name in class_names)
-  lines = [f'{prediction.path}: {prediction.num_frames} frames, '
-           f'{prediction.num_frames / fps:.2f} s at {fps:g} fps, {len(windows)} window(s)',
-           f'  {"seconds":>15}  {"emotion":<{width}}  prob']
+  lines = [
+      f'{prediction.path}: {prediction.num_frames} frames, '
+      f'{prediction.num_frames / fps:.2f} s at {fps:g} fps, {len(windows)} window(s)',
+      f'  {"seconds":>15}  {"emotion":<{width}}  prob',
+  ]
   for w in windows:
     name, prob = _top(w.probs, class_names)
     span = f'{w.start_frame / fps:.2f}-{w.end_frame / fps:.2f}'
     lines.append(f'  {span:>15}  {name:<{width}}  {prob:.3f}')
   ranked = np.argsort(-prediction.probs)
   runners_up = ', '.join(f'{class_names[k]} {prediction.probs[k]:.3f}' for k in ranked[1:3])
-  lines.append(f'  {"whole video":>15}  {class_names[ranked[0]]:<{width}}  '
-               f'{prediction.probs[ranked[0]]:.3f}  (mean of {len(windows)} windows; next: '
-               f'{runners_up})')
+  lines.append(
+      f'  {"whole video":>15}  {class_names[ranked[0]]:<{width}}  '
+      f'{prediction.probs[ranked[0]]:.3f}  (mean of {len(windows)} windows; next: '
+      f'{runners_up})'
+  )
   return '\n'.join(lines)
 
 
 def _window_record(w: Window, fps: float, class_names: Sequence[str]) -> dict[str, Any]:
   name, prob = _top(w.probs, class_names)
-  return {'start_s': w.start_frame / fps, 'end_s': w.end_frame / fps,
-          'start_frame': w.start_frame, 'end_frame': w.end_frame, 'top_class': name,
-          'top_prob': prob, 'probs': [float(p) for p in w.probs]}
+  return {
+      'start_s': w.start_frame / fps,
+      'end_s': w.end_frame / fps,
+      'start_frame': w.start_frame,
+      'end_frame': w.end_frame,
+      'top_class': name,
+      'top_prob': prob,
+      'probs': [float(p) for p in w.probs],
+  }
 
 
-def to_json(predictions: Sequence[VideoPrediction], class_names: Sequence[str],
-            errors: Sequence[PredictError]) -> dict[str, Any]:
+def to_json(
+    predictions: Sequence[VideoPrediction],
+    class_names: Sequence[str],
+    errors: Sequence[PredictError],
+) -> dict[str, Any]:
   """Everything a run of the command found, as a JSON-serialisable dict."""
   videos = []
   for p in predictions:
     name, prob = _top(p.probs, class_names)
-    videos.append({'input': p.path, 'fps': p.fps, 'num_frames': p.num_frames,
-                   'duration_s': p.num_frames / p.fps, 'top_class': name, 'top_prob': prob,
-                   'probs': [float(x) for x in p.probs],
-                   'windows': [_window_record(w, p.fps, class_names) for w in p.windows]})
-  return {'class_names': list(class_names), 'videos': videos,
-          'errors': [{'input': e.path, 'error': e.problem} for e in errors]}
+    videos.append(
+        {
+            'input': p.path,
+            'fps': p.fps,
+            'num_frames': p.num_frames,
+            'duration_s': p.num_frames / p.fps,
+            'top_class': name,
+            'top_prob': prob,
+            'probs': [float(x) for x in p.probs],
+            'windows': [_window_record(w, p.fps, class_names) for w in p.windows],
+        }
+    )
+  return {
+      'class_names': list(class_names),
+      'videos': videos,
+      'errors': [{'input': e.path, 'error': e.problem} for e in errors],
+  }
 
 
-def write_output(path: str, predictions: Sequence[VideoPrediction], class_names: Sequence[str],
-                 errors: Sequence[PredictError]) -> None:
+def write_output(
+    path: str,
+    predictions: Sequence[VideoPrediction],
+    class_names: Sequence[str],
+    errors: Sequence[PredictError],
+) -> None:
   """Writes `to_json` (.json), or one CSV row per window and per whole input (.csv)."""
   if path.lower().endswith('.json'):
     with open(path, 'w') as f:
@@ -443,17 +511,33 @@ def write_output(path: str, predictions: Sequence[VideoPrediction], class_names:
     return
   with open(path, 'w', newline='') as f:
     writer = csv.writer(f)
-    writer.writerow(['input', 'window', 'start_s', 'end_s', 'top_class', 'top_prob',
-                     *class_names])
+    writer.writerow(['input', 'window', 'start_s', 'end_s', 'top_class', 'top_prob', *class_names])
     for p in predictions:
       for index, w in enumerate(p.windows):
         record = _window_record(w, p.fps, class_names)
-        writer.writerow([p.path, index, f'{record["start_s"]:.3f}', f'{record["end_s"]:.3f}',
-                         record['top_class'], f'{record["top_prob"]:.6f}',
-                         *(f'{x:.6f}' for x in w.probs)])
+        writer.writerow(
+            [
+                p.path,
+                index,
+                f'{record["start_s"]:.3f}',
+                f'{record["end_s"]:.3f}',
+                record['top_class'],
+                f'{record["top_prob"]:.6f}',
+                *(f'{x:.6f}' for x in w.probs),
+            ]
+        )
       name, prob = _top(p.probs, class_names)
-      writer.writerow([p.path, 'video', '0.000', f'{p.num_frames / p.fps:.3f}', name,
-                       f'{prob:.6f}', *(f'{x:.6f}' for x in p.probs)])
+      writer.writerow(
+          [
+              p.path,
+              'video',
+              '0.000',
+              f'{p.num_frames / p.fps:.3f}',
+              name,
+              f'{prob:.6f}',
+              *(f'{x:.6f}' for x in p.probs),
+          ]
+      )
 
 
 def render_path(render: str, input_path: str, num_inputs: int) -> str:
@@ -465,8 +549,13 @@ def render_path(render: str, input_path: str, num_inputs: int) -> str:
   return f'{stem}_{name}{ext}'
 
 
-def render_video(source: Source, prediction: VideoPrediction, class_names: Sequence[str],
-                 path: str, face_config: faces_lib.FaceConfig) -> None:
+def render_video(
+    source: Source,
+    prediction: VideoPrediction,
+    class_names: Sequence[str],
+    path: str,
+    face_config: faces_lib.FaceConfig,
+) -> None:
   """Writes the input with its face box and the nearest window's emotion drawn on every frame.
 
   Frames are cut to even height and width, as yuv420p video needs.
@@ -477,8 +566,10 @@ def render_video(source: Source, prediction: VideoPrediction, class_names: Seque
   centres = np.array([(w.start_frame + w.end_frame) / 2 for w in prediction.windows])
   # Frame i shows the window whose centre is nearest (centres are increasing).
   boundaries = (centres[1:] + centres[:-1]) / 2
-  labels = [f'{name} {prob:.2f}' for name, prob in
-            (_top(w.probs, class_names) for w in prediction.windows)]
+  labels = [
+      f'{name} {prob:.2f}'
+      for name, prob in (_top(w.probs, class_names) for w in prediction.windows)
+  ]
 
   def drawn() -> Iterator[np.ndarray]:
     for index, frame in enumerate(source.frames()):
@@ -490,12 +581,21 @@ def render_video(source: Source, prediction: VideoPrediction, class_names: Seque
         x0, y0, side = faces_lib.crop_rect(prediction.boxes[index], face_config.margin)
         cv2.rectangle(frame, (x0, y0), (x0 + side, y0 + side), _BOX_COLOUR, thickness)
       label = labels[int(np.searchsorted(boundaries, index + 0.5))]
-      (text_w, text_h), baseline = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale,
-                                                   thickness)
+      (text_w, text_h), baseline = cv2.getTextSize(
+          label, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness
+      )
       # A dark band under the text keeps it readable on any background.
       cv2.rectangle(frame, (0, 0), (text_w + 4, text_h + baseline + 4), (0, 0, 0), cv2.FILLED)
-      cv2.putText(frame, label, (2, text_h + 2), cv2.FONT_HERSHEY_SIMPLEX, scale, _TEXT_COLOUR,
-                  thickness, cv2.LINE_AA)
+      cv2.putText(
+          frame,
+          label,
+          (2, text_h + 2),
+          cv2.FONT_HERSHEY_SIMPLEX,
+          scale,
+          _TEXT_COLOUR,
+          thickness,
+          cv2.LINE_AA,
+      )
       yield frame
 
   try:
@@ -504,8 +604,16 @@ def render_video(source: Source, prediction: VideoPrediction, class_names: Seque
     raise PredictError(path, f'cannot write the rendered video ({_one_line(e)})') from None
 
 
-def run(predictor: Predictor, inputs: Sequence[str], options: Options, *, output: str = '',
-        render: str = '', out: TextIO | None = None, err: TextIO | None = None) -> int:
+def run(
+    predictor: Predictor,
+    inputs: Sequence[str],
+    options: Options,
+    *,
+    output: str = '',
+    render: str = '',
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+) -> int:
   """Predicts every input, printing its table or its error; returns the exit code.
 
   Args:
@@ -528,8 +636,13 @@ def run(predictor: Predictor, inputs: Sequence[str], options: Options, *, output
       source = open_source(path, options.fps)
       prediction = predict_source(predictor, source, options, detector)
       if render:
-        render_video(source, prediction, predictor.class_names,
-                     render_path(render, path, len(inputs)), options.face)
+        render_video(
+            source,
+            prediction,
+            predictor.class_names,
+            render_path(render, path, len(inputs)),
+            options.face,
+        )
     except PredictError as e:
       print(f'error: {_one_line(e)}', file=err, flush=True)
       errors.append(e)
@@ -543,47 +656,89 @@ def run(predictor: Predictor, inputs: Sequence[str], options: Options, *, output
 
 # ----------------------------------------------------------------------------- Command line.
 
+
 def _define_flags() -> None:
   """The command's flags; defined only when run as a program, as evaluate.py does."""
   default_face = faces_lib.FaceConfig()
   flags.DEFINE_string('workdir', None, 'A finished training run.', required=True)
-  flags.DEFINE_enum('faces', Options.faces, FACE_MODES, 'detect: crop each frame to its largest '
-                    "face; none: frames are face crops already (as DFEW's).")
-  flags.DEFINE_float('window_seconds', Options.window_seconds,
-                     'Window length; 0: each input is one window.', lower_bound=0)
-  flags.DEFINE_float('stride_seconds', Options.stride_seconds, 'Seconds between window starts.',
-                     lower_bound=1e-3)
-  flags.DEFINE_float('fps', Options.fps,
-                     'Frame rate of frame folders and of videos that declare none.',
-                     lower_bound=1e-3)
+  flags.DEFINE_enum(
+      'faces',
+      Options.faces,
+      FACE_MODES,
+      'detect: crop each frame to its largest '
+      "face; none: frames are face crops already (as DFEW's).",
+  )
+  flags.DEFINE_float(
+      'window_seconds',
+      Options.window_seconds,
+      'Window length; 0: each input is one window.',
+      lower_bound=0,
+  )
+  flags.DEFINE_float(
+      'stride_seconds', Options.stride_seconds, 'Seconds between window starts.', lower_bound=1e-3
+  )
+  flags.DEFINE_float(
+      'fps',
+      Options.fps,
+      'Frame rate of frame folders and of videos that declare none.',
+      lower_bound=1e-3,
+  )
   flags.DEFINE_integer('batch_size', 8, 'Windows per model call.', lower_bound=1)
-  flags.DEFINE_integer('num_clips', 0,
-                       'Temporal views averaged per window (0: as the run evaluated).',
-                       lower_bound=0)
-  flags.DEFINE_integer('expect_image_size', 0,
-                       'Fail unless the model takes frames of this size (0: any).', lower_bound=0)
-  flags.DEFINE_list('expect_classes', [],
-                    'Fail unless the model predicts these classes, in this order.')
+  flags.DEFINE_integer(
+      'num_clips', 0, 'Temporal views averaged per window (0: as the run evaluated).', lower_bound=0
+  )
+  flags.DEFINE_integer(
+      'expect_image_size',
+      0,
+      'Fail unless the model takes frames of this size (0: any).',
+      lower_bound=0,
+  )
+  flags.DEFINE_list(
+      'expect_classes', [], 'Fail unless the model predicts these classes, in this order.'
+  )
   flags.DEFINE_string('output', '', 'Also write all predictions to this .json or .csv file.')
-  flags.DEFINE_string('render', '', 'Write the input with face box and emotion drawn on it '
-                      '(several inputs: <stem>_<input name><ext> each).')
-  flags.DEFINE_float('face_margin', default_face.margin,
-                     'Added on each side of a face box, as a fraction of its side.',
-                     lower_bound=0)
-  flags.DEFINE_float('face_smoothing', default_face.smoothing,
-                     'Weight of the previous face box in the moving average.', lower_bound=0,
-                     upper_bound=0.999)
-  flags.DEFINE_integer('face_size', default_face.crop_size, 'Side of the face crops, in pixels.',
-                       lower_bound=8)
-  flags.DEFINE_integer('face_detect_side', default_face.detect_max_side,
-                       'Frames are shrunk to this longer side for face detection.',
-                       lower_bound=32)
-  flags.DEFINE_float('face_scale_factor', default_face.scale_factor,
-                     'Haar cascade pyramid step.', lower_bound=1.01)
-  flags.DEFINE_integer('face_min_neighbors', default_face.min_neighbors,
-                       'Overlapping detections needed to accept a face.', lower_bound=0)
-  flags.register_validator('output', lambda v: not v or v.lower().endswith(OUTPUT_FORMATS),
-                           f'--output must end with one of {OUTPUT_FORMATS}')
+  flags.DEFINE_string(
+      'render',
+      '',
+      'Write the input with face box and emotion drawn on it '
+      '(several inputs: <stem>_<input name><ext> each).',
+  )
+  flags.DEFINE_float(
+      'face_margin',
+      default_face.margin,
+      'Added on each side of a face box, as a fraction of its side.',
+      lower_bound=0,
+  )
+  flags.DEFINE_float(
+      'face_smoothing',
+      default_face.smoothing,
+      'Weight of the previous face box in the moving average.',
+      lower_bound=0,
+      upper_bound=0.999,
+  )
+  flags.DEFINE_integer(
+      'face_size', default_face.crop_size, 'Side of the face crops, in pixels.', lower_bound=8
+  )
+  flags.DEFINE_integer(
+      'face_detect_side',
+      default_face.detect_max_side,
+      'Frames are shrunk to this longer side for face detection.',
+      lower_bound=32,
+  )
+  flags.DEFINE_float(
+      'face_scale_factor', default_face.scale_factor, 'Haar cascade pyramid step.', lower_bound=1.01
+  )
+  flags.DEFINE_integer(
+      'face_min_neighbors',
+      default_face.min_neighbors,
+      'Overlapping detections needed to accept a face.',
+      lower_bound=0,
+  )
+  flags.register_validator(
+      'output',
+      lambda v: not v or v.lower().endswith(OUTPUT_FORMATS),
+      f'--output must end with one of {OUTPUT_FORMATS}',
+  )
 
 
 def main(argv: Sequence[str]) -> None:
@@ -593,17 +748,31 @@ def main(argv: Sequence[str]) -> None:
   cli.start()
   f = flags.FLAGS
   try:
-    predictor = Predictor(f.workdir, batch_size=f.batch_size, num_clips=f.num_clips,
-                          expect_image_size=f.expect_image_size, expect_classes=f.expect_classes)
+    predictor = Predictor(
+        f.workdir,
+        batch_size=f.batch_size,
+        num_clips=f.num_clips,
+        expect_image_size=f.expect_image_size,
+        expect_classes=f.expect_classes,
+    )
   except PredictError as e:
     print(f'error: {_one_line(e)}', file=sys.stderr)
     sys.exit(2)
-  face = faces_lib.FaceConfig(margin=f.face_margin, smoothing=f.face_smoothing,
-                              crop_size=f.face_size, detect_max_side=f.face_detect_side,
-                              scale_factor=f.face_scale_factor,
-                              min_neighbors=f.face_min_neighbors)
-  options = Options(faces=f.faces, window_seconds=f.window_seconds,
-                    stride_seconds=f.stride_seconds, fps=f.fps, face=face)
+  face = faces_lib.FaceConfig(
+      margin=f.face_margin,
+      smoothing=f.face_smoothing,
+      crop_size=f.face_size,
+      detect_max_side=f.face_detect_side,
+      scale_factor=f.face_scale_factor,
+      min_neighbors=f.face_min_neighbors,
+  )
+  options = Options(
+      faces=f.faces,
+      window_seconds=f.window_seconds,
+      stride_seconds=f.stride_seconds,
+      fps=f.fps,
+      face=face,
+  )
   sys.exit(run(predictor, inputs, options, output=f.output, render=f.render))
 
 

@@ -4,6 +4,7 @@ Rules `[(regex, strategy)]` go through `partition.match` over the train state's 
 'replicate' copies a leaf to every device; 'fsdp' splits its largest axis that the 'fsdp' mesh
 axis divides (ZeRO-3 style, for ViT-L and up), replicating leaves no axis of which divides.
 """
+
 from __future__ import annotations
 
 import math
@@ -26,8 +27,10 @@ def make_mesh(axes: Sequence[tuple[str, int]], devices: Sequence[Any] | None = N
   known = math.prod(s for s in sizes if s != -1)
   sizes = [len(devices) // known if s == -1 else s for s in sizes]
   if math.prod(sizes) != len(devices):
-    raise ValueError(f'Mesh {dict(zip(names, sizes))} needs {math.prod(sizes)} devices, '
-                     f'there are {len(devices)}: fix config.mesh.')
+    raise ValueError(
+        f'Mesh {dict(zip(names, sizes))} needs {math.prod(sizes)} devices, '
+        f'there are {len(devices)}: fix config.mesh.'
+    )
   return Mesh(np.asarray(devices).reshape(sizes), tuple(names))
 
 
@@ -56,5 +59,4 @@ def _spec(leaf: Any, strategy: str, mesh: Mesh) -> P:
 def state_shardings(state: Any, mesh: Mesh, rules: Sequence[tuple[str, str]]) -> Any:
   """NamedShardings for a (shape-only or real) train state from `[(regex, strategy)]`."""
   strategies = partition.match(state, [tuple(r) for r in rules])
-  return jax.tree.map(lambda leaf, s: NamedSharding(mesh, _spec(leaf, s, mesh)),
-                      state, strategies)
+  return jax.tree.map(lambda leaf, s: NamedSharding(mesh, _spec(leaf, s, mesh)), state, strategies)

@@ -4,6 +4,7 @@ Train state: a plain dict `{'params', 'opt', 'step', 'rng'}`. Frozen parameters 
 `partition.stop_frozen`, so autodiff never computes their gradients (their gradient leaves are
 symbolic zeros that `set_to_zero` keeps and XLA folds away).
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -20,15 +21,23 @@ State = dict[str, Any]
 Batch = dict[str, jax.Array]
 
 
-def init_state(model: nn.Module, tx: optax.GradientTransformation, params: Any, seed: int
-               ) -> State:
-  return {'params': params, 'opt': tx.init(params), 'step': jnp.zeros((), jnp.int32),
-          'rng': jax.random.PRNGKey(seed)}
+def init_state(model: nn.Module, tx: optax.GradientTransformation, params: Any, seed: int) -> State:
+  return {
+      'params': params,
+      'opt': tx.init(params),
+      'step': jnp.zeros((), jnp.int32),
+      'rng': jax.random.PRNGKey(seed),
+  }
 
 
-def make_train_step(model: nn.Module, tx: optax.GradientTransformation, mask: Any, *,
-                    label_smoothing: float = 0.0, grad_accum_steps: int = 1
-                    ) -> Callable[[State, Batch], tuple[State, dict[str, jax.Array]]]:
+def make_train_step(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    mask: Any,
+    *,
+    label_smoothing: float = 0.0,
+    grad_accum_steps: int = 1,
+) -> Callable[[State, Batch], tuple[State, dict[str, jax.Array]]]:
   """Returns `train_step(state, batch) -> (state, metrics)`.
 
   batch: {'video': (b, t, H, W, 3), 'label': (b,)}; with `grad_accum_steps` = k the batch is
@@ -36,8 +45,9 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, mask: An
   """
 
   def loss_fn(params, video, label, rng):
-    logits = model.apply({'params': partition.stop_frozen(params, mask)}, video, train=True,
-                         rngs={'dropout': rng})
+    logits = model.apply(
+        {'params': partition.stop_frozen(params, mask)}, video, train=True, rngs={'dropout': rng}
+    )
     targets = optax.smooth_labels(jax.nn.one_hot(label, logits.shape[-1]), label_smoothing)
     loss = optax.softmax_cross_entropy(logits, targets).mean()
     return loss, jnp.mean(jnp.argmax(logits, -1) == label)
@@ -48,20 +58,21 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, mask: An
     # Dropout/stochastic-depth randomness from (seed, step): a resumed run repeats it exactly.
     rng = jax.random.fold_in(state['rng'], state['step'])
     micro = jax.tree.map(
-        lambda x: einops.rearrange(x, '(k b) ... -> k b ...', k=grad_accum_steps), batch)
+        lambda x: einops.rearrange(x, '(k b) ... -> k b ...', k=grad_accum_steps), batch
+    )
 
     def accumulate(carry, inputs):
       i, mb = inputs
-      (loss, acc), grads = grad_fn(state['params'], mb['video'], mb['label'],
-                                   jax.random.fold_in(rng, i))
+      (loss, acc), grads = grad_fn(
+          state['params'], mb['video'], mb['label'], jax.random.fold_in(rng, i)
+      )
       return jax.tree.map(jnp.add, carry, (loss, acc, grads)), None
 
     zeros = (0.0, 0.0, jax.tree.map(jnp.zeros_like, state['params']))
     if grad_accum_steps == 1:
       (loss, acc), grads = grad_fn(state['params'], batch['video'], batch['label'], rng)
     else:
-      (loss, acc, grads), _ = jax.lax.scan(
-          accumulate, zeros, (jnp.arange(grad_accum_steps), micro))
+      (loss, acc, grads), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(grad_accum_steps), micro))
       loss, acc, grads = jax.tree.map(lambda x: x / grad_accum_steps, (loss, acc, grads))
     updates, opt = tx.update(grads, state['opt'], state['params'])
     params = optax.apply_updates(state['params'], updates)

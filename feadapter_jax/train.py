@@ -4,6 +4,7 @@
 steps are pure (`step.py`); everything with a side effect (data, logging, checkpoints, signals)
 lives here.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -33,6 +34,7 @@ from feadapter_jax import workdir as workdir_lib
 from feadapter_jax.data import pipeline
 from feadapter_jax.models import builder
 
+
 class NonFiniteLossError(FloatingPointError):
   pass
 
@@ -40,6 +42,7 @@ class NonFiniteLossError(FloatingPointError):
 @dataclasses.dataclass
 class Progress:
   """A concise progress line with throughput and ETA."""
+
   total_steps: int
   clips_per_step: int
   start_step: int
@@ -51,8 +54,10 @@ class Progress:
     steps_per_s = done / max(elapsed, 1e-9)
     eta = (self.total_steps - step) / steps_per_s
     fields = ' | '.join(f'{k} {v:.4g}' for k, v in scalars.items())
-    return (f'step {step}/{self.total_steps} | {fields} | {steps_per_s:.2f} steps/s | '
-            f'{steps_per_s * self.clips_per_step:.1f} clips/s | ETA {_duration(eta)}')
+    return (
+        f'step {step}/{self.total_steps} | {fields} | {steps_per_s:.2f} steps/s | '
+        f'{steps_per_s * self.clips_per_step:.1f} clips/s | ETA {_duration(eta)}'
+    )
 
 
 def _duration(seconds: float) -> str:
@@ -79,8 +84,9 @@ class Preemption:
     return self.requested
 
 
-def _check_finite(pending: list[tuple[int, Any]], ckpts: checkpoint.Checkpoints,
-                  last_saved: int | None) -> None:
+def _check_finite(
+    pending: list[tuple[int, Any]], ckpts: checkpoint.Checkpoints, last_saved: int | None
+) -> None:
   """Raises NonFiniteLossError at the first non-finite loss in `pending`, else clears it."""
   for step, loss in pending:
     if not np.isfinite(float(loss)):
@@ -89,14 +95,20 @@ def _check_finite(pending: list[tuple[int, Any]], ckpts: checkpoint.Checkpoints,
         # Its parameters gave this loss (saves follow a finite check, so older ones are good):
         # resuming from it would fail again at once.
         kept = ckpts.set_aside(last_saved, 'nonfinite')
-        set_aside = (f' The checkpoint of step {last_saved}, whose parameters gave this loss, '
-                     f'was moved to {kept}.')
+        set_aside = (
+            f' The checkpoint of step {last_saved}, whose parameters gave this loss, '
+            f'was moved to {kept}.'
+        )
         last_saved = max(ckpts.steps(), default=None)
-      where = (f'the last good checkpoint is step {last_saved} in {ckpts.manager.directory}'
-               if last_saved is not None else 'no good checkpoint was written yet')
+      where = (
+          f'the last good checkpoint is step {last_saved} in {ckpts.manager.directory}'
+          if last_saved is not None
+          else 'no good checkpoint was written yet'
+      )
       raise NonFiniteLossError(
           f'Training loss is {float(loss)} at step {step}; stopping ({where}).{set_aside} Lower '
-          'config.optim.lr, enable config.optim.grad_clip_norm, or check the input data.')
+          'config.optim.lr, enable config.optim.grad_clip_norm, or check the input data.'
+      )
   pending.clear()
 
 
@@ -112,22 +124,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # ---------------------------------------------------------------- Set up logging, mesh
   os.makedirs(workdir, exist_ok=True)
   is_chief = jax.process_index() == 0
-  writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief,
-                                                asynchronous=True)
+  writer = metric_writers.create_default_writer(
+      workdir, just_logging=not is_chief, asynchronous=True
+  )
   if is_chief:
     workdir_lib.write_config(workdir, config)
   mesh = sharding.make_mesh([tuple(a) for a in config.mesh])
   n_batch_shards = math.prod(mesh.shape[a] for a in sharding.batch_axes(mesh))
   for name, bs in (('batch_size', config.batch_size), ('eval_batch_size', config.eval_batch_size)):
     if bs % n_batch_shards or bs % (jax.process_count() * config.grad_accum_steps):
-      raise ValueError(f'config.{name}={bs} must divide evenly over {n_batch_shards} batch '
-                       f'shards, {jax.process_count()} processes and grad_accum_steps.')
+      raise ValueError(
+          f'config.{name}={bs} must divide evenly over {n_batch_shards} batch '
+          f'shards, {jax.process_count()} processes and grad_accum_steps.'
+      )
 
   # ---------------------------------------------------------------- Data
   info = pipeline.dataset_info(config.data)
   if len(info.class_names) != config.model.num_classes:
-    raise ValueError(f'config.model.num_classes={config.model.num_classes} but '
-                     f'{config.data.name} has {len(info.class_names)} classes')
+    raise ValueError(
+        f'config.model.num_classes={config.model.num_classes} but '
+        f'{config.data.name} has {len(info.class_names)} classes'
+    )
   steps_per_epoch = max(info.num_examples[config.data.train_split] // config.batch_size, 1)
   total_steps = config.total_steps or math.ceil(config.num_epochs * steps_per_epoch)
   eval_every = config.eval_every_steps or steps_per_epoch
@@ -137,17 +154,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   params_shapes = builder.param_shapes(model, builder.clip_shape(config))
   mask = partition.trainable_mask(params_shapes, config.trainable)
   report = partition.report(params_shapes, mask)
-  logging.info('Parameters (%s, %s):\n%s', config.method, config.model.get('variant', ''),
-               report)
+  logging.info('Parameters (%s, %s):\n%s', config.method, config.model.get('variant', ''), report)
   if is_chief:
     print(f'Parameters ({config.method}):\n{report}', flush=True)
-  tx = optim.make(config.optim, mask, total_steps,
-                  warmup_steps=int(config.optim.warmup_epochs * steps_per_epoch))
+  tx = optim.make(
+      config.optim,
+      mask,
+      total_steps,
+      warmup_steps=int(config.optim.warmup_epochs * steps_per_epoch),
+  )
   loaded = builder.load_backbone(config, params_shapes)
 
   def init_fn(loaded):
-    return step_lib.init_state(model, tx, builder.initial_params(model, config, loaded),
-                               config.seed)
+    return step_lib.init_state(
+        model, tx, builder.initial_params(model, config, loaded), config.seed
+    )
 
   state_shapes = jax.eval_shape(init_fn, loaded)
   state_sh = sharding.state_shardings(state_shapes, mesh, config.sharding_rules)
@@ -156,12 +177,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   state = jax.jit(init_fn, out_shardings=state_sh)(loaded)
 
   # ---------------------------------------------------------------- Resume
-  ckpts = checkpoint.Checkpoints(os.path.join(workdir, workdir_lib.CHECKPOINT_DIR),
-                                 keep_last=config.keep_checkpoints,
-                                 asynchronous=config.checkpoint_async)
-  abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                          checkpoint.to_saved(state_shapes, mask),
-                          checkpoint.to_saved(state_sh, mask))
+  ckpts = checkpoint.Checkpoints(
+      os.path.join(workdir, workdir_lib.CHECKPOINT_DIR),
+      keep_last=config.keep_checkpoints,
+      asynchronous=config.checkpoint_async,
+  )
+  abstract = jax.tree.map(
+      lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+      checkpoint.to_saved(state_shapes, mask),
+      checkpoint.to_saved(state_sh, mask),
+  )
   restored = ckpts.restore_latest(abstract)
   if restored is not None:
     frozen = partition.subtree(state['params'], mask, keep=False)
@@ -174,34 +199,54 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   # ---------------------------------------------------------------- Steps
   train_step = jax.jit(
-      step_lib.make_train_step(model, tx, mask, label_smoothing=config.label_smoothing,
-                               grad_accum_steps=config.grad_accum_steps),
-      in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, repl), donate_argnums=0,
-      compiler_options=compiler_options(config))
-  eval_step = jax.jit(step_lib.make_eval_step(model), in_shardings=(state_sh['params'], batch_sh),
-                      out_shardings=batch_sh)
+      step_lib.make_train_step(
+          model,
+          tx,
+          mask,
+          label_smoothing=config.label_smoothing,
+          grad_accum_steps=config.grad_accum_steps,
+      ),
+      in_shardings=(state_sh, batch_sh),
+      out_shardings=(state_sh, repl),
+      donate_argnums=0,
+      compiler_options=compiler_options(config),
+  )
+  eval_step = jax.jit(
+      step_lib.make_eval_step(model),
+      in_shardings=(state_sh['params'], batch_sh),
+      out_shardings=batch_sh,
+  )
 
   def run_eval(step: int) -> dict[str, Any]:
-    results = evaluate_lib.evaluate(eval_step, state['params'], config, mesh, info.class_names,
-                       config.data.eval_split)
+    results = evaluate_lib.evaluate(
+        eval_step, state['params'], config, mesh, info.class_names, config.data.eval_split
+    )
     results['step'] = step
     writer.write_scalars(step, {f'eval/{k}': results[k] for k in ('uar', 'war')})
     if is_chief:
-      print(f'eval step {step}: UAR {results["uar"]:.4f} WAR {results["war"]:.4f} '
-            f'({results["num_examples"]} clips)', flush=True)
+      print(
+          f'eval step {step}: UAR {results["uar"]:.4f} WAR {results["war"]:.4f} '
+          f'({results["num_examples"]} clips)',
+          flush=True,
+      )
     return results
 
   def save(step: int, results: dict[str, Any] | None = None) -> None:
-    ckpts.save(step, checkpoint.to_saved(state, mask),
-               {'uar': results['uar'], 'war': results['war']} if results else None)
+    ckpts.save(
+        step,
+        checkpoint.to_saved(state, mask),
+        {'uar': results['uar'], 'war': results['war']} if results else None,
+    )
 
   # ---------------------------------------------------------------- Train loop
   local_bs = config.batch_size // jax.process_count()
   train_iter: Iterator[dict[str, np.ndarray]] = pipeline.make_train_iterator(
-      config.data, batch_size=local_bs, seed=config.seed, start_step=start_step)
+      config.data, batch_size=local_bs, seed=config.seed, start_step=start_step
+  )
   progress = Progress(total_steps, config.batch_size, start_step)
   report_progress = periodic_actions.ReportProgress(
-      num_train_steps=total_steps, writer=writer, every_steps=config.log_every_steps)
+      num_train_steps=total_steps, writer=writer, every_steps=config.log_every_steps
+  )
   preemption = Preemption()
   pending: list[tuple[int, Any]] = []
   results = None
@@ -235,8 +280,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         ckpts.wait()
         logging.warning('Preempted: checkpoint at step %d written; rerun to resume.', step)
         if is_chief:
-          print(f'Preempted (SIGTERM): checkpoint at step {step} written to {workdir}; '
-                'rerun the same command to resume.', flush=True)
+          print(
+              f'Preempted (SIGTERM): checkpoint at step {step} written to {workdir}; '
+              'rerun the same command to resume.',
+              flush=True,
+          )
         ckpts.close()
         return {'preempted': True, 'step': step}
 
@@ -249,26 +297,47 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     ckpts.close()
     export = os.path.join(workdir, workdir_lib.EXPORT_DIR)
     if is_chief:
-      checkpoint.save_params(export, jax.device_get(partition.subtree(state['params'], mask)),
-                             builder.model_config(config))
+      checkpoint.save_params(
+          export,
+          jax.device_get(partition.subtree(state['params'], mask)),
+          builder.model_config(config),
+      )
       with open(os.path.join(export, workdir_lib.INIT_FILE), 'w') as f:
-        json.dump({'backbone': os.path.abspath(config.init.checkpoint)
-                   if config.init.checkpoint else '', 'seed': config.seed,
-                   'trainable': list(config.trainable)}, f, indent=2)
+        json.dump(
+            {
+                'backbone': os.path.abspath(config.init.checkpoint)
+                if config.init.checkpoint
+                else '',
+                'seed': config.seed,
+                'trainable': list(config.trainable),
+            },
+            f,
+            indent=2,
+        )
       results.update(
-          method=config.method, trainable_params=report.trainable, total_params=report.total,
+          method=config.method,
+          trainable_params=report.trainable,
+          total_params=report.total,
           export_bytes=checkpoint.directory_bytes(export),
-          full_model_bytes=sum(partition.size(x) * x.dtype.itemsize
-                               for x in jax.tree.leaves(params_shapes)))
+          full_model_bytes=sum(
+              partition.size(x) * x.dtype.itemsize for x in jax.tree.leaves(params_shapes)
+          ),
+      )
       with open(os.path.join(workdir, workdir_lib.RESULTS_FILE), 'w') as f:
         json.dump(results, f, indent=2)
-      metrics_lib.plot_confusion(np.asarray(results['confusion_matrix']), info.class_names,
-                                 os.path.join(workdir, workdir_lib.CONFUSION_FIGURE),
-                                 f'{config.method} step {total_steps}: UAR '
-                                 f'{results["uar"]:.3f} WAR {results["war"]:.3f}')
-      print(f'Results: UAR {results["uar"]:.4f} WAR {results["war"]:.4f} | trainable '
-            f'{report.trainable:,} of {report.total:,} params | exported '
-            f'{results["export_bytes"] / 1e6:.2f} MB (full model '
-            f'{results["full_model_bytes"] / 1e6:.2f} MB) to {export} | '
-            f'{os.path.join(workdir, workdir_lib.RESULTS_FILE)}', flush=True)
+      metrics_lib.plot_confusion(
+          np.asarray(results['confusion_matrix']),
+          info.class_names,
+          os.path.join(workdir, workdir_lib.CONFUSION_FIGURE),
+          f'{config.method} step {total_steps}: UAR '
+          f'{results["uar"]:.3f} WAR {results["war"]:.3f}',
+      )
+      print(
+          f'Results: UAR {results["uar"]:.4f} WAR {results["war"]:.4f} | trainable '
+          f'{report.trainable:,} of {report.total:,} params | exported '
+          f'{results["export_bytes"] / 1e6:.2f} MB (full model '
+          f'{results["full_model_bytes"] / 1e6:.2f} MB) to {export} | '
+          f'{os.path.join(workdir, workdir_lib.RESULTS_FILE)}',
+          flush=True,
+      )
   return results

@@ -1,16 +1,17 @@
 """The files of a training run's workdir, and reading them back.
 
-  WORKDIR/
-    config.json            the run's config, paths made absolute (`write_config`, `load_config`)
-    checkpoints/<step>/    orbax checkpoints of the trainable state (`checkpoint.Checkpoints`)
-    results.json           final metrics, class names and sizes; written last, so its presence
-                           means the run finished
-    confusion_matrix.png   the final evaluation's confusion matrix
-    export/                trainable parameters + model_config.json (`checkpoint.save_params`),
-                           and init.json: the backbone, seed and trainable patterns they go with
-    results_<split>_<n>clip.json   written by `python -m feadapter_jax.evaluate`
-    events.out.tfevents.*  TensorBoard scalars
+WORKDIR/
+  config.json            the run's config, paths made absolute (`write_config`, `load_config`)
+  checkpoints/<step>/    orbax checkpoints of the trainable state (`checkpoint.Checkpoints`)
+  results.json           final metrics, class names and sizes; written last, so its presence
+                         means the run finished
+  confusion_matrix.png   the final evaluation's confusion matrix
+  export/                trainable parameters + model_config.json (`checkpoint.save_params`),
+                         and init.json: the backbone, seed and trainable patterns they go with
+  results_<split>_<n>clip.json   written by `python -m feadapter_jax.evaluate`
+  events.out.tfevents.*  TensorBoard scalars
 """
+
 from __future__ import annotations
 
 import json

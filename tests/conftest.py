@@ -2,6 +2,7 @@
 
 XLA_FLAGS must be set before jax is imported anywhere, hence at conftest import time.
 """
+
 import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
@@ -13,7 +14,7 @@ import sys  # noqa: E402
 
 # torchvision (conversion and parity tests) pulls in triton, whose native library segfaults when
 # loaded after TensorFlow's and JAX's: import it first, when the test extras are installed.
-if importlib.util.find_spec('torchvision') is not None:
+if importlib.util.find_spec("torchvision") is not None:
   import torchvision  # noqa: E402,F401  pylint: disable=unused-import
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

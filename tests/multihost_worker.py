@@ -4,6 +4,7 @@
 
 Prints the losses of 4 steps as JSON. With NUM_PROCESSES=1 it is the single-process reference.
 """
+
 import json
 import os
 import sys
@@ -16,8 +17,9 @@ import jax  # pylint: disable=g-import-not-at-top
 
 if num_processes > 1:
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-  jax.distributed.initialize(coordinator_address=f'localhost:{port}',
-                             num_processes=num_processes, process_id=process_id)
+  jax.distributed.initialize(
+      coordinator_address=f'localhost:{port}', num_processes=num_processes, process_id=process_id
+  )
 
 import numpy as np  # pylint: disable=g-import-not-at-top
 
@@ -29,22 +31,31 @@ from tests.tiny import tiny  # pylint: disable=g-import-not-at-top
 GLOBAL_BATCH = 8
 model = models.build(tiny(dict(kind='fe', width=8)))
 rng = np.random.default_rng(0)
-batches = [{'video': rng.normal(size=(GLOBAL_BATCH, 4, 32, 32, 3)).astype(np.float32),
-            'label': rng.integers(0, 5, GLOBAL_BATCH).astype(np.int32)} for _ in range(4)]
+batches = [
+    {
+        'video': rng.normal(size=(GLOBAL_BATCH, 4, 32, 32, 3)).astype(np.float32),
+        'label': rng.integers(0, 5, GLOBAL_BATCH).astype(np.int32),
+    }
+    for _ in range(4)
+]
 params = model.init(jax.random.PRNGKey(0), batches[0]['video'][:1])['params']
 mask = partition.trainable_mask(params, test_partition.TRAINABLE)
 tx = optim.make(test_partition.OPTIM, mask, total_steps=10)
 mesh = sharding.make_mesh([('data', -1)])
-state_sh = sharding.state_shardings(jax.eval_shape(lambda: step.init_state(model, tx, params, 0)),
-                                    mesh, [('.*', 'replicate')])
+state_sh = sharding.state_shardings(
+    jax.eval_shape(lambda: step.init_state(model, tx, params, 0)), mesh, [('.*', 'replicate')]
+)
 state = jax.jit(lambda: step.init_state(model, tx, params, 0), out_shardings=state_sh)()
-train_step = jax.jit(step.make_train_step(model, tx, mask),
-                     in_shardings=(state_sh, sharding.batch_sharding(mesh)),
-                     out_shardings=(state_sh, None), donate_argnums=0)
+train_step = jax.jit(
+    step.make_train_step(model, tx, mask),
+    in_shardings=(state_sh, sharding.batch_sharding(mesh)),
+    out_shardings=(state_sh, None),
+    donate_argnums=0,
+)
 local = GLOBAL_BATCH // num_processes
 losses = []
 for batch in batches:
-  mine = {k: v[process_id * local:(process_id + 1) * local] for k, v in batch.items()}
+  mine = {k: v[process_id * local : (process_id + 1) * local] for k, v in batch.items()}
   state, metrics = train_step(state, pipeline.to_global_arrays(mine, mesh))
   losses.append(float(metrics['loss']))
 print(json.dumps({'devices': jax.device_count(), 'losses': losses}))

@@ -1,5 +1,6 @@
 """Adapters: zero-init equivalence to the image model, and the dynamic dilation's semantics
 (its factorised temporal path against the naive definition and against the general path)."""
+
 import itertools
 
 import flax.linen as nn
@@ -15,8 +16,12 @@ from tests.tiny import ADAPTERS, tiny
 
 def strip_adapters(params):
   """The backbone + head subtree, as the plain image model names it."""
-  return {block: {k: v for k, v in sub.items() if not k.startswith('adapter')}
-          if isinstance(sub, dict) else sub for block, sub in params.items()}
+  return {
+      block: {k: v for k, v in sub.items() if not k.startswith('adapter')}
+      if isinstance(sub, dict)
+      else sub
+      for block, sub in params.items()
+  }
 
 
 @pytest.mark.parametrize('name', sorted(ADAPTERS))
@@ -27,20 +32,22 @@ def test_zero_init_gives_the_image_model_averaged_over_frames(name):
   assert any('adapter' in n for n in partition.flatten(params))
   image_model = models.build(tiny())
   image_params = strip_adapters(params)
-  per_frame = jnp.stack([image_model.apply({'params': image_params}, clip[:, i])
-                         for i in range(4)], 1)
+  per_frame = jnp.stack(
+      [image_model.apply({'params': image_params}, clip[:, i]) for i in range(4)], 1
+  )
   out = adapted.apply({'params': params}, clip)
   np.testing.assert_allclose(out, per_frame.mean(1), atol=2e-5)
   # ... and the adapter really acts once its zero-initialised layer is trained.
   leaves, treedef = jax.tree.flatten(params)
   keys = jax.random.split(jax.random.key(3), len(leaves))
-  perturbed = treedef.unflatten([p + 0.1 * jax.random.normal(k, p.shape)
-                                 for p, k in zip(leaves, keys)])
+  perturbed = treedef.unflatten(
+      [p + 0.1 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)]
+  )
   perturbed_image = strip_adapters(perturbed)
-  per_frame = jnp.stack([image_model.apply({'params': perturbed_image}, clip[:, i])
-                         for i in range(4)], 1)
-  assert not np.allclose(adapted.apply({'params': perturbed}, clip), per_frame.mean(1),
-                         atol=1e-3)
+  per_frame = jnp.stack(
+      [image_model.apply({'params': perturbed_image}, clip[:, i]) for i in range(4)], 1
+  )
+  assert not np.allclose(adapted.apply({'params': perturbed}, clip), per_frame.mean(1), atol=1e-3)
 
 
 def conv_at(dilation_bias, x, kernel_size=(3, 1, 1), **kw):
@@ -60,8 +67,9 @@ def test_dilation_one_equals_a_plain_depthwise_conv3d(kernels):
   kernel = jnp.transpose(kernel[0], (4, 0, 1, 2, 3))  # (k, h, w, 1, c)
   plain_params = {'kernel': kernel, 'bias': params['bias'] + 0.3}
   params['bias'] = params['bias'] + 0.3
-  np.testing.assert_allclose(conv.apply({'params': params}, x),
-                             plain.apply({'params': plain_params}, x), atol=1e-5)
+  np.testing.assert_allclose(
+      conv.apply({'params': params}, x), plain.apply({'params': plain_params}, x), atol=1e-5
+  )
 
 
 @pytest.mark.parametrize('dilation, reached, not_reached', [(1, 1, 2), (2, 2, 1), (3, 3, 2)])
@@ -100,7 +108,8 @@ def spread_predictor(conv, x, scale=0.8):
   """The conv's params with a random predictor: dilations spread, fractional, some capped."""
   params = conv.init(jax.random.key(0), x)['params']
   params['dilation']['kernel'] = scale * jax.random.normal(
-      jax.random.key(2), params['dilation']['kernel'].shape)
+      jax.random.key(2), params['dilation']['kernel'].shape
+  )
   params['bias'] = params['bias'] + 0.1
   return params
 
@@ -130,8 +139,9 @@ def test_factorised_temporal_path_equals_the_naive_per_location_definition(kerne
   x = jax.random.normal(jax.random.key(1), (1, 5, 3, 3, 2))
   conv = adapters.DynamicDilatedConv3D(max_dilation=2.5, kernels=kernels)
   params = spread_predictor(conv, x)
-  np.testing.assert_allclose(conv.apply({'params': params}, x),
-                             naive_dynamic_conv(params, x, 2.5), atol=1e-5)
+  np.testing.assert_allclose(
+      conv.apply({'params': params}, x), naive_dynamic_conv(params, x, 2.5), atol=1e-5
+  )
 
 
 @pytest.mark.parametrize('kernels', ['cpu', 'reference'])
@@ -140,41 +150,52 @@ def test_factorised_path_gradients_equal_autodiff_of_the_general_path(kernels):
   # path runs, and it must compute what the factorised path computes for time alone.
   x = jax.random.normal(jax.random.key(1), (2, 6, 4, 4, 3))
   fast = adapters.DynamicDilatedConv3D(max_dilation=2.5, kernels=kernels)
-  general = adapters.DynamicDilatedConv3D(max_dilation=2.5, dynamic_axes=('t', 'h'),
-                                          kernels=kernels)
+  general = adapters.DynamicDilatedConv3D(
+      max_dilation=2.5, dynamic_axes=('t', 'h'), kernels=kernels
+  )
   params = spread_predictor(fast, x)
   as_general = lambda p: {  # noqa: E731
-      'taps': p['taps']['kernel'], 'bias': p['bias'],
-      'dilation': {'kernel': jnp.concatenate([p['dilation']['kernel'],
-                                              jnp.zeros_like(p['dilation']['kernel'])], -1),
-                   'bias': jnp.concatenate([p['dilation']['bias'],
-                                            jnp.zeros_like(p['dilation']['bias'])])}}
+      'taps': p['taps']['kernel'],
+      'bias': p['bias'],
+      'dilation': {
+          'kernel': jnp.concatenate(
+              [p['dilation']['kernel'], jnp.zeros_like(p['dilation']['kernel'])], -1
+          ),
+          'bias': jnp.concatenate([p['dilation']['bias'], jnp.zeros_like(p['dilation']['bias'])]),
+      },
+  }
   assert jax.tree.map(jnp.shape, as_general(params)) == jax.tree.map(
-      jnp.shape, general.init(jax.random.key(0), x)['params'])
+      jnp.shape, general.init(jax.random.key(0), x)['params']
+  )
   loss = lambda m, p, v: jnp.sum(jnp.sin(3 * m.apply({'params': p}, v)))  # noqa: E731
-  np.testing.assert_allclose(fast.apply({'params': params}, x),
-                             general.apply({'params': as_general(params)}, x), atol=1e-5)
+  np.testing.assert_allclose(
+      fast.apply({'params': params}, x), general.apply({'params': as_general(params)}, x), atol=1e-5
+  )
   g_fast = jax.grad(lambda p, v: loss(fast, p, v), (0, 1))(params, x)
   g_general = jax.grad(lambda p, v: loss(general, as_general(p), v), (0, 1))(params, x)
   assert float(jnp.abs(g_fast[0]['dilation']['kernel']).sum()) > 1e-2
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
-               g_fast, g_general)
+  jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), g_fast, g_general
+  )
 
 
 def test_multibranch_starts_as_the_mean_of_its_branches():
   x = jax.random.normal(jax.random.key(1), (2, 6, 3, 3, 2))
   mb = adapters.MultiBranchConv3D(branch_dilations=(1, 2))
   params = mb.init(jax.random.key(0), x)['params']
-  branches = [nn.Conv(2, (3, 3, 3), kernel_dilation=(d, 1, 1), padding='SAME',
-                      feature_group_count=2).apply({'params': params[f'branch_{i}']}, x)
-              for i, d in enumerate((1, 2))]
-  np.testing.assert_allclose(mb.apply({'params': params}, x), (branches[0] + branches[1]) / 2,
-                             atol=1e-5)
+  branches = [
+      nn.Conv(2, (3, 3, 3), kernel_dilation=(d, 1, 1), padding='SAME', feature_group_count=2).apply(
+          {'params': params[f'branch_{i}']}, x
+      )
+      for i, d in enumerate((1, 2))
+  ]
+  np.testing.assert_allclose(
+      mb.apply({'params': params}, x), (branches[0] + branches[1]) / 2, atol=1e-5
+  )
 
 
 def test_fe_adapter_budget_for_vit_b16_with_7_classes():
-  model = models.build(dict(variant='B/16', num_classes=7, image_size=224,
-                            adapter=dict(kind='fe')))
+  model = models.build(dict(variant='B/16', num_classes=7, image_size=224, adapter=dict(kind='fe')))
   shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 2, 224, 224, 3))))
   params = shapes['params']
   mask = partition.trainable_mask(params, ['.*adapter.*', 'head/.*'])
@@ -187,8 +208,9 @@ def test_fe_adapter_budget_for_vit_b16_with_7_classes():
 def perturb(params, scale=0.1):
   leaves, treedef = jax.tree.flatten(params)
   keys = jax.random.split(jax.random.key(3), len(leaves))
-  return treedef.unflatten([p + scale * jax.random.normal(k, p.shape)
-                            for p, k in zip(leaves, keys)])
+  return treedef.unflatten(
+      [p + scale * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)]
+  )
 
 
 @pytest.mark.parametrize('name', sorted(ADAPTERS) + ['none'])

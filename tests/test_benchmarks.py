@@ -1,5 +1,6 @@
 """Benchmarks: the PyTorch reference computes what the Flax model computes; FLOP counts; the
 train-step benchmark runs end to end. Correctness only, no timings."""
+
 import pytest
 
 # torch and timm before anything that imports TensorFlow (configs -> data pipeline): importing
@@ -33,8 +34,9 @@ def tiny_setup(method, seed=0, frames=8, batch=2):
   leaves, treedef = jax.tree.flatten(params)
   keys = jax.random.split(jax.random.key(seed + 3), len(leaves))
   # Zero-initialised layers (up, dilation predictor, AIM fc2...) become non-zero: adapters act.
-  params = treedef.unflatten([p + 0.1 * jax.random.normal(k, p.shape)
-                              for p, k in zip(leaves, keys)])
+  params = treedef.unflatten(
+      [p + 0.1 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)]
+  )
   torch_model = torch_reference.VideoViT(sp['model'], frames)
   flat = {n: np.asarray(v) for n, v in partition.flatten(params).items()}
   torch_reference.load_flax_params(torch_model, flat)
@@ -61,8 +63,9 @@ def test_adapter_gradients_match(method):
     flat = partition.flatten(params)
     still = {n: jnp.zeros_like(v) if '/conv/dilation/' in n else v for n, v in flat.items()}
     still = jax.tree.unflatten(jax.tree.structure(params), [still[n] for n in flat])
-    assert not np.allclose(model.apply({'params': still}, clip),
-                           model.apply({'params': params}, clip), atol=1e-3)
+    assert not np.allclose(
+        model.apply({'params': still}, clip), model.apply({'params': params}, clip), atol=1e-3
+    )
   labels = np.array([1, 4])
 
   def loss(p):
@@ -73,13 +76,13 @@ def test_adapter_gradients_match(method):
   torch_model.eval()
   trainable = dict(torch_reference.freeze(torch_model, sp['trainable']))
   torch.nn.functional.cross_entropy(torch_model(video), torch.from_numpy(labels)).backward()
-  assert trainable and all(p.grad is None for n, p in torch_model.named_parameters()
-                           if n not in trainable)
+  assert trainable and all(
+      p.grad is None for n, p in torch_model.named_parameters() if n not in trainable
+  )
   for name, param in trainable.items():
     fname = torch_reference.flax_name(name)
     expected = torch_reference.to_torch_layout(np.asarray(grads[fname]), fname)
-    np.testing.assert_allclose(param.grad.numpy(), expected, atol=3e-4, rtol=1e-3,
-                               err_msg=name)
+    np.testing.assert_allclose(param.grad.numpy(), expected, atol=3e-4, rtol=1e-3, err_msg=name)
 
 
 def test_pytorch_train_step_trains_only_the_trainable_set():
@@ -93,8 +96,7 @@ def test_pytorch_train_step_trains_only_the_trainable_set():
   for name, param in model.named_parameters():
     if not ('adapter' in name or name.startswith('head')):  # frozen
       assert torch.equal(param, before[name]), name
-  assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters()
-             if 'adapter' in n)
+  assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters() if 'adapter' in n)
 
 
 def test_torch_names_map_onto_flax_names_one_to_one():
@@ -103,8 +105,10 @@ def test_torch_names_map_onto_flax_names_one_to_one():
     model = models.build(sp['model'])
     shapes = builder.param_shapes(model, (1, 2, 32, 32, 3))
     flax_names = set(partition.flatten(shapes))
-    torch_names = {torch_reference.flax_name(n) for n, _ in
-                   torch_reference.VideoViT(sp['model'], 2).named_parameters()}
+    torch_names = {
+        torch_reference.flax_name(n)
+        for n, _ in torch_reference.VideoViT(sp['model'], 2).named_parameters()
+    }
     assert torch_names == flax_names, method
 
 
@@ -112,8 +116,11 @@ def test_analytic_flops_of_vit_b16():
   sp = train_step.spec('base', 'full_finetune')
   per_frame = common.analytic_flops(sp['model'], 1, sp['trainable'])['forward']
   assert per_frame == pytest.approx(35.1e9, rel=2e-3)  # 17.56 G multiply-adds per 224 frame
-  fe = common.analytic_flops(train_step.spec('base', 'fe_adapter')['model'], 16,
-                             train_step.spec('base', 'fe_adapter')['trainable'])
+  fe = common.analytic_flops(
+      train_step.spec('base', 'fe_adapter')['model'],
+      16,
+      train_step.spec('base', 'fe_adapter')['trainable'],
+  )
   full = common.analytic_flops(sp['model'], 16, sp['trainable'])
   assert full['train'] == pytest.approx(3 * full['forward'], rel=0.01)
   # The frozen backbone costs 2x its forward (no weight gradients), the adapters 3x theirs.
@@ -124,6 +131,7 @@ def test_analytic_flops_of_vit_b16():
 def test_analytic_flops_agree_with_xla_at_tiny_size(method):
   from feadapter_jax import optim, step  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
+
   sp = train_step.spec('tiny', method)
   model = models.build(sp['model'])
   batch = {'video': jnp.zeros((4, 8, 32, 32, 3)), 'label': jnp.zeros((4,), jnp.int32)}
@@ -131,8 +139,13 @@ def test_analytic_flops_agree_with_xla_at_tiny_size(method):
   mask = partition.trainable_mask(params, sp['trainable'])
   tx = optim.make(ml_collections.ConfigDict(sp['optim']), mask, 100)
   state = step.init_state(model, tx, params, 0)
-  xla = jax.jit(step.make_train_step(model, tx, mask)).lower(
-      state, batch).compile().cost_analysis()['flops'] / 4
+  xla = (
+      jax.jit(step.make_train_step(model, tx, mask))
+      .lower(state, batch)
+      .compile()
+      .cost_analysis()['flops']
+      / 4
+  )
   analytic = common.analytic_flops(sp['model'], 8, sp['trainable'])['train']
   # XLA also counts elementwise work (norms, softmax, GELU, the optimizer): a little more.
   assert 1.0 <= xla / analytic < 1.2, (xla, analytic)
@@ -144,23 +157,50 @@ def run_train_step(*args: str) -> tuple[list[dict], str]:
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
   out = subprocess.run(
-      [sys.executable, os.path.join(root, 'benchmarks', 'train_step.py'), '--size', 'tiny',
-       '--rounds', '1', '--warmup', '0', '--steps', '1', '--json', *args],
-      capture_output=True, text=True, check=True, env=env, timeout=900)
+      [
+          sys.executable,
+          os.path.join(root, 'benchmarks', 'train_step.py'),
+          '--size',
+          'tiny',
+          '--rounds',
+          '1',
+          '--warmup',
+          '0',
+          '--steps',
+          '1',
+          '--json',
+          *args,
+      ],
+      capture_output=True,
+      text=True,
+      check=True,
+      env=env,
+      timeout=900,
+  )
   return [json.loads(line) for line in out.stdout.splitlines() if line.startswith('{')], out.stderr
 
 
 def test_benchmark_runs_end_to_end_at_tiny_size_with_json():
-  rows, _ = run_train_step('--methods', 'fe_adapter,linear_probe', '--no_remat',
-                           '--peak_sizes', '512')
+  rows, _ = run_train_step(
+      '--methods', 'fe_adapter,linear_probe', '--no_remat', '--peak_sizes', '512'
+  )
   seen = {(r['framework'], r['variant']) for r in rows}
-  assert seen == {('jax', 'fe_adapter'), ('jax', 'linear_probe'), ('pytorch', 'fe_adapter'),
-                  ('pytorch', 'linear_probe'), ('jax', 'fe_adapter conv=fixed')}
+  assert seen == {
+      ('jax', 'fe_adapter'),
+      ('jax', 'linear_probe'),
+      ('pytorch', 'fe_adapter'),
+      ('pytorch', 'linear_probe'),
+      ('jax', 'fe_adapter conv=fixed'),
+  }
   for r in rows:
     assert {'method', 'clips_per_s', 'utilisation', 'peak_memory_bytes', 'framework'} <= set(r)
     assert r['framework'] in ('jax', 'pytorch')
-    assert (r['backend'], r['dtype'], r['peak_dtype'], r['batch']) == ('cpu', 'float32',
-                                                                        'float32', 32)
+    assert (r['backend'], r['dtype'], r['peak_dtype'], r['batch']) == (
+        'cpu',
+        'float32',
+        'float32',
+        32,
+    )
     assert r['clips_per_s'] > 0 and r['utilisation'] > 0
     assert r['peak_gflops'] > 0 and r['cores'] >= 1
   assert all(r['peak_memory_bytes'] > 0 for r in rows if r['variant'] != 'fe_adapter conv=fixed')
@@ -173,10 +213,20 @@ def test_benchmark_runs_end_to_end_at_tiny_size_with_json():
 def test_benchmark_takes_the_accelerator_settings_dtype_and_batch():
   # What a GPU run uses (bfloat16 compute and peak, a batch to fill the device), here on CPU;
   # PyTorch is skipped: its reference computes in float32 only.
-  rows, log = run_train_step('--methods', 'linear_probe', '--no_remat', '--dtype', 'bfloat16',
-                             '--batch', '4', '--peak_sizes', '256')
+  rows, log = run_train_step(
+      '--methods',
+      'linear_probe',
+      '--no_remat',
+      '--dtype',
+      'bfloat16',
+      '--batch',
+      '4',
+      '--peak_sizes',
+      '256',
+  )
   assert [(r['framework'], r['dtype'], r['peak_dtype'], r['batch']) for r in rows] == [
-      ('jax', 'bfloat16', 'bfloat16', 4)]
+      ('jax', 'bfloat16', 'bfloat16', 4)
+  ]
   assert rows[0]['clips_per_s'] > 0 and rows[0]['peak_memory_bytes'] > 0
   assert 'PyTorch reference runs in float32 on CPU only' in log
 
@@ -184,6 +234,7 @@ def test_benchmark_takes_the_accelerator_settings_dtype_and_batch():
 def test_profile_classifies_compiled_ops_by_what_they_compute():
   def f(a, b):
     return jnp.sum(jnp.tanh(a @ b), axis=1), jnp.exp(a) * 2.0
+
   a, b = jnp.ones((64, 32)), jnp.ones((32, 48))
   hlo = jax.jit(f).lower(a, b).compile().as_text()
   categories = profile_step.classify_hlo(hlo)

@@ -1,4 +1,5 @@
 """Checkpoint retention (last N + best UAR), restore, and parameter directories."""
+
 import os
 
 import numpy as np

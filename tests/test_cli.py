@@ -1,4 +1,5 @@
 """The shared start-up and config loading of the commands, and the package's import structure."""
+
 import ast
 import os
 import subprocess
@@ -13,9 +14,10 @@ SYNTHETIC = os.path.join(ROOT, 'configs', 'synthetic.py')
 
 
 def test_load_config_takes_args_and_overrides_and_rejects_unknown_fields():
-  config = cli.load_config(f'{SYNTHETIC}:quick,method=aim',
-                           {'model.adapter.width': 8, 'data.data_dir': '/tmp/x y',
-                            'data.crop_scale': (0.5, 1.0)})
+  config = cli.load_config(
+      f'{SYNTHETIC}:quick,method=aim',
+      {'model.adapter.width': 8, 'data.data_dir': '/tmp/x y', 'data.crop_scale': (0.5, 1.0)},
+  )
   assert config.method == 'aim' and config.model.adapter.kind == 'aim'
   assert config.init.checkpoint == ''  # quick: a random backbone, asked for by the config
   assert config.model.adapter.width == 8 and config.data.data_dir == '/tmp/x y'
@@ -37,10 +39,13 @@ def test_with_args_appends_and_a_later_arg_wins():
 
 @pytest.mark.parametrize('name', ['dfew', 'ferv39k', 'mafw', 'synthetic', 'synthetic_image'])
 def test_reading_a_config_imports_neither_jax_nor_tensorflow(name):
-  code = (f'import sys; import configs.{name} as c; c.get_config(); '
-          "print(sorted(m for m in ('jax', 'tensorflow', 'flax', 'torch') if m in sys.modules))")
-  out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
-                       check=True).stdout
+  code = (
+      f'import sys; import configs.{name} as c; c.get_config(); '
+      "print(sorted(m for m in ('jax', 'tensorflow', 'flax', 'torch') if m in sys.modules))"
+  )
+  out = subprocess.run(
+      [sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, check=True
+  ).stdout
   assert out.strip() == '[]'
 
 
@@ -74,8 +79,10 @@ def import_graph() -> dict[str, set[str]]:
         path = os.path.join(dirpath, f)
         rel = os.path.relpath(path, ROOT)[:-3].replace(os.sep, '.')
         paths[rel.removesuffix('.__init__')] = path
-  return {m: {i for i in _imports(p, set(paths)) if not m.startswith(i + '.') and i != m}
-          for m, p in paths.items()}
+  return {
+      m: {i for i in _imports(p, set(paths)) if not m.startswith(i + '.') and i != m}
+      for m, p in paths.items()
+  }
 
 
 def test_the_package_has_no_import_cycle():
@@ -87,7 +94,7 @@ def test_the_package_has_no_import_cycle():
     state[module] = 'open'
     for dep in sorted(graph[module]):
       if state.get(dep) == 'open':
-        raise AssertionError(' -> '.join(stack[stack.index(dep):] + [dep]))
+        raise AssertionError(' -> '.join(stack[stack.index(dep) :] + [dep]))
       if dep not in state:
         visit(dep, stack + [dep])
     state[module] = 'done'

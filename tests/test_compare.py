@@ -1,5 +1,6 @@
 """The method comparison: pair accuracy, the generated findings, and a tiny end-to-end run that
 writes the table and the figure, then resumes without retraining."""
+
 import os
 import re
 
@@ -10,9 +11,16 @@ from feadapter_jax.data.synth_fer import render as synth_render
 from feadapter_jax.experiments import compare
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY_OVERRIDES = {'model.width': 32, 'model.depth': 2, 'model.num_heads': 2, 'model.mlp_dim': 64,
-                  'model.adapter.width': 8, 'batch_size': 16, 'eval_batch_size': 32,
-                  'checkpoint_async': False}
+TINY_OVERRIDES = {
+    'model.width': 32,
+    'model.depth': 2,
+    'model.num_heads': 2,
+    'model.mlp_dim': 64,
+    'model.adapter.width': 8,
+    'batch_size': 16,
+    'eval_batch_size': 32,
+    'checkpoint_async': False,
+}
 
 
 def test_pair_accuracy_counts_only_the_right_class_of_all():
@@ -34,16 +42,23 @@ def row(method, params, uar, pair, std=0.01):
 
 
 def test_findings_check_each_claim_against_its_target():
-  rows = [row('linear_probe', 700, 0.70, 0.52), row('full_finetune', 500_000, 0.96, 0.95),
-          row('st_adapter', 40_000, 0.90, 0.99), row('aim', 58_000, 0.95, 0.99),
-          row('fe_adapter', 44_000, 0.955, 0.97)]
+  rows = [
+      row('linear_probe', 700, 0.70, 0.52),
+      row('full_finetune', 500_000, 0.96, 0.95),
+      row('st_adapter', 40_000, 0.90, 0.99),
+      row('aim', 58_000, 0.95, 0.99),
+      row('fe_adapter', 44_000, 0.955, 0.97),
+  ]
   text = compare.findings(rows)
   assert 'meets the 90% target' in text and 'misses' not in text
   assert 'near chance' in text and 'within the 10% target' in text
   assert 'within seed noise of full fine-tuning' in text
   assert 'AIM does best, 95.0 +- 1.0% with 1.32x' in text and 'within seed noise of it' in text
-  rows = [row('linear_probe', 700, 0.70, 0.75), row('full_finetune', 500_000, 0.99, 0.99),
-          row('fe_adapter', 60_000, 0.85, 0.80)]
+  rows = [
+      row('linear_probe', 700, 0.70, 0.75),
+      row('full_finetune', 500_000, 0.99, 0.99),
+      row('fe_adapter', 60_000, 0.85, 0.80),
+  ]
   text = compare.findings(rows)
   assert text.count('misses the 90% target') == 2 and 'not near chance' in text
   assert 'over the 10% target' in text and 'below full fine-tuning' in text
@@ -57,10 +72,15 @@ def numbers(cells):
 def test_tiny_comparison_writes_table_and_figure_and_resumes(tmp_path):
   overrides = {**TINY_OVERRIDES, 'data.data_dir': str(tmp_path / 'tfds')}
   plan = compare.Plan(
-      config=os.path.join(ROOT, 'configs', 'synthetic.py:quick'), workdir=str(tmp_path / 'cmp'),
-      seeds=(0,), budget_steps=3, overrides=overrides,
+      config=os.path.join(ROOT, 'configs', 'synthetic.py:quick'),
+      workdir=str(tmp_path / 'cmp'),
+      seeds=(0,),
+      budget_steps=3,
+      overrides=overrides,
       image_config=os.path.join(ROOT, 'configs', 'synthetic_image.py:quick'),
-      image_overrides=overrides, docs_dir=str(tmp_path / 'docs'))
+      image_overrides=overrides,
+      docs_dir=str(tmp_path / 'docs'),
+  )
   rows = compare.run(plan)
   assert [r.method for r in rows] == list(compare.METHODS)
   for where in (plan.workdir, plan.docs_dir):
@@ -70,7 +90,8 @@ def test_tiny_comparison_writes_table_and_figure_and_resumes(tmp_path):
       assert f.read(8) == b'\x89PNG\r\n\x1a\n'
   lines = md.split('\n\n')[2].splitlines()  # the main table: header, rule, one row per method
   assert [line.split('|')[1].strip() for line in lines[2:]] == [
-      compare.method_label(m) for m in compare.METHODS]
+      compare.method_label(m) for m in compare.METHODS
+  ]
   for line in lines[2:]:
     values = numbers(line.split('|')[2:-1])
     # params, % of full, (mean, std) of UAR, WAR and pair accuracy, clips/s

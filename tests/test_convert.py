@@ -3,6 +3,7 @@
 Every PyTorch model has random weights, perturbed so that no bias or norm parameter keeps its
 zero/one init (a permuted bias would otherwise go unnoticed); comparisons are fp32 on CPU.
 """
+
 import json
 import os
 import pickle
@@ -55,8 +56,9 @@ def randomized(model, seed=0):
 
 def tiny_timm(**kwargs):
   args = dict(depth=2, num_classes=5, img_size=32, patch_size=8)
-  return randomized(timm.create_model('vit_tiny_patch16_224', pretrained=False,
-                                      **{**args, **kwargs}))
+  return randomized(
+      timm.create_model('vit_tiny_patch16_224', pretrained=False, **{**args, **kwargs})
+  )
 
 
 def images(batch, size, seed=1):
@@ -76,16 +78,26 @@ def max_diff(a, b):
   return float(np.abs(a - b).max())
 
 
-@pytest.mark.parametrize('name, num_classes, width, num_heads', [
-    ('vit_tiny_patch16_224', 1000, 192, 3),
-    ('vit_small_patch16_224', 7, 384, 6),
-])
+@pytest.mark.parametrize(
+    'name, num_classes, width, num_heads',
+    [
+        ('vit_tiny_patch16_224', 1000, 192, 3),
+        ('vit_small_patch16_224', 7, 384, 6),
+    ],
+)
 def test_timm_logits_match(name, num_classes, width, num_heads):
   model = randomized(timm.create_model(name, pretrained=False, num_classes=num_classes))
   params, model_config = convert.convert_state_dict(model.state_dict())
-  assert model_config == dict(width=width, depth=12, num_heads=num_heads, mlp_dim=4 * width,
-                              patch_size=16, image_size=224, num_classes=num_classes,
-                              layer_norm_eps=1e-6)
+  assert model_config == dict(
+      width=width,
+      depth=12,
+      num_heads=num_heads,
+      mlp_dim=4 * width,
+      patch_size=16,
+      image_size=224,
+      num_classes=num_classes,
+      layer_norm_eps=1e-6,
+  )
   x = images(2, 224)
   diff = max_diff(flax_logits(params, model_config, x), torch_logits(model, x))
   print(f'{name}: max |logit diff| {diff:.2e}')
@@ -111,19 +123,30 @@ def test_timm_384_resized_to_224_equals_timm_at_224():
   state = dict(source.state_dict())
   state['pos_embed'] = resample_abs_pos_embed(state['pos_embed'], (14, 14))  # timm's default.
   target.load_state_dict(state)
-  np.testing.assert_allclose(conversion.params['pos_embed'], state['pos_embed'].numpy(),
-                             atol=1e-5)
+  np.testing.assert_allclose(conversion.params['pos_embed'], state['pos_embed'].numpy(), atol=1e-5)
   x = images(2, 224)
-  diff = max_diff(flax_logits(conversion.params, conversion.model_config, x),
-                  torch_logits(target, x))
+  diff = max_diff(
+      flax_logits(conversion.params, conversion.model_config, x), torch_logits(target, x)
+  )
   print(f'timm 384 -> 224: max |logit diff| {diff:.2e}')
   assert diff <= TOL
 
 
 def small_hf_config(**kwargs):
-  return transformers.ViTConfig(**{**dict(hidden_size=192, num_hidden_layers=2,
-                                           num_attention_heads=3, intermediate_size=768,
-                                           image_size=32, patch_size=8, num_labels=5), **kwargs})
+  return transformers.ViTConfig(
+      **{
+          **dict(
+              hidden_size=192,
+              num_hidden_layers=2,
+              num_attention_heads=3,
+              intermediate_size=768,
+              image_size=32,
+              patch_size=8,
+              num_labels=5,
+          ),
+          **kwargs,
+      }
+  )
 
 
 @pytest.mark.parametrize('layout', ['hf_v5', 'hf'])
@@ -139,8 +162,10 @@ def test_hf_classifier_logits_match(tmp_path, layout):
   assert conversion.model_config['layer_norm_eps'] == 1e-12
   assert conversion.model_config['num_classes'] == 5
   x = images(2, 32)
-  diff = max_diff(flax_logits(conversion.params, conversion.model_config, x),
-                  torch_logits(lambda t: model(pixel_values=t).logits, x))
+  diff = max_diff(
+      flax_logits(conversion.params, conversion.model_config, x),
+      torch_logits(lambda t: model(pixel_values=t).logits, x),
+  )
   print(f'HF ViTForImageClassification ({layout}): max |logit diff| {diff:.2e}')
   assert diff <= TOL
 
@@ -151,22 +176,32 @@ def test_hf_base_model_gives_features_and_ignores_pooler():
   params, model_config = convert.convert_state_dict(model.state_dict(), source='hf')
   assert model_config['num_classes'] == 0 and 'head' not in params
   x = images(2, 32)
-  diff = max_diff(flax_logits(params, model_config, x),
-                  torch_logits(lambda t: model(pixel_values=t).last_hidden_state[:, 0], x))
+  diff = max_diff(
+      flax_logits(params, model_config, x),
+      torch_logits(lambda t: model(pixel_values=t).last_hidden_state[:, 0], x),
+  )
   assert diff <= TOL
 
 
 def test_torchvision_vit_b_16_logits_match():
   model = randomized(torchvision.models.vit_b_16())
   conversion = convert.convert(model.state_dict())
-  assert conversion.model_config == dict(width=768, depth=12, num_heads=12, mlp_dim=3072,
-                                         patch_size=16, image_size=224, num_classes=1000,
-                                         layer_norm_eps=1e-6)
+  assert conversion.model_config == dict(
+      width=768,
+      depth=12,
+      num_heads=12,
+      mlp_dim=3072,
+      patch_size=16,
+      image_size=224,
+      num_classes=1000,
+      layer_norm_eps=1e-6,
+  )
   assert conversion.metadata['mean'] == [0.485, 0.456, 0.406]
   assert 'parameters: 86,567,656' in conversion.report()
   x = images(1, 224)
-  diff = max_diff(flax_logits(conversion.params, conversion.model_config, x),
-                  torch_logits(model, x))
+  diff = max_diff(
+      flax_logits(conversion.params, conversion.model_config, x), torch_logits(model, x)
+  )
   print(f'torchvision vit_b_16: max |logit diff| {diff:.2e}')
   assert diff <= TOL
 
@@ -214,21 +249,36 @@ def test_cli_safetensors_round_trip_with_verify(tmp_path, capsys):
   path = tmp_path / 'vit.safetensors'
   safetensors.torch.save_file(model.state_dict(), str(path))
   out_dir = tmp_path / 'backbone'
-  code, out, err = run_cli(capsys, '--checkpoint', path, '--out', out_dir, '--image_size', 48,
-                           '--verify')
+  code, out, err = run_cli(
+      capsys, '--checkpoint', path, '--out', out_dir, '--image_size', 48, '--verify'
+  )
   assert code == 0, err
   print(out)
-  for line in ('source: timm VisionTransformer', 'heads 3 (standard for width 192)',
-               'resampled 4x4 (32 px) -> 6x6 (48 px)', 'head: kept, 5 classes',
-               'verify: max |logit difference|', f'wrote {out_dir}'):
+  for line in (
+      'source: timm VisionTransformer',
+      'heads 3 (standard for width 192)',
+      'resampled 4x4 (32 px) -> 6x6 (48 px)',
+      'head: kept, 5 classes',
+      'verify: max |logit difference|',
+      f'wrote {out_dir}',
+  ):
     assert line in out
   diff = float(out.split('verify: max |logit difference| ')[1].split()[0])
   assert diff <= TOL
   params, model_config = convert.load(out_dir)
-  assert model_config == dict(width=192, depth=2, num_heads=3, mlp_dim=768, patch_size=8,
-                              image_size=48, num_classes=5, layer_norm_eps=1e-6)
-  assert convert.read_metadata(out_dir) == dict(source='timm', checkpoint=str(path), mean=None,
-                                                std=None)
+  assert model_config == dict(
+      width=192,
+      depth=2,
+      num_heads=3,
+      mlp_dim=768,
+      patch_size=8,
+      image_size=48,
+      num_classes=5,
+      layer_norm_eps=1e-6,
+  )
+  assert convert.read_metadata(out_dir) == dict(
+      source='timm', checkpoint=str(path), mean=None, std=None
+  )
   expected, _ = convert.convert_state_dict(model.state_dict(), image_size=48)
   jax.tree.map(np.testing.assert_array_equal, params, expected)
   assert sorted(os.listdir(tmp_path)) == ['backbone', 'vit.safetensors']
@@ -242,28 +292,37 @@ def test_cli_wrapped_pth_round_trip_drops_head(tmp_path, capsys):
   state = {f'module.{k}': v for k, v in model.state_dict().items()}
   torch.save({'model': state, 'epoch': 3}, path)
   out_dir = tmp_path / 'backbone'
-  code, out, err = run_cli(capsys, '--checkpoint', path, '--out', out_dir, '--num_classes', 7,
-                           '--verify')
+  code, out, err = run_cli(
+      capsys, '--checkpoint', path, '--out', out_dir, '--num_classes', 7, '--verify'
+  )
   assert code == 0, err
   assert 'head: dropped (checkpoint has 5 classes, num_classes=7)' in out
   params, model_config = convert.load(out_dir)
   assert model_config['num_classes'] == 7 and 'head' not in params
   x = images(2, 32)
   features = models.build({**model_config, 'num_classes': 0}).apply({'params': params}, x)
-  expected = model.forward_head(model.forward_features(torch.from_numpy(x).permute(0, 3, 1, 2)),
-                                pre_logits=True).numpy()
+  expected = model.forward_head(
+      model.forward_features(torch.from_numpy(x).permute(0, 3, 1, 2)), pre_logits=True
+  ).numpy()
   assert max_diff(np.asarray(features), expected) <= TOL
 
 
 def test_cli_reads_hub_directory_metadata(tmp_path, capsys):
   # Width 64 is not in the standard table: only the hub config.json can tell the heads.
-  model = randomized(transformers.ViTForImageClassification(small_hf_config(
-      hidden_size=64, num_attention_heads=4, intermediate_size=128, layer_norm_eps=1e-6)))
+  model = randomized(
+      transformers.ViTForImageClassification(
+          small_hf_config(
+              hidden_size=64, num_attention_heads=4, intermediate_size=128, layer_norm_eps=1e-6
+          )
+      )
+  )
   model.save_pretrained(tmp_path / 'hub')
   (tmp_path / 'hub' / 'preprocessor_config.json').write_text(
-      json.dumps(dict(image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])))
-  code, out, err = run_cli(capsys, '--checkpoint', tmp_path / 'hub', '--out', tmp_path / 'bb',
-                           '--verify')
+      json.dumps(dict(image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5]))
+  )
+  code, out, err = run_cli(
+      capsys, '--checkpoint', tmp_path / 'hub', '--out', tmp_path / 'bb', '--verify'
+  )
   assert code == 0, err
   assert 'normalisation: mean [0.5, 0.5, 0.5], std [0.5, 0.5, 0.5]' in out
   assert 'heads 4 (given)' in out and 'LayerNorm eps 1e-06' in out
@@ -309,29 +368,60 @@ def edited(state, drop=(), put=None):
 TOKEN = np.zeros((1, 1, 192), np.float32)
 # name, state dict edit, convert() arguments, expected message.
 ERRORS = [
-    ('unknown key', lambda s: edited(s, put={'blocks.0.attn.foo.weight': np.zeros((2, 2))}),
-     {}, r"Unknown keys for a timm VisionTransformer checkpoint: 'blocks.0.attn.foo.weight'"),
-    ('missing key', lambda s: edited(s, drop=('blocks.1.mlp.fc2.bias', 'norm.weight')), {},
-     r"missing keys: 'norm.weight', 'blocks.1.mlp.fc2.bias'"),
-    ('shape mismatch',
-     lambda s: edited(s, put={'blocks.0.mlp.fc2.weight': np.zeros((192, 769))}), {},
-     r'Shape mismatch: blocks.0.mlp.fc2.weight gives blocks_0/mlp/fc2/kernel of shape '
-     r'\(769, 192\), the model expects \(768, 192\)'),
-    ('wrong rank', lambda s: edited(s, put={'blocks.0.norm1.weight': np.zeros((192, 1))}), {},
-     r'blocks.0.norm1.weight has shape \(192, 1\), expected a 1-D array'),
-    ('register tokens', lambda s: edited(s, put={'reg_token': TOKEN}), {},
-     r'Unsupported architecture: .*register tokens \(reg_token\)'),
+    (
+        'unknown key',
+        lambda s: edited(s, put={'blocks.0.attn.foo.weight': np.zeros((2, 2))}),
+        {},
+        r"Unknown keys for a timm VisionTransformer checkpoint: 'blocks.0.attn.foo.weight'",
+    ),
+    (
+        'missing key',
+        lambda s: edited(s, drop=('blocks.1.mlp.fc2.bias', 'norm.weight')),
+        {},
+        r"missing keys: 'norm.weight', 'blocks.1.mlp.fc2.bias'",
+    ),
+    (
+        'shape mismatch',
+        lambda s: edited(s, put={'blocks.0.mlp.fc2.weight': np.zeros((192, 769))}),
+        {},
+        r'Shape mismatch: blocks.0.mlp.fc2.weight gives blocks_0/mlp/fc2/kernel of shape '
+        r'\(769, 192\), the model expects \(768, 192\)',
+    ),
+    (
+        'wrong rank',
+        lambda s: edited(s, put={'blocks.0.norm1.weight': np.zeros((192, 1))}),
+        {},
+        r'blocks.0.norm1.weight has shape \(192, 1\), expected a 1-D array',
+    ),
+    (
+        'register tokens',
+        lambda s: edited(s, put={'reg_token': TOKEN}),
+        {},
+        r'Unsupported architecture: .*register tokens \(reg_token\)',
+    ),
     ('distillation', lambda s: edited(s, put={'dist_token': TOKEN}), {}, 'distillation token'),
     ('no class token', lambda s: edited(s, drop=('cls_token',)), {}, 'no class token'),
-    ('no_embed_class', lambda s: edited(s, put={'pos_embed': s['pos_embed'][:, 1:]}), {},
-     'no_embed_class'),
+    (
+        'no_embed_class',
+        lambda s: edited(s, put={'pos_embed': s['pos_embed'][:, 1:]}),
+        {},
+        'no_embed_class',
+    ),
     ('wrong heads', lambda s: s, dict(num_heads=5), 'num_heads=5 does not divide the width 192'),
     ('bad image size', lambda s: s, dict(image_size=36), 'not a positive multiple of the patch'),
     ('unknown source', lambda s: s, dict(source='jax'), "Unknown source 'jax'"),
-    ('wrong source', lambda s: s, dict(source='torchvision'),
-     'Unrecognised checkpoint for --source torchvision'),
-    ('not a vit', lambda s: {'conv1.weight': np.zeros((2, 3, 3, 3))}, {},
-     r"Unrecognised checkpoint.*'conv1.weight'"),
+    (
+        'wrong source',
+        lambda s: s,
+        dict(source='torchvision'),
+        'Unrecognised checkpoint for --source torchvision',
+    ),
+    (
+        'not a vit',
+        lambda s: {'conv1.weight': np.zeros((2, 3, 3, 3))},
+        {},
+        r"Unrecognised checkpoint.*'conv1.weight'",
+    ),
 ]
 
 
@@ -342,22 +432,32 @@ def test_errors_name_the_problem(tiny_state, name, make, kwargs, message):
     convert.convert(make(tiny_state), **kwargs)
 
 
-@pytest.mark.parametrize('kwargs, message', [
-    (dict(reg_tokens=4), 'register tokens'),
-    (dict(global_pool='avg', class_token=False), 'fc_norm'),
-    (dict(init_values=1e-5), 'LayerScale'),
-    (dict(qk_norm=True), 'qk_norm'),
-])
+@pytest.mark.parametrize(
+    'kwargs, message',
+    [
+        (dict(reg_tokens=4), 'register tokens'),
+        (dict(global_pool='avg', class_token=False), 'fc_norm'),
+        (dict(init_values=1e-5), 'LayerScale'),
+        (dict(qk_norm=True), 'qk_norm'),
+    ],
+)
 def test_unsupported_timm_variants_are_refused(kwargs, message):
-  state = timm.create_model('vit_tiny_patch16_224', pretrained=False, depth=1, img_size=32,
-                            **kwargs).state_dict()
+  state = timm.create_model(
+      'vit_tiny_patch16_224', pretrained=False, depth=1, img_size=32, **kwargs
+  ).state_dict()
   with pytest.raises(ValueError, match=f'Unsupported architecture: .*{message}'):
     convert.convert(state)
 
 
 def test_hf_deit_distilled_is_refused():
-  config = transformers.DeiTConfig(hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
-                                   intermediate_size=128, image_size=32, patch_size=8)
+  config = transformers.DeiTConfig(
+      hidden_size=64,
+      num_hidden_layers=1,
+      num_attention_heads=2,
+      intermediate_size=128,
+      image_size=32,
+      patch_size=8,
+  )
   state = transformers.DeiTForImageClassificationWithTeacher(config).state_dict()
   with pytest.raises(ValueError, match='Unsupported architecture: .*distillation token'):
     convert.convert(state)
@@ -399,12 +499,13 @@ def test_pickle_that_runs_code_is_refused_unrun(tmp_path, layout):
 
 def test_safetensors_with_huge_header_is_refused(tmp_path):
   path = tmp_path / 'huge.safetensors'
-  path.write_bytes(struct.pack('<Q', 2 ** 62) + b'{}')
+  path.write_bytes(struct.pack('<Q', 2**62) + b'{}')
   with pytest.raises(ValueError, match='header declares 4611686018427387904 bytes but the file'):
     convert.read_checkpoint(path)
   # A valid header whose tensor claims 40 GB of a 16-byte body.
-  header = json.dumps({'w': dict(dtype='F32', shape=[100000, 100000],
-                                 data_offsets=[0, 40_000_000_000])}).encode()
+  header = json.dumps(
+      {'w': dict(dtype='F32', shape=[100000, 100000], data_offsets=[0, 40_000_000_000])}
+  ).encode()
   path.write_bytes(struct.pack('<Q', len(header)) + header + bytes(16))
   with pytest.raises(ValueError, match='not a valid safetensors file'):
     convert.read_checkpoint(path)

@@ -39,7 +39,8 @@ DFEW_DAMAGED_FRAMES = {5: 'garbage', 7: 'empty', 9: 'truncated', 11: 'denied'}
 def _jpeg(index: int) -> bytes:
   buffer = io.BytesIO()
   Image.new('RGB', (FRAME_SIZE, FRAME_SIZE), (BRIGHTNESS_STEP * index,) * 3).save(
-      buffer, format='JPEG', quality=95)
+      buffer, format='JPEG', quality=95
+  )
   return buffer.getvalue()
 
 
@@ -58,14 +59,22 @@ def _write(path, text: str) -> None:
 
 def _frame_indices(encoded_frames) -> list[int]:
   """Frame indices recovered from stored JPEG bytes (brightness / step)."""
-  return [int(round(float(tf.reduce_mean(tf.cast(tf.io.decode_jpeg(f, channels=3), tf.float32)))
-                    / BRIGHTNESS_STEP)) for f in encoded_frames]
+  return [
+      int(
+          round(
+              float(tf.reduce_mean(tf.cast(tf.io.decode_jpeg(f, channels=3), tf.float32)))
+              / BRIGHTNESS_STEP
+          )
+      )
+      for f in encoded_frames
+  ]
 
 
 def _build(name: str, data_dir, manual_dir) -> tfds.core.DatasetBuilder:
   builder = tfds.builder(name, data_dir=os.fspath(data_dir))
   builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir)))
+      download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir))
+  )
   return builder
 
 
@@ -87,8 +96,10 @@ def make_dfew(root, num_frames: int = NUM_FRAMES, damaged: bool = False) -> None
     train_ids = [i for i in ids if i not in test_ids] + ([DFEW_ALL_CORRUPT] if damaged else [])
     for split, split_ids in (('train', train_ids), ('test', test_ids)):
       rows = ''.join(f'{i},{DFEW_CLIPS.get(i, 3)}\n' for i in split_ids)
-      _write(os.path.join(root, 'EmoLabel_DataSplit', f'{split}(single-labeled)', f'set_{k}.csv'),
-             'video_name,label\n' + rows)
+      _write(
+          os.path.join(root, 'EmoLabel_DataSplit', f'{split}(single-labeled)', f'set_{k}.csv'),
+          'video_name,label\n' + rows,
+      )
   originals = os.path.join(root, 'Clip', 'original')
   os.makedirs(originals, exist_ok=True)
   for i in ids:
@@ -96,11 +107,15 @@ def make_dfew(root, num_frames: int = NUM_FRAMES, damaged: bool = False) -> None
     _write_clip(os.path.join(root, 'Clip', 'clip_224x224_16f', f'{i:05d}'), f'{i:05d}_', 4)
     video_io.write_video(
         os.path.join(originals, f'{i:05d}.mp4'),
-        (np.full((FRAME_SIZE, FRAME_SIZE, 3), BRIGHTNESS_STEP * n, np.uint8)
-         for n in range(1, num_frames + 1)))
+        (
+            np.full((FRAME_SIZE, FRAME_SIZE, 3), BRIGHTNESS_STEP * n, np.uint8)
+            for n in range(1, num_frames + 1)
+        ),
+    )
   if damaged:
-    damaged_frame = os.path.join(root, 'Clip', 'clip_224x224', f'{DFEW_DAMAGED:05d}',
-                                 f'{DFEW_DAMAGED:05d}_{{}}.jpg')
+    damaged_frame = os.path.join(
+        root, 'Clip', 'clip_224x224', f'{DFEW_DAMAGED:05d}', f'{DFEW_DAMAGED:05d}_{{}}.jpg'
+    )
     _write(damaged_frame.format(5), 'not a jpeg')
     _write(damaged_frame.format(7), '')
     with open(damaged_frame.format(9), 'wb') as f:
@@ -124,8 +139,9 @@ def dfew_dirs(tmp_path_factory):
 @pytest.fixture(scope='module')
 def dfew_fold1(dfew_dirs):
   manual, data_dir = dfew_dirs
-  denied = os.path.join(manual, 'Clip', 'clip_224x224', f'{DFEW_DAMAGED:05d}',
-                        f'{DFEW_DAMAGED:05d}_11.jpg')
+  denied = os.path.join(
+      manual, 'Clip', 'clip_224x224', f'{DFEW_DAMAGED:05d}', f'{DFEW_DAMAGED:05d}_11.jpg'
+  )
   real_open = builtins.open
 
   def open_denying_one_frame(file, *args, **kwargs):
@@ -178,8 +194,9 @@ def test_dfew_corrupt_frames_skipped_and_reported(dfew_fold1):
   assert report.examples_per_split == {'train': 4, 'test': 1}
   skipped = {os.path.basename(s.path): s for s in report.skipped_frames}
   # Every bad frame is listed, those of the clip skipped as a whole too.
-  assert sorted(skipped) == sorted([f'{DFEW_DAMAGED:05d}_{n}.jpg' for n in DFEW_DAMAGED_FRAMES]
-                                   + ['00099_1.jpg', '00099_2.jpg'])
+  assert sorted(skipped) == sorted(
+      [f'{DFEW_DAMAGED:05d}_{n}.jpg' for n in DFEW_DAMAGED_FRAMES] + ['00099_1.jpg', '00099_2.jpg']
+  )
   assert 'empty' in skipped['00023_7.jpg'].reason
   assert 'Permission denied' in skipped['00023_11.jpg'].reason
   assert skipped['00023_9.jpg'].clip_id == '00023' and skipped['00099_1.jpg'].clip_id == '00099'
@@ -271,24 +288,30 @@ def test_empty_frames_folder(tmp_path):
   def mutate(manual):
     _write(_set_csv(manual), 'video_name,label\n77,2\n')
     os.makedirs(os.path.join(manual, 'Clip', 'clip_224x224', '00077'))
+
   assert "'00077'" in str(_dfew_error(tmp_path, mutate))
 
 
 def test_missing_original_video(tmp_path):
   error = _dfew_error(
-      tmp_path, lambda m: os.remove(os.path.join(m, 'Clip', 'original', '00001.mp4')),
-      config='dfew/fold1_original')
+      tmp_path,
+      lambda m: os.remove(os.path.join(m, 'Clip', 'original', '00001.mp4')),
+      config='dfew/fold1_original',
+  )
   assert 'no video file' in str(error) and '00001.mp4' in str(error)
 
 
-@pytest.mark.parametrize('rows,line,problem', [
-    ('1,8\n', 2, 'outside 1..7'),
-    ('1,0\n', 2, 'outside 1..7'),
-    ('1,1\nabc\n', 3, 'expected 2 comma-separated fields'),
-    ('1;1\n', 2, 'expected 2'),
-    ('one,1\n', 2, 'must be integers'),
-    ('1,1\n\n1,2\n', 4, 'listed twice (first on line 2)'),
-])
+@pytest.mark.parametrize(
+    'rows,line,problem',
+    [
+        ('1,8\n', 2, 'outside 1..7'),
+        ('1,0\n', 2, 'outside 1..7'),
+        ('1,1\nabc\n', 3, 'expected 2 comma-separated fields'),
+        ('1;1\n', 2, 'expected 2'),
+        ('one,1\n', 2, 'must be integers'),
+        ('1,1\n\n1,2\n', 4, 'listed twice (first on line 2)'),
+    ],
+)
 def test_bad_dfew_split_lines(tmp_path, rows, line, problem):
   error = _dfew_error(tmp_path, lambda m: _write(_set_csv(m), 'video_name,label\n' + rows))
   assert error.line == line and problem in str(error) and 'set_1.csv' in str(error)
@@ -303,15 +326,20 @@ def test_bad_dfew_header(tmp_path):
 # FERV39k
 
 FERV_CLIPS = {  # path -> split
-    'Action/Angry/0001': 'train', 'Action/Happy/0002': 'train', 'Crime/Happy/0010': 'train',
-    'Crime/Surprise/0001': 'test', 'Action/Fear/0003': 'test',
+    'Action/Angry/0001': 'train',
+    'Action/Happy/0002': 'train',
+    'Crime/Happy/0010': 'train',
+    'Crime/Surprise/0001': 'test',
+    'Action/Fear/0003': 'test',
 }
 
 
 def make_ferv39k(root) -> None:
   for split in ('train', 'test'):
-    _write(os.path.join(root, '4_setups', 'All_scenes', f'{split}_All.csv'),
-           ''.join(f'{p} {p.split("/")[1]}\n' for p, s in FERV_CLIPS.items() if s == split))
+    _write(
+        os.path.join(root, '4_setups', 'All_scenes', f'{split}_All.csv'),
+        ''.join(f'{p} {p.split("/")[1]}\n' for p, s in FERV_CLIPS.items() if s == split),
+    )
   for path in FERV_CLIPS:
     _write_clip(os.path.join(root, '2_ClipsforFaceCrop', *path.split('/')), '')
 
@@ -332,11 +360,14 @@ def test_ferv39k(tmp_path):
     assert _frame_indices(ex['video']) == list(range(1, NUM_FRAMES + 1))
 
 
-@pytest.mark.parametrize('line,problem', [
-    ('Action/Angry/0001 Joy', "label 'Joy' is not one of the 7 classes"),
-    ('Action/Angry/0001', 'a clip path and a label'),
-    ('Action/0001 Angry', 'is not <Scene>/<Emotion>/<NNNN>'),
-])
+@pytest.mark.parametrize(
+    'line,problem',
+    [
+        ('Action/Angry/0001 Joy', "label 'Joy' is not one of the 7 classes"),
+        ('Action/Angry/0001', 'a clip path and a label'),
+        ('Action/0001 Angry', 'is not <Scene>/<Emotion>/<NNNN>'),
+    ],
+)
 def test_bad_ferv39k_split_lines(tmp_path, line, problem):
   make_ferv39k(tmp_path / 'manual')
   split_file = tmp_path / 'manual' / '4_setups' / 'All_scenes' / 'test_All.csv'
@@ -350,7 +381,11 @@ def test_bad_ferv39k_split_lines(tmp_path, line, problem):
 def test_label_spelling_variants(tmp_path):
   builder = ferv39k.Ferv39k(data_dir=os.fspath(tmp_path))
   assert [builder._label_index(s) for s in ('Surprise', 'surprise', 'Surprised', 'happiness')] == [
-      6, 6, 6, 3]
+      6,
+      6,
+      6,
+      3,
+  ]
   dfew_builder = dfew.Dfew(config='fold1', data_dir=os.fspath(tmp_path))
   assert dfew_builder._parse_split_line('7, 3').clip_id == '00007'
 
@@ -366,8 +401,11 @@ def make_mafw(root, frames_dir: str) -> None:
   for k in range(1, 6):
     split_dir = os.path.join(root, 'Train & Test Set', 'single', 'no_caption', f'set_{k}')
     for split in ('train', 'test'):
-      lines = [f'{clip_id}.mp4 {label}\n' for i, (clip_id, label) in enumerate(MAFW_SPLITS, 1)
-               if (i == k) == (split == 'test')]
+      lines = [
+          f'{clip_id}.mp4 {label}\n'
+          for i, (clip_id, label) in enumerate(MAFW_SPLITS, 1)
+          if (i == k) == (split == 'test')
+      ]
       _write(os.path.join(split_dir, f'{split}.txt'), ''.join(lines))
   for clip_id, _ in MAFW_SPLITS:
     _write_clip(os.path.join(root, frames_dir, clip_id), 'img_')
@@ -381,8 +419,19 @@ def test_mafw(tmp_path, frames_dir, caplog):
   train, test = _read(fold2, 'train'), _read(fold2, 'test')
   label = fold2.info.features['label']
 
-  assert label.names == ['anger', 'disgust', 'fear', 'happiness', 'neutral', 'sadness',
-                         'surprise', 'contempt', 'anxiety', 'helplessness', 'disappointment']
+  assert label.names == [
+      'anger',
+      'disgust',
+      'fear',
+      'happiness',
+      'neutral',
+      'sadness',
+      'surprise',
+      'contempt',
+      'anxiety',
+      'helplessness',
+      'disappointment',
+  ]
   assert sorted(test) == ['00012'] and sorted(train) == ['03747', '10045']
   for clip_id, label_name in MAFW_SPLITS:
     ex = {**train, **test}[clip_id]
@@ -391,11 +440,14 @@ def test_mafw(tmp_path, frames_dir, caplog):
   assert 'Examples written: train=2' in caplog.text  # The build report is logged.
 
 
-@pytest.mark.parametrize('line,problem', [
-    ('03747.mp4 joy', "label 'joy' is not one of the 11 classes"),
-    ('03747.mp4', 'expected 2 space-separated fields, found 1'),
-    ('03747 anger', 'is not a video file name'),
-])
+@pytest.mark.parametrize(
+    'line,problem',
+    [
+        ('03747.mp4 joy', "label 'joy' is not one of the 11 classes"),
+        ('03747.mp4', 'expected 2 space-separated fields, found 1'),
+        ('03747 anger', 'is not a video file name'),
+    ],
+)
 def test_bad_mafw_split_lines(tmp_path, line, problem):
   make_mafw(tmp_path / 'manual', 'data/frames')
   split_path = os.path.join('Train & Test Set', 'single', 'no_caption', 'set_1', 'train.txt')
@@ -422,7 +474,11 @@ def test_natural_sort_and_frame_listing(tmp_path):
   for name in ('x_10.jpg', 'x_2.png', 'x_1.JPG', '._x_3.jpg', 'notes.txt', 'x_01.jpg'):
     (tmp_path / name).write_bytes(b'')
   assert [os.path.basename(p) for p in clip_folders.list_frame_files(tmp_path)] == [
-      'x_01.jpg', 'x_1.JPG', 'x_2.png', 'x_10.jpg']
+      'x_01.jpg',
+      'x_1.JPG',
+      'x_2.png',
+      'x_10.jpg',
+  ]
 
 
 def test_non_jpeg_frame_is_converted(tmp_path):
@@ -436,10 +492,19 @@ def test_prepare_cli_builds_a_fold_and_prints_the_report(tmp_path):
   manual = tmp_path / 'manual'
   make_dfew(manual, damaged=True)
   proc = subprocess.run(
-      [sys.executable, '-m', 'feadapter_jax.data.prepare', '--dataset=dfew/fold2',
-       f'--manual_dir={manual}', f'--data_dir={tmp_path / "tfds"}'],
-      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), capture_output=True,
-      text=True, timeout=300)
+      [
+          sys.executable,
+          '-m',
+          'feadapter_jax.data.prepare',
+          '--dataset=dfew/fold2',
+          f'--manual_dir={manual}',
+          f'--data_dir={tmp_path / "tfds"}',
+      ],
+      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert 'Prepared dfew/fold2' in proc.stdout
   assert f'{DFEW_ALL_CORRUPT:05d}' in proc.stdout  # the skipped clip is reported by id

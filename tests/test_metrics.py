@@ -1,4 +1,5 @@
 """WAR/UAR/confusion matrix against hand-computed values."""
+
 import numpy as np
 import pytest
 

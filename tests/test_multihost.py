@@ -1,4 +1,5 @@
 """Several processes on one machine (a pod in miniature, gloo collectives on CPU)."""
+
 import json
 import os
 import socket
@@ -23,8 +24,12 @@ def env():
 
 
 def launch(args_per_process, timeout=600):
-  procs = [subprocess.Popen(args, cwd=ROOT, env=env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True) for args in args_per_process]
+  procs = [
+      subprocess.Popen(
+          args, cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+      )
+      for args in args_per_process
+  ]
   outs = [p.communicate(timeout=timeout) for p in procs]
   return [(p.returncode, out, err) for p, (out, err) in zip(procs, outs)]
 
@@ -32,7 +37,7 @@ def launch(args_per_process, timeout=600):
 def test_two_processes_of_four_devices_step_like_one_process_of_eight():
   worker = os.path.join('tests', 'multihost_worker.py')
   port = free_port()
-  (rc, out, err), = launch([[sys.executable, worker, '0', '1', str(port), '8']])
+  ((rc, out, err),) = launch([[sys.executable, worker, '0', '1', str(port), '8']])
   assert rc == 0, err[-2000:]
   single = json.loads(out.strip().splitlines()[-1])
   results = launch([[sys.executable, worker, str(i), '2', str(port), '4'] for i in range(2)])
@@ -51,20 +56,32 @@ def test_trainer_runs_collectively_on_two_processes(tmp_path):
   # Prepare the data once first: several processes must not build one dataset concurrently.
   from configs import synthetic  # pylint: disable=g-import-not-at-top
   from feadapter_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+
   config = synthetic.get_config('quick,init=')
   config.data.data_dir = data_dir
   pipeline.get_builder(config.data)
   workdir = str(tmp_path / 'run')
-  common = ['-m', 'feadapter_jax.main', '--config=configs/synthetic.py:quick,init=',
-            f'--workdir={workdir}', f'--config.data.data_dir={data_dir}',
-            '--config.model.width=32', '--config.model.depth=2', '--config.model.num_heads=2',
-            '--config.model.mlp_dim=64', '--config.model.adapter.width=8',
-            '--config.total_steps=4', '--config.log_every_steps=2',
-            '--config.eval_every_steps=4', '--config.distributed.initialize=True',
-            f'--config.distributed.coordinator_address=localhost:{port}',
-            '--config.distributed.num_processes=2']
-  results = launch([[sys.executable, *common, f'--config.distributed.process_id={i}']
-                    for i in range(2)])
+  common = [
+      '-m',
+      'feadapter_jax.main',
+      '--config=configs/synthetic.py:quick,init=',
+      f'--workdir={workdir}',
+      f'--config.data.data_dir={data_dir}',
+      '--config.model.width=32',
+      '--config.model.depth=2',
+      '--config.model.num_heads=2',
+      '--config.model.mlp_dim=64',
+      '--config.model.adapter.width=8',
+      '--config.total_steps=4',
+      '--config.log_every_steps=2',
+      '--config.eval_every_steps=4',
+      '--config.distributed.initialize=True',
+      f'--config.distributed.coordinator_address=localhost:{port}',
+      '--config.distributed.num_processes=2',
+  ]
+  results = launch(
+      [[sys.executable, *common, f'--config.distributed.process_id={i}'] for i in range(2)]
+  )
   for rc, _, err in results:
     assert rc == 0, err[-3000:]
   chief_out, other_out = results[0][1], results[1][1]

@@ -1,5 +1,6 @@
 """Freezing through Optax: regex labels, no update and no state for frozen parameters,
 no gradient computation for them, and the same step on one device and on an 8-device mesh."""
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -10,16 +11,26 @@ from feadapter_jax import models, optim, partition, sharding, step
 from tests.tiny import tiny
 
 TRAINABLE = ('.*adapter.*', 'head/.*')
-OPTIM = ml_collections.ConfigDict(dict(
-    lr=1e-2, end_lr_factor=0.1, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.05,
-    weight_decay_rules=[('.*(bias|scale|cls_token|pos_embed)', False), ('.*', True)],
-    grad_clip_norm=1.0))
+OPTIM = ml_collections.ConfigDict(
+    dict(
+        lr=1e-2,
+        end_lr_factor=0.1,
+        b1=0.9,
+        b2=0.999,
+        eps=1e-8,
+        weight_decay=0.05,
+        weight_decay_rules=[('.*(bias|scale|cls_token|pos_embed)', False), ('.*', True)],
+        grad_clip_norm=1.0,
+    )
+)
 
 
 def setup(patterns=TRAINABLE, adapter=dict(kind='fe', width=8), batch_size=8):
   model = models.build(tiny(adapter))
-  batch = {'video': jax.random.normal(jax.random.key(1), (batch_size, 4, 32, 32, 3)),
-           'label': jnp.arange(batch_size) % 5}
+  batch = {
+      'video': jax.random.normal(jax.random.key(1), (batch_size, 4, 32, 32, 3)),
+      'label': jnp.arange(batch_size) % 5,
+  }
   params = model.init(jax.random.key(0), batch['video'])['params']
   mask = partition.trainable_mask(params, patterns)
   tx = optim.make(OPTIM, mask, total_steps=10)
@@ -29,7 +40,9 @@ def setup(patterns=TRAINABLE, adapter=dict(kind='fe', width=8), batch_size=8):
 def test_match_first_rule_wins_and_unmatched_leaf_fails():
   tree = {'a': {'kernel': 1, 'bias': 2}, 'b': {'kernel': 3}}
   assert partition.match(tree, [('a/.*', 'x'), ('.*kernel', 'y'), ('.*', 'z')]) == {
-      'a': {'kernel': 'x', 'bias': 'x'}, 'b': {'kernel': 'y'}}
+      'a': {'kernel': 'x', 'bias': 'x'},
+      'b': {'kernel': 'y'},
+  }
   with pytest.raises(ValueError, match="'b/kernel'"):
     partition.match(tree, [('a/.*', 1)])
 
@@ -68,7 +81,9 @@ def test_full_finetuning_trains_every_leaf():
   model, tx, mask, state, batch = setup(patterns=('.*',), adapter=None)
   params0 = partition.flatten(state['params'])
   state, _ = jax.jit(step.make_train_step(model, tx, mask))(state, batch)
-  assert all(not np.array_equal(v, params0[n]) for n, v in partition.flatten(state['params']).items())
+  assert all(
+      not np.array_equal(v, params0[n]) for n, v in partition.flatten(state['params']).items()
+  )
 
 
 def flops(fn, *args):
@@ -77,13 +92,15 @@ def flops(fn, *args):
 
 def test_frozen_weights_get_no_gradient_computation():
   # Weight gradients are a third of a block's FLOPs: frozen ones must not be computed.
-  adapter_model, adapter_tx, adapter_mask, adapter_state, batch = setup(patterns=('head/.*',),
-                                                                        adapter=None)
+  adapter_model, adapter_tx, adapter_mask, adapter_state, batch = setup(
+      patterns=('head/.*',), adapter=None
+  )
   full_model, full_tx, full_mask, full_state, _ = setup(patterns=('.*',), adapter=None)
   probe = flops(step.make_train_step(adapter_model, adapter_tx, adapter_mask), adapter_state, batch)
   full = flops(step.make_train_step(full_model, full_tx, full_mask), full_state, batch)
-  forward = flops(lambda p, v: full_model.apply({'params': p}, v), full_state['params'],
-                  batch['video'])
+  forward = flops(
+      lambda p, v: full_model.apply({'params': p}, v), full_state['params'], batch['video']
+  )
   assert full > 2.3 * forward
   assert probe < 1.3 * forward  # the head's gradient needs no backward pass through blocks
 
@@ -99,8 +116,9 @@ def test_step_on_an_8_device_mesh_equals_one_device():
   batch_sh = sharding.batch_sharding(mesh)
   sharded_batch = jax.device_put(batch, batch_sh)
   assert len(sharded_batch['video'].sharding.device_set) == 8
-  sharded_step = jax.jit(train_step, in_shardings=(state_sh, batch_sh),
-                         out_shardings=(state_sh, None))
+  sharded_step = jax.jit(
+      train_step, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, None)
+  )
   multi, m_multi = sharded_step(jax.device_put(state, state_sh), sharded_batch)
   np.testing.assert_allclose(m_multi['loss'], m_single['loss'], rtol=1e-5)
   for a, b in zip(jax.tree.leaves(multi['params']), jax.tree.leaves(single['params'])):

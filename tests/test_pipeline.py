@@ -27,20 +27,29 @@ class FakeManualFer(tfds.core.GeneratorBasedBuilder):
   MANUAL_DOWNLOAD_INSTRUCTIONS = 'Put labels.txt (one class name per clip) in the manual dir.'
 
   def _info(self):
-    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-        'video': tfds.features.Video(shape=(None, None, None, 3), encoding_format='jpeg'),
-        'label': tfds.features.ClassLabel(names=synth_render.CLASS_NAMES),
-        'clip_id': tfds.features.Text(),
-        'num_frames': np.int32,
-    }))
+    return tfds.core.DatasetInfo(
+        builder=self,
+        features=tfds.features.FeaturesDict(
+            {
+                'video': tfds.features.Video(shape=(None, None, None, 3), encoding_format='jpeg'),
+                'label': tfds.features.ClassLabel(names=synth_render.CLASS_NAMES),
+                'clip_id': tfds.features.Text(),
+                'num_frames': np.int32,
+            }
+        ),
+    )
 
   def _split_generators(self, dl_manager):
     return {'test': self._generate_examples(dl_manager.manual_dir / 'labels.txt')}
 
   def _generate_examples(self, path):
     for index, name in enumerate(path.read_text().split()):
-      yield index, {'video': np.zeros((2, 8, 8, 3), np.uint8), 'label': name,
-                    'clip_id': str(index), 'num_frames': 2}
+      yield index, {
+          'video': np.zeros((2, 8, 8, 3), np.uint8),
+          'label': name,
+          'clip_id': str(index),
+          'num_frames': 2,
+      }
 
 
 @pytest.fixture(scope='module')
@@ -54,9 +63,17 @@ def _config(data_dir, **overrides):
   config.num_frames = 4
   config.image_size = RESOLUTION
   config.shuffle_buffer = 8
-  config.synth = ml_collections.ConfigDict({
-      'num_train': NUM_TRAIN, 'num_validation': 3, 'num_test': NUM_TEST,
-      'num_frames': STORED_FRAMES, 'resolution': RESOLUTION, 'seed': 0, 'jpeg_quality': 95})
+  config.synth = ml_collections.ConfigDict(
+      {
+          'num_train': NUM_TRAIN,
+          'num_validation': 3,
+          'num_test': NUM_TEST,
+          'num_frames': STORED_FRAMES,
+          'resolution': RESOLUTION,
+          'seed': 0,
+          'jpeg_quality': 95,
+      }
+  )
   for key, value in overrides.items():
     if key == 'synth':
       config.synth.update(value)
@@ -92,22 +109,26 @@ def test_train_indices_fall_in_their_segments(clip_length, num_samples):
 def test_eval_indices_are_segment_centres():
   centres = pipeline.eval_offsets(4, 1)
   np.testing.assert_array_equal(pipeline.sample_indices(16, centres), [[2, 6, 10, 14]])
-  np.testing.assert_array_equal(pipeline.sample_indices(80, pipeline.eval_offsets(16, 1)),
-                                [2 + 5 * np.arange(16)])
+  np.testing.assert_array_equal(
+      pipeline.sample_indices(80, pipeline.eval_offsets(16, 1)), [2 + 5 * np.arange(16)]
+  )
 
 
 def test_several_eval_clips_are_shifted_views():
   offsets = pipeline.eval_offsets(4, 2)
   np.testing.assert_allclose(offsets, [[0.25] * 4, [0.75] * 4])
-  np.testing.assert_array_equal(pipeline.sample_indices(16, offsets),
-                                [[1, 5, 9, 13], [3, 7, 11, 15]])
+  np.testing.assert_array_equal(
+      pipeline.sample_indices(16, offsets), [[1, 5, 9, 13], [3, 7, 11, 15]]
+  )
 
 
 def test_short_clips_repeat_frames_in_order():
-  np.testing.assert_array_equal(pipeline.sample_indices(3, pipeline.eval_offsets(8, 1)),
-                                [[0, 0, 0, 1, 1, 2, 2, 2]])
-  np.testing.assert_array_equal(pipeline.sample_indices(1, pipeline.eval_offsets(4, 2)),
-                                np.zeros((2, 4)))
+  np.testing.assert_array_equal(
+      pipeline.sample_indices(3, pipeline.eval_offsets(8, 1)), [[0, 0, 0, 1, 1, 2, 2, 2]]
+  )
+  np.testing.assert_array_equal(
+      pipeline.sample_indices(1, pipeline.eval_offsets(4, 2)), np.zeros((2, 4))
+  )
   # Offsets just below 1 still clamp inside the clip.
   assert pipeline.sample_indices(5, np.full(8, 0.9999)).numpy().max() == 4
 
@@ -122,8 +143,12 @@ def test_dataset_info_prepares_synth_fer(data_dir):
 
 
 def test_unknown_dataset_gives_a_clear_error(tmp_path):
-  config = _config(str(tmp_path / 'tfds'), name='no_such_dataset', builder_config='fold1',
-                   manual_dir=str(tmp_path / 'manual'))
+  config = _config(
+      str(tmp_path / 'tfds'),
+      name='no_such_dataset',
+      builder_config='fold1',
+      manual_dir=str(tmp_path / 'manual'),
+  )
   with pytest.raises(pipeline.DatasetNotFoundError) as error:
     pipeline.get_builder(config)
   message = str(error.value)
@@ -134,8 +159,9 @@ def test_unknown_dataset_gives_a_clear_error(tmp_path):
 
 def test_unprepared_real_dataset_needs_its_manual_files(tmp_path):
   manual_dir = tmp_path / 'manual'
-  config = _config(str(tmp_path / 'tfds'), name='fake_manual_fer', builder_config='',
-                   manual_dir=str(manual_dir))
+  config = _config(
+      str(tmp_path / 'tfds'), name='fake_manual_fer', builder_config='', manual_dir=str(manual_dir)
+  )
   with pytest.raises(pipeline.DatasetNotFoundError) as error:
     pipeline.get_builder(config)
   message = str(error.value)
@@ -143,8 +169,14 @@ def test_unprepared_real_dataset_needs_its_manual_files(tmp_path):
   assert os.path.abspath(config.data_dir) in message and str(manual_dir) in message
 
   with pytest.raises(pipeline.DatasetNotFoundError, match='fold9'):
-    pipeline.get_builder(_config(config.data_dir, name='fake_manual_fer', builder_config='fold9',
-                                 manual_dir=str(manual_dir)))
+    pipeline.get_builder(
+        _config(
+            config.data_dir,
+            name='fake_manual_fer',
+            builder_config='fold9',
+            manual_dir=str(manual_dir),
+        )
+    )
 
   manual_dir.mkdir()
   (manual_dir / 'labels.txt').write_text('Happy\nFear\nSad\n')
@@ -159,14 +191,26 @@ def test_eval_frames_are_the_sampled_frames_in_temporal_order(data_dir):
   """Output frames are the stored frames at the segment centres of views 0 and 1, and the stored
   frames are the rendered ones in temporal order."""
   config = _config(data_dir, num_clips=2)
-  batch = next(pipeline.make_eval_dataset(config, 'test', batch_size=NUM_TEST, process_index=0,
-                                          process_count=1).as_numpy_iterator())
+  batch = next(
+      pipeline.make_eval_dataset(
+          config, 'test', batch_size=NUM_TEST, process_index=0, process_count=1
+      ).as_numpy_iterator()
+  )
   assert batch['video'].shape == (NUM_TEST, 2, 4, RESOLUTION, RESOLUTION, 3)
-  stored = tfds.as_numpy(pipeline.get_builder(config).as_dataset(
-      split='test', decoders={'video': tfds.decode.SkipDecoding()}))
-  stored = {ex['clip_id']: np.stack([cv2.imdecode(np.frombuffer(jpeg, np.uint8),
-                                                  cv2.IMREAD_COLOR)[..., ::-1]
-                                     for jpeg in ex['video']]) for ex in stored}
+  stored = tfds.as_numpy(
+      pipeline.get_builder(config).as_dataset(
+          split='test', decoders={'video': tfds.decode.SkipDecoding()}
+      )
+  )
+  stored = {
+      ex['clip_id']: np.stack(
+          [
+              cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
+              for jpeg in ex['video']
+          ]
+      )
+      for ex in stored
+  }
   synth = synth_builder.synth_config('video', **config.synth.to_dict())
   expected = np.array([[0, 2, 4, 6], [1, 3, 5, 7]])  # 8 frames, 4 segments, views at 1/4, 3/4
   for video, label, clip_id in zip(batch['video'], batch['label'], batch['clip_id']):
@@ -176,15 +220,19 @@ def test_eval_frames_are_the_sampled_frames_in_temporal_order(data_dir):
     rendered, rendered_label = synth_builder.render_example(synth, split, int(index))
     assert label == rendered_label
     # Each output frame is nearest (RMS) to the rendered frame of its index.
-    rms = np.sqrt(((output[:, :, None] - rendered[None, None].astype(float)) ** 2)
-                  .mean(axis=(-3, -2, -1)))  # (views, t, rendered frames)
+    rms = np.sqrt(
+        ((output[:, :, None] - rendered[None, None].astype(float)) ** 2).mean(axis=(-3, -2, -1))
+    )  # (views, t, rendered frames)
     np.testing.assert_array_equal(rms.argmin(-1), expected)
 
 
 def test_eval_pads_with_masked_examples_and_equal_batch_counts(data_dir):
   config = _config(data_dir)
-  batches = list(pipeline.make_eval_dataset(config, 'test', batch_size=4, process_index=0,
-                                            process_count=1).as_numpy_iterator())
+  batches = list(
+      pipeline.make_eval_dataset(
+          config, 'test', batch_size=4, process_index=0, process_count=1
+      ).as_numpy_iterator()
+  )
   masks = np.stack([b['mask'] for b in batches])
   assert masks.sum(1).tolist() == [4, 4, 4, 1]
   last = batches[-1]
@@ -198,9 +246,11 @@ def test_eval_shards_are_disjoint_complete_and_equally_long(data_dir, process_co
   config = _config(data_dir)
   seen, counts = [], []
   for process_index in range(process_count):
-    batches = list(pipeline.make_eval_dataset(
-        config, 'test', batch_size=3, process_index=process_index,
-        process_count=process_count).as_numpy_iterator())
+    batches = list(
+        pipeline.make_eval_dataset(
+            config, 'test', batch_size=3, process_index=process_index, process_count=process_count
+        ).as_numpy_iterator()
+    )
     counts.append(len(batches))
     seen += [i for b in batches for i, m in zip(b['clip_id'], b['mask']) if m]
   assert len(set(counts)) == 1
@@ -209,22 +259,27 @@ def test_eval_shards_are_disjoint_complete_and_equally_long(data_dir, process_co
 
 def test_bfloat16_output(data_dir):
   config = _config(data_dir)
-  as_float = next(pipeline.make_eval_iterator(config, 'test', batch_size=4, process_index=0,
-                                              process_count=1))
+  as_float = next(
+      pipeline.make_eval_iterator(config, 'test', batch_size=4, process_index=0, process_count=1)
+  )
   config.dtype = 'bfloat16'
-  as_bf16 = next(pipeline.make_eval_iterator(config, 'test', batch_size=4, process_index=0,
-                                             process_count=1))
+  as_bf16 = next(
+      pipeline.make_eval_iterator(config, 'test', batch_size=4, process_index=0, process_count=1)
+  )
   assert as_bf16['video'].dtype.name == 'bfloat16'
-  np.testing.assert_allclose(as_bf16['video'].astype(np.float32), as_float['video'],
-                             rtol=1e-2, atol=1e-2)
+  np.testing.assert_allclose(
+      as_bf16['video'].astype(np.float32), as_float['video'], rtol=1e-2, atol=1e-2
+  )
 
 
 def test_image_variant_is_one_frame_clips(data_dir):
   config = _config(data_dir, builder_config='image', num_frames=1)
-  train = next(pipeline.make_train_iterator(config, batch_size=2, seed=0, process_index=0,
-                                            process_count=1))
-  test = next(pipeline.make_eval_iterator(config, 'test', batch_size=2, process_index=0,
-                                          process_count=1))
+  train = next(
+      pipeline.make_train_iterator(config, batch_size=2, seed=0, process_index=0, process_count=1)
+  )
+  test = next(
+      pipeline.make_eval_iterator(config, 'test', batch_size=2, process_index=0, process_count=1)
+  )
   assert train['video'].shape == (2, 1, RESOLUTION, RESOLUTION, 3)
   assert test['video'].shape == (2, 1, 1, RESOLUTION, RESOLUTION, 3)
 
@@ -235,7 +290,8 @@ def test_image_variant_is_one_frame_clips(data_dir):
 def test_train_stream_is_deterministic_and_resumable(data_dir):
   config = _config(data_dir)
   make = lambda **kw: pipeline.make_train_iterator(
-      config, batch_size=5, process_index=0, process_count=1, **{'seed': 3, **kw})
+      config, batch_size=5, process_index=0, process_count=1, **{'seed': 3, **kw}
+  )
   full = _take(make(), 10)  # 50 examples: crosses two epoch boundaries (24 examples each)
   again = _take(make(), 10)
   for step, batch in enumerate(full):
@@ -254,12 +310,15 @@ def test_train_stream_is_deterministic_and_resumable(data_dir):
 
 def test_train_epochs_reshuffle_and_reaugment(data_dir):
   config = _config(data_dir, synth=STILL)
-  batches = _take(pipeline.make_train_dataset(config, batch_size=NUM_TRAIN, seed=0,
-                                              process_index=0,
-                                              process_count=1).as_numpy_iterator(), 2)
+  batches = _take(
+      pipeline.make_train_dataset(
+          config, batch_size=NUM_TRAIN, seed=0, process_index=0, process_count=1
+      ).as_numpy_iterator(),
+      2,
+  )
   first, second = batches
   assert sorted(first['clip_id']) == sorted(second['clip_id'])  # one epoch each
-  assert list(first['clip_id']) != list(second['clip_id'])      # in another order
+  assert list(first['clip_id']) != list(second['clip_id'])  # in another order
   by_id = {i: v for i, v in zip(second['clip_id'], second['video'])}
   changed = [not np.array_equal(v, by_id[i]) for i, v in zip(first['clip_id'], first['video'])]
   assert np.mean(changed) > 0.8  # new frames, crop and flip for (nearly) every clip
@@ -269,8 +328,11 @@ def test_augmentation_is_shared_by_all_frames_of_a_clip(data_dir):
   """A Neutral clip rendered without motion, light or noise is one frame repeated; after the
   random crop and flip it must still be, which fails if frames got different crops."""
   config = _config(data_dir, synth=STILL, crop_scale=(0.3, 0.6))
-  batch = next(pipeline.make_train_iterator(config, batch_size=NUM_TRAIN, seed=0,
-                                            process_index=0, process_count=1))
+  batch = next(
+      pipeline.make_train_iterator(
+          config, batch_size=NUM_TRAIN, seed=0, process_index=0, process_count=1
+      )
+  )
   still = batch['video'][batch['label'] == NEUTRAL]
   assert len(still) >= 3
   np.testing.assert_array_equal(still, np.broadcast_to(still[:, :1], still.shape))
@@ -284,23 +346,34 @@ def test_train_shards_cover_each_example_once_per_epoch(data_dir, process_count)
   shard_size = NUM_TRAIN // process_count
   epoch_ids = []
   for process_index in range(process_count):
-    batches = _take(pipeline.make_train_dataset(
-        config, batch_size=3, seed=0, process_index=process_index,
-        process_count=process_count).as_numpy_iterator(), shard_size // 3)
+    batches = _take(
+        pipeline.make_train_dataset(
+            config, batch_size=3, seed=0, process_index=process_index, process_count=process_count
+        ).as_numpy_iterator(),
+        shard_size // 3,
+    )
     ids = [i for b in batches for i in b['clip_id']]
     assert len(set(ids)) == shard_size
     epoch_ids += ids
-  assert sorted(epoch_ids) == [synth_builder.clip_name('train', i).encode() for i in range(NUM_TRAIN)]
+  assert sorted(epoch_ids) == [
+      synth_builder.clip_name('train', i).encode() for i in range(NUM_TRAIN)
+  ]
 
 
 def test_iterators_yield_the_dataset_batches_without_clip_ids(data_dir):
   """What the steps get is what the tests above read from the datasets, less the clip ids."""
   config = _config(data_dir)
   shard = {'batch_size': 5, 'process_index': 0, 'process_count': 1}
-  pairs = [(pipeline.make_eval_dataset(config, 'test', **shard),
-            pipeline.make_eval_iterator(config, 'test', **shard)),
-           (pipeline.make_train_dataset(config, seed=0, start_step=2, **shard),
-            pipeline.make_train_iterator(config, seed=0, start_step=2, **shard))]
+  pairs = [
+      (
+          pipeline.make_eval_dataset(config, 'test', **shard),
+          pipeline.make_eval_iterator(config, 'test', **shard),
+      ),
+      (
+          pipeline.make_train_dataset(config, seed=0, start_step=2, **shard),
+          pipeline.make_train_iterator(config, seed=0, start_step=2, **shard),
+      ),
+  ]
   for dataset, iterator in pairs:
     for with_ids, batch in zip(_take(dataset.as_numpy_iterator(), 3), _take(iterator, 3)):
       assert set(with_ids) - set(batch) == {'clip_id'}
@@ -311,8 +384,11 @@ def test_iterators_yield_the_dataset_batches_without_clip_ids(data_dir):
 
 def test_to_global_arrays_places_the_batch_on_the_mesh(data_dir):
   mesh = jax.make_mesh((jax.device_count(),), ('data',))
-  batch = next(pipeline.make_train_iterator(_config(data_dir), batch_size=jax.device_count(),
-                                            seed=0, process_index=0, process_count=1))
+  batch = next(
+      pipeline.make_train_iterator(
+          _config(data_dir), batch_size=jax.device_count(), seed=0, process_index=0, process_count=1
+      )
+  )
   arrays = pipeline.to_global_arrays(batch, mesh)
   assert set(arrays) == {'video', 'label'}
   for key, array in arrays.items():

@@ -24,9 +24,15 @@ from feadapter_jax.data.synth_fer import render as synth_render
 from feadapter_jax.data import video_io
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY_ARGS = ['--config.model.width=32', '--config.model.depth=2', '--config.model.num_heads=2',
-             '--config.model.mlp_dim=64', '--config.model.adapter.width=8',
-             '--config.total_steps=4', '--config.checkpoint_async=False']
+TINY_ARGS = [
+    '--config.model.width=32',
+    '--config.model.depth=2',
+    '--config.model.num_heads=2',
+    '--config.model.mlp_dim=64',
+    '--config.model.adapter.width=8',
+    '--config.total_steps=4',
+    '--config.checkpoint_async=False',
+]
 FPS = 8
 NONE = predict.Options(faces='none', fps=FPS)
 
@@ -42,9 +48,21 @@ def workdir(tmp_path_factory):
   """A finished quick run of a tiny FE-Adapter on SynthFER (32 px, 8 frames, 7 classes)."""
   root = tmp_path_factory.mktemp('run')
   proc = subprocess.run(
-      [sys.executable, '-m', 'feadapter_jax.main', '--config=configs/synthetic.py:quick',
-       f'--workdir={root / "wd"}', f'--config.data.data_dir={root / "tfds"}', *TINY_ARGS],
-      cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+      [
+          sys.executable,
+          '-m',
+          'feadapter_jax.main',
+          '--config=configs/synthetic.py:quick',
+          f'--workdir={root / "wd"}',
+          f'--config.data.data_dir={root / "tfds"}',
+          *TINY_ARGS,
+      ],
+      cwd=ROOT,
+      env=_env(),
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   return str(root / 'wd')
 
@@ -63,8 +81,9 @@ def reference(workdir, predictor):
 
 
 def _clip(seed, num_frames, size, label=0):
-  return synth_render.render_clip(np.random.default_rng(seed), label, num_frames, size,
-                              synth_render.RenderParams())
+  return synth_render.render_clip(
+      np.random.default_rng(seed), label, num_frames, size, synth_render.RenderParams()
+  )
 
 
 def _write(path, frames, fps=FPS, codec='libx264'):
@@ -86,8 +105,11 @@ def test_frame_folders_get_exactly_the_evaluation_probabilities(tmp_path, predic
   probabilities `make_eval_iterator` + the eval step give them (one window = the whole clip)."""
   data = predictor.config.data
   split = 'test[:6]'
-  stored = tfds.as_numpy(pipeline.get_builder(data).as_dataset(
-      split=split, decoders={'video': tfds.decode.SkipDecoding()}))
+  stored = tfds.as_numpy(
+      pipeline.get_builder(data).as_dataset(
+          split=split, decoders={'video': tfds.decode.SkipDecoding()}
+      )
+  )
   folders = {}
   for example in stored:
     clip_id = example['clip_id'].decode()
@@ -96,8 +118,11 @@ def test_frame_folders_get_exactly_the_evaluation_probabilities(tmp_path, predic
     for n, jpeg in enumerate(example['video'], 1):
       (folder / f'{clip_id}_{n}.jpg').write_bytes(jpeg)
     folders[clip_id] = str(folder)
-  batch = next(pipeline.make_eval_dataset(data, split, batch_size=6, process_index=0,
-                                          process_count=1).as_numpy_iterator())
+  batch = next(
+      pipeline.make_eval_dataset(
+          data, split, batch_size=6, process_index=0, process_count=1
+      ).as_numpy_iterator()
+  )
   expected = dict(zip((c.decode() for c in batch['clip_id']), reference(batch['video'])))
 
   output = tmp_path / 'out.json'
@@ -123,9 +148,14 @@ def test_video_windows_timeline_and_one_compilation(tmp_path, predictor, referen
 
   assert prediction.fps == FPS and prediction.num_frames == 80
   assert [(w.start_frame, w.end_frame) for w in prediction.windows] == [
-      (8 * k, 8 * k + 16) for k in range(9)]
-  views = np.stack([pipeline.eval_clip(decoded[w.start_frame:w.end_frame], predictor.config.data)
-                    for w in prediction.windows])
+      (8 * k, 8 * k + 16) for k in range(9)
+  ]
+  views = np.stack(
+      [
+          pipeline.eval_clip(decoded[w.start_frame : w.end_frame], predictor.config.data)
+          for w in prediction.windows
+      ]
+  )
   np.testing.assert_allclose([w.probs for w in prediction.windows], reference(views), atol=1e-5)
   np.testing.assert_allclose(prediction.probs, reference(views).mean(0), atol=1e-5)
   table = predict.format_table(prediction, predictor.class_names)
@@ -138,13 +168,16 @@ def test_video_windows_timeline_and_one_compilation(tmp_path, predictor, referen
   assert predictor._step._cache_size() == 1  # pylint: disable=protected-access
 
 
-@pytest.mark.parametrize('num_frames,window,stride,expected', [
-    (80, 16, 8, [(8 * k, 8 * k + 16) for k in range(9)]),
-    (10, 16, 8, [(0, 10)]),                              # shorter than a window
-    (20, 8, 5, [(0, 8), (5, 13), (10, 18), (12, 20)]),   # a last window ends at the last frame
-    (20, 4, 10, [(0, 4), (10, 14), (16, 20)]),           # stride longer than the window
-    (5, None, 1, [(0, 5)]),                              # the whole input
-])
+@pytest.mark.parametrize(
+    'num_frames,window,stride,expected',
+    [
+        (80, 16, 8, [(8 * k, 8 * k + 16) for k in range(9)]),
+        (10, 16, 8, [(0, 10)]),  # shorter than a window
+        (20, 8, 5, [(0, 8), (5, 13), (10, 18), (12, 20)]),  # a last window ends at the last frame
+        (20, 4, 10, [(0, 4), (10, 14), (16, 20)]),  # stride longer than the window
+        (5, None, 1, [(0, 5)]),  # the whole input
+    ],
+)
 def test_sliding_windows(num_frames, window, stride, expected):
   frames = [np.full((2, 2, 3), i, np.uint8) for i in range(num_frames)]
   windows = list(predict.sliding_windows(iter(frames), window, stride))
@@ -230,7 +263,7 @@ def test_crop_is_square_with_margin_and_black_outside_the_frame():
 def _face_video(path, num_frames, size=96):
   """A SynthFER face on grey: its square spans x in [size, 2 size), y in [size / 2, 1.5 size)."""
   canvas = np.full((num_frames, 2 * size, 3 * size, 3), 128, np.uint8)
-  canvas[:, size // 2:size // 2 + size, size:2 * size] = _clip(4, num_frames, size)
+  canvas[:, size // 2 : size // 2 + size, size : 2 * size] = _clip(4, num_frames, size)
   return _write(path, canvas)
 
 
@@ -238,8 +271,9 @@ def test_detected_face_is_found_and_tracked(tmp_path, predictor):
   path = _face_video(tmp_path / 'face.mp4', 3 * FPS)
   options = predict.Options(faces='detect', fps=FPS)
 
-  prediction = predict.predict_source(predictor, predict.open_source(path, 25.0), options,
-                                      faces.FaceDetector(options.face))
+  prediction = predict.predict_source(
+      predictor, predict.open_source(path, 25.0), options, faces.FaceDetector(options.face)
+  )
 
   assert prediction.boxes.shape == (24, 3) and len(prediction.windows) == 2
   centre, side = prediction.boxes[:, :2], prediction.boxes[:, 2]
@@ -252,8 +286,10 @@ def test_no_face_anywhere_is_one_clear_error(tmp_path, predictor):
   grey = _write(tmp_path / 'grey.mp4', np.full((10, 64, 64, 3), 90, np.uint8))
   code, out, err = _run(predictor, [grey], predict.Options(faces='detect', fps=FPS))
   assert code == 1 and out == ''
-  assert err == (f'error: {grey}: no face found in any of the 10 frames; if the frames are '
-                 'face crops already, use --faces=none\n')
+  assert err == (
+      f'error: {grey}: no face found in any of the 10 frames; if the frames are '
+      'face crops already, use --faces=none\n'
+  )
 
 
 # ----------------------------------------------------------------------------- Bad inputs.
@@ -264,7 +300,7 @@ def test_bad_inputs_each_get_one_error_line_and_the_others_are_predicted(tmp_pat
   noise = np.random.default_rng(0).integers(0, 256, (40, 64, 64, 3), np.uint8)
   full = _write(tmp_path / 'full.mp4', noise, codec='mpeg4')
   truncated = tmp_path / 'truncated.mp4'
-  truncated.write_bytes(open(full, 'rb').read()[:int(0.6 * os.path.getsize(full))])
+  truncated.write_bytes(open(full, 'rb').read()[: int(0.6 * os.path.getsize(full))])
   empty = tmp_path / 'empty.mp4'
   empty.write_bytes(b'')
   text = tmp_path / 'text.mp4'
@@ -280,16 +316,39 @@ def test_bad_inputs_each_get_one_error_line_and_the_others_are_predicted(tmp_pat
   (broken_frame / 'broken_frame_1.jpg').write_bytes(b'\xff\xd8\xff not a jpeg')
   missing = tmp_path / 'missing.mp4'
   expected_problems = {
-      str(truncated): 'truncated', str(empty): 'zero-length file', str(text): 'cannot open',
-      str(unknown_codec): 'Decoder not found', str(no_frames): 'folder holds no frame images',
-      str(broken_frame): 'frame broken_frame_1.jpg: ', str(missing): 'no such file'}
+      str(truncated): 'truncated',
+      str(empty): 'zero-length file',
+      str(text): 'cannot open',
+      str(unknown_codec): 'Decoder not found',
+      str(no_frames): 'folder holds no frame images',
+      str(broken_frame): 'frame broken_frame_1.jpg: ',
+      str(missing): 'no such file',
+  }
   output = tmp_path / 'out.json'
 
   proc = subprocess.run(
-      [sys.executable, '-m', 'feadapter_jax.predict', f'--workdir={workdir}', '--faces=none',
-       f'--output={output}', str(truncated), str(empty), good, str(text), str(unknown_codec),
-       str(no_frames), str(broken_frame), str(missing)],
-      cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+      [
+          sys.executable,
+          '-m',
+          'feadapter_jax.predict',
+          f'--workdir={workdir}',
+          '--faces=none',
+          f'--output={output}',
+          str(truncated),
+          str(empty),
+          good,
+          str(text),
+          str(unknown_codec),
+          str(no_frames),
+          str(broken_frame),
+          str(missing),
+      ],
+      cwd=ROOT,
+      env=_env(),
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
 
   assert proc.returncode == 1, proc.stderr[-3000:]
   assert f'{good}: 16 frames, 2.00 s at 8 fps, 1 window(s)' in proc.stdout
@@ -304,9 +363,20 @@ def test_bad_inputs_each_get_one_error_line_and_the_others_are_predicted(tmp_pat
 
 def test_checkpoint_mismatches_are_one_line_errors(tmp_path, workdir):
   proc = subprocess.run(
-      [sys.executable, '-m', 'feadapter_jax.predict', f'--workdir={workdir}',
-       '--expect_image_size=64', 'any.mp4'],
-      cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+      [
+          sys.executable,
+          '-m',
+          'feadapter_jax.predict',
+          f'--workdir={workdir}',
+          '--expect_image_size=64',
+          'any.mp4',
+      ],
+      cwd=ROOT,
+      env=_env(),
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
   assert proc.returncode == 2 and proc.stdout == ''
   errors = [line for line in proc.stderr.splitlines() if line.startswith('error: ')]
   assert errors == [f'error: {workdir}/export: the model takes 32x32 frames, 64x64 asked']
@@ -327,6 +397,7 @@ def test_checkpoint_mismatches_are_one_line_errors(tmp_path, workdir):
       config = json.loads((copy / 'config.json').read_text())
       config[section][key] = value
       (copy / 'config.json').write_text(json.dumps(config))
+
     return edit
 
   other_size = edited_copy('other_size', config_edit('data', 'image_size', 64))

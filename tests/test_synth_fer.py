@@ -15,8 +15,17 @@ ONSET, OFFSET = (synth_render.CLASS_NAMES.index(n) for n in synth_render.TIME_RE
 
 def _render(label, seeds, num_frames=6, resolution=16, static=False):
   """(n t h w 3) float clips in [0, 1], one per seed."""
-  return np.stack([synth_render.render_clip(np.random.default_rng(s), label, num_frames, resolution,
-                                        PARAMS, static=static) for s in seeds]) / 255.0
+  return (
+      np.stack(
+          [
+              synth_render.render_clip(
+                  np.random.default_rng(s), label, num_frames, resolution, PARAMS, static=static
+              )
+              for s in seeds
+          ]
+      )
+      / 255.0
+  )
 
 
 def _ridge_accuracy(train_x, train_y, test_x, test_y, reg=1e-2):
@@ -54,9 +63,15 @@ def test_pair_shares_apex_and_other_classes_differ():
 def test_pair_expression_curves_are_time_reversed():
   """Per-frame expression values: same distribution as a set, opposite order in time."""
   num_frames, draws = 8, 400
-  tracks = {label: np.stack([synth_render.expression_track(np.random.default_rng(s), label,
-                                                       num_frames, PARAMS)
-                             for s in range(draws)]) for label in (ONSET, OFFSET)}
+  tracks = {
+      label: np.stack(
+          [
+              synth_render.expression_track(np.random.default_rng(s), label, num_frames, PARAMS)
+              for s in range(draws)
+          ]
+      )
+      for label in (ONSET, OFFSET)
+  }
   opening = synth_render.EXPRESSION_COMPONENTS.index('mouth_open')
   onset, offset = tracks[ONSET][..., opening], tracks[OFFSET][..., opening]
   # In time order: the onset opens its mouth, the offset closes it.
@@ -65,14 +80,16 @@ def test_pair_expression_curves_are_time_reversed():
   np.testing.assert_allclose(onset.mean(0), offset.mean(0)[::-1], atol=0.05)
   # As unordered sets of frames: matching quantiles.
   quantiles = np.linspace(0.05, 0.95, 10)
-  np.testing.assert_allclose(np.quantile(onset, quantiles), np.quantile(offset, quantiles),
-                             atol=0.06)
+  np.testing.assert_allclose(
+      np.quantile(onset, quantiles), np.quantile(offset, quantiles), atol=0.06
+  )
 
 
 def test_nuisance_tracks_are_stationary():
   """Motion and lighting have the same law at every frame (needed for the pair's equality)."""
-  tracks = np.stack([synth_render.stationary_track(np.random.default_rng(s), 12, PARAMS)
-                     for s in range(3000)])
+  tracks = np.stack(
+      [synth_render.stationary_track(np.random.default_rng(s), 12, PARAMS) for s in range(3000)]
+  )
   assert np.abs(tracks.mean(0)).max() < 0.03
   variance = tracks.var(0)
   assert variance.min() > 0.05 and variance.max() / variance.min() < 1.25
@@ -82,8 +99,10 @@ def test_pair_needs_time_other_classes_need_only_appearance():
   """A linear classifier on the mean frame is at chance on the pair but not on other classes;
   on the first and second half of the clip, in order, it separates the pair."""
   num_train, num_test = 240, 120
-  seeds = {split: [(split_id, i) for i in range(n)]
-           for split_id, (split, n) in enumerate((('train', num_train), ('test', num_test)))}
+  seeds = {
+      split: [(split_id, i) for i in range(n)]
+      for split_id, (split, n) in enumerate((('train', num_train), ('test', num_test)))
+  }
   features = {}
   for split, split_seeds in seeds.items():
     for label in (ONSET, OFFSET, synth_render.CLASS_NAMES.index('Happy')):
@@ -91,8 +110,10 @@ def test_pair_needs_time_other_classes_need_only_appearance():
       half = clips.shape[1] // 2
       features[split, label] = {
           'mean': clips.mean(1).reshape(len(clips), -1),
-          'ordered': np.concatenate([clips[:, :half].mean(1), clips[:, half:].mean(1)],
-                                    -1).reshape(len(clips), -1)}
+          'ordered': np.concatenate([clips[:, :half].mean(1), clips[:, half:].mean(1)], -1).reshape(
+              len(clips), -1
+          ),
+      }
 
   def accuracy(labels, kind):
     xs = {s: np.concatenate([features[s, l][kind] for l in labels]) for s in seeds}
@@ -100,15 +121,17 @@ def test_pair_needs_time_other_classes_need_only_appearance():
     return _ridge_accuracy(xs['train'], ys['train'], xs['test'], ys['test'])
 
   happy = synth_render.CLASS_NAMES.index('Happy')
-  assert accuracy((ONSET, OFFSET), 'mean') < 0.62        # chance is 0.5 (240 test clips)
+  assert accuracy((ONSET, OFFSET), 'mean') < 0.62  # chance is 0.5 (240 test clips)
   assert accuracy((ONSET, OFFSET), 'ordered') > 0.9
   assert accuracy((ONSET, happy), 'mean') > 0.9
 
 
 def test_apex_images_differ_between_classes_except_the_pair():
   """Same face, pose and noise (same seed), different class: only the pair renders identically."""
-  images = {label: _render(label, [(3, i) for i in range(20)], num_frames=1, resolution=32,
-                           static=True) for label in range(len(synth_render.CLASS_NAMES))}
+  images = {
+      label: _render(label, [(3, i) for i in range(20)], num_frames=1, resolution=32, static=True)
+      for label in range(len(synth_render.CLASS_NAMES))
+  }
   np.testing.assert_array_equal(images[ONSET], images[OFFSET])
   for a, b in itertools.combinations(range(len(synth_render.CLASS_NAMES)), 2):
     if {a, b} != {ONSET, OFFSET}:
@@ -121,9 +144,20 @@ def test_apex_images_are_linearly_separable_up_to_the_pair():
   labels = np.arange(len(synth_render.CLASS_NAMES))
   data, targets = {}, {}
   for split_id, (split, n) in enumerate((('train', num_train), ('test', num_test))):
-    data[split] = np.concatenate([
-        _pool(_render(label, [(split_id, label, i) for i in range(n)], num_frames=1,
-                      resolution=32, static=True)).reshape(n, -1) for label in labels])
+    data[split] = np.concatenate(
+        [
+            _pool(
+                _render(
+                    label,
+                    [(split_id, label, i) for i in range(n)],
+                    num_frames=1,
+                    resolution=32,
+                    static=True,
+                )
+            ).reshape(n, -1)
+            for label in labels
+        ]
+    )
     # The pair is one class in images, by construction.
     targets[split] = np.repeat(np.where(labels == OFFSET, ONSET, labels), n)
   assert _ridge_accuracy(data['train'], targets['train'], data['test'], targets['test']) > 0.8
@@ -146,8 +180,9 @@ def _stored_videos(config, data_dir):
   builder = tfds.builder('synth_fer', config=config, data_dir=str(data_dir))
   builder.download_and_prepare()
   ds = builder.as_dataset(split='test', decoders={'video': tfds.decode.SkipDecoding()})
-  return {ex['clip_id']: (tuple(ex['video']), ex['label'], ex['num_frames'])
-          for ex in tfds.as_numpy(ds)}, builder
+  return {
+      ex['clip_id']: (tuple(ex['video']), ex['label'], ex['num_frames']) for ex in tfds.as_numpy(ds)
+  }, builder
 
 
 def test_builder_is_deterministic_and_stores_jpeg_frames(tmp_path):
@@ -173,8 +208,9 @@ def test_builder_is_deterministic_and_stores_jpeg_frames(tmp_path):
 
 
 def test_image_variant_stores_one_apex_frame(tmp_path):
-  config = synth_builder.synth_config('image', resolution=16, num_train=2, num_validation=2,
-                                  num_test=7)
+  config = synth_builder.synth_config(
+      'image', resolution=16, num_train=2, num_validation=2, num_test=7
+  )
   stored, _ = _stored_videos(config, tmp_path)
   assert {v[2] for v in stored.values()} == {1}
   assert {len(v[0]) for v in stored.values()} == {1}

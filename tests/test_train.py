@@ -1,5 +1,6 @@
 """The trainer end to end on SynthFER with a tiny ViT: learning, resume after a real kill,
 SIGTERM checkpoint, NaN stop, results and exports."""
+
 import json
 import os
 import signal
@@ -15,10 +16,16 @@ from feadapter_jax import kfold
 from feadapter_jax import partition
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY_ARGS = ['--config.model.width=32', '--config.model.depth=2', '--config.model.num_heads=2',
-             '--config.model.mlp_dim=64', '--config.model.adapter.width=8',
-             '--config.batch_size=16', '--config.eval_batch_size=32',
-             '--config.checkpoint_async=False']
+TINY_ARGS = [
+    '--config.model.width=32',
+    '--config.model.depth=2',
+    '--config.model.num_heads=2',
+    '--config.model.mlp_dim=64',
+    '--config.model.adapter.width=8',
+    '--config.batch_size=16',
+    '--config.eval_batch_size=32',
+    '--config.checkpoint_async=False',
+]
 
 
 @pytest.fixture(scope='module')
@@ -27,8 +34,16 @@ def data_dir(tmp_path_factory):
 
 
 def command(workdir, data_dir, config='configs/synthetic.py:quick,init=', *overrides):
-  return [sys.executable, '-m', 'feadapter_jax.main', f'--config={config}',
-          f'--workdir={workdir}', f'--config.data.data_dir={data_dir}', *TINY_ARGS, *overrides]
+  return [
+      sys.executable,
+      '-m',
+      'feadapter_jax.main',
+      f'--config={config}',
+      f'--workdir={workdir}',
+      f'--config.data.data_dir={data_dir}',
+      *TINY_ARGS,
+      *overrides,
+  ]
 
 
 def env():
@@ -39,8 +54,9 @@ def env():
 
 
 def run(*args, **kw):
-  proc = subprocess.run(command(*args, **kw), cwd=ROOT, env=env(), capture_output=True,
-                        text=True, timeout=600)
+  proc = subprocess.run(
+      command(*args, **kw), cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600
+  )
   return proc
 
 
@@ -53,13 +69,29 @@ def test_training_learns_and_writes_results(tmp_path, data_dir):
   # The image pre-training recipe with the demo's tiny ViT: learns within seconds.
   wd = str(tmp_path / 'run')
   proc = subprocess.run(
-      [sys.executable, '-m', 'feadapter_jax.main', '--config=configs/synthetic_image.py',
-       f'--workdir={wd}', f'--config.data.data_dir={data_dir}', '--config.total_steps=60',
-       '--config.log_every_steps=10', '--config.eval_every_steps=60'],
-      cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
+      [
+          sys.executable,
+          '-m',
+          'feadapter_jax.main',
+          '--config=configs/synthetic_image.py',
+          f'--workdir={wd}',
+          f'--config.data.data_dir={data_dir}',
+          '--config.total_steps=60',
+          '--config.log_every_steps=10',
+          '--config.eval_every_steps=60',
+      ],
+      cwd=ROOT,
+      env=env(),
+      capture_output=True,
+      text=True,
+      timeout=600,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
-  losses = [float(line.split('loss ')[1].split(' ')[0]) for line in proc.stdout.splitlines()
-            if line.startswith('step ')]
+  losses = [
+      float(line.split('loss ')[1].split(' ')[0])
+      for line in proc.stdout.splitlines()
+      if line.startswith('step ')
+  ]
   assert len(losses) == 6 and losses[-1] < losses[0] - 0.2, proc.stdout
   assert 'ETA' in proc.stdout and 'clips/s' in proc.stdout
   results = read_results(wd)
@@ -77,8 +109,12 @@ def final_params(workdir):
   return params
 
 
-STEPS = ['--config.total_steps=12', '--config.log_every_steps=1',
-         '--config.checkpoint_every_steps=4', '--config.eval_every_steps=100']
+STEPS = [
+    '--config.total_steps=12',
+    '--config.log_every_steps=1',
+    '--config.checkpoint_every_steps=4',
+    '--config.eval_every_steps=100',
+]
 
 
 @pytest.fixture(scope='module')
@@ -91,9 +127,14 @@ def reference(tmp_path_factory, data_dir):
 
 
 def test_exported_adapters_on_the_backbone_reproduce_the_results(reference):
-  proc = subprocess.run([sys.executable, '-m', 'feadapter_jax.evaluate',
-                         f'--workdir={reference}'], cwd=ROOT, env=env(), capture_output=True,
-                        text=True, timeout=300)
+  proc = subprocess.run(
+      [sys.executable, '-m', 'feadapter_jax.evaluate', f'--workdir={reference}'],
+      cwd=ROOT,
+      env=env(),
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   with open(os.path.join(reference, 'results_test_1clip.json')) as f:
     again = json.load(f)
@@ -109,9 +150,14 @@ def test_exported_adapters_on_the_backbone_reproduce_the_results(reference):
 def test_killed_run_resumes_to_identical_parameters(tmp_path, data_dir, reference):
   steps = STEPS
   killed = str(tmp_path / 'killed')
-  proc = subprocess.Popen(command(killed, data_dir, 'configs/synthetic.py:quick,init=', *steps),
-                          cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                          text=True)
+  proc = subprocess.Popen(
+      command(killed, data_dir, 'configs/synthetic.py:quick,init=', *steps),
+      cwd=ROOT,
+      env=env(),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.DEVNULL,
+      text=True,
+  )
   for line in proc.stdout:
     if line.startswith('step 7/'):
       proc.send_signal(signal.SIGKILL)  # for real: no handler, no cleanup
@@ -131,10 +177,21 @@ def test_killed_run_resumes_to_identical_parameters(tmp_path, data_dir, referenc
 def test_sigterm_writes_a_checkpoint_and_exits_cleanly(tmp_path, data_dir):
   wd = str(tmp_path / 'preempted')
   proc = subprocess.Popen(
-      command(wd, data_dir, 'configs/synthetic.py:quick,init=', '--config.total_steps=200',
-              '--config.log_every_steps=1', '--config.checkpoint_every_steps=1000',
-              '--config.eval_every_steps=1000'),
-      cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+      command(
+          wd,
+          data_dir,
+          'configs/synthetic.py:quick,init=',
+          '--config.total_steps=200',
+          '--config.log_every_steps=1',
+          '--config.checkpoint_every_steps=1000',
+          '--config.eval_every_steps=1000',
+      ),
+      cwd=ROOT,
+      env=env(),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.DEVNULL,
+      text=True,
+  )
   for line in proc.stdout:
     if line.startswith('step 3/'):
       proc.send_signal(signal.SIGTERM)
@@ -148,11 +205,18 @@ def test_sigterm_writes_a_checkpoint_and_exits_cleanly(tmp_path, data_dir):
 
 def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path, data_dir):
   wd = str(tmp_path / 'nan')
-  proc = run(wd, data_dir, 'configs/synthetic.py:quick,init=,method=full_finetune',
-             '--config.total_steps=30', '--config.log_every_steps=1',
-             '--config.checkpoint_every_steps=1', '--config.eval_every_steps=1000',
-             '--config.optim.lr=1e12', '--config.optim.grad_clip_norm=0',
-             '--config.optim.warmup_epochs=1')  # warm-up starts at lr 0: step 1 is good
+  proc = run(
+      wd,
+      data_dir,
+      'configs/synthetic.py:quick,init=,method=full_finetune',
+      '--config.total_steps=30',
+      '--config.log_every_steps=1',
+      '--config.checkpoint_every_steps=1',
+      '--config.eval_every_steps=1000',
+      '--config.optim.lr=1e12',
+      '--config.optim.grad_clip_norm=0',
+      '--config.optim.warmup_epochs=1',
+  )  # warm-up starts at lr 0: step 1 is good
   assert proc.returncode == 2, proc.stderr[-2000:]
   assert 'Training loss is nan' in proc.stderr or 'Training loss is inf' in proc.stderr
   assert 'last good checkpoint is step' in proc.stderr
@@ -162,10 +226,21 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_pa
 
 def test_real_dataset_without_data_stops_with_the_manual_download_message(tmp_path):
   proc = subprocess.run(
-      [sys.executable, '-m', 'feadapter_jax.main', '--config=configs/dfew.py:fold=2',
-       f'--workdir={tmp_path / "dfew"}', f'--config.data.data_dir={tmp_path / "tfds"}',
-       f'--config.data.manual_dir={tmp_path / "missing"}'],
-      cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
+      [
+          sys.executable,
+          '-m',
+          'feadapter_jax.main',
+          '--config=configs/dfew.py:fold=2',
+          f'--workdir={tmp_path / "dfew"}',
+          f'--config.data.data_dir={tmp_path / "tfds"}',
+          f'--config.data.manual_dir={tmp_path / "missing"}',
+      ],
+      cwd=ROOT,
+      env=env(),
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
   assert proc.returncode == 2
   assert 'manual_dir' in proc.stderr and 'Traceback' not in proc.stderr
 
@@ -178,10 +253,23 @@ def test_kfold_table_reports_each_fold_and_the_mean():
 def test_kfold_driver_trains_each_fold_and_resumes_finished_ones(tmp_path, data_dir):
   def kfold_command(config='configs/synthetic.py:quick'):
     return subprocess.run(
-        [sys.executable, '-m', 'feadapter_jax.kfold', f'--config={config}',
-         f'--workdir={tmp_path / "k"}', '--folds=1,2', f'--config.data.data_dir={data_dir}',
-         '--config.total_steps=4', *TINY_ARGS],
-        cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            '-m',
+            'feadapter_jax.kfold',
+            f'--config={config}',
+            f'--workdir={tmp_path / "k"}',
+            '--folds=1,2',
+            f'--config.data.data_dir={data_dir}',
+            '--config.total_steps=4',
+            *TINY_ARGS,
+        ],
+        cwd=ROOT,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
   proc = kfold_command()
   assert proc.returncode == 0, proc.stderr[-3000:]

@@ -1,4 +1,5 @@
 """The ViT: timm-equal parameter counts, image/clip equivalence, dtype and remat options."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,9 +16,16 @@ def count(model_config, input_shape):
   return sum(partition.size(x) for x in jax.tree.leaves(shapes['params']))
 
 
-@pytest.mark.parametrize('variant, expected', [
-    ('Ti/16', 5_717_416), ('S/16', 22_050_664), ('B/16', 86_567_656), ('L/16', 304_326_632),
-    ('B/32', 88_224_232)])
+@pytest.mark.parametrize(
+    'variant, expected',
+    [
+        ('Ti/16', 5_717_416),
+        ('S/16', 22_050_664),
+        ('B/16', 86_567_656),
+        ('L/16', 304_326_632),
+        ('B/32', 88_224_232),
+    ],
+)
 def test_param_count_equals_timm(variant, expected):
   config = dict(variant=variant, num_classes=1000, image_size=224)
   assert count(config, (1, 224, 224, 3)) == expected
@@ -28,10 +36,10 @@ def test_image_is_a_one_frame_clip_and_clip_logits_average_frames():
   clip = jax.random.normal(jax.random.key(1), (2, 3, 32, 32, 3))
   params = model.init(jax.random.key(0), clip)['params']
   per_frame = jnp.stack([model.apply({'params': params}, clip[:, i]) for i in range(3)], 1)
-  np.testing.assert_allclose(model.apply({'params': params}, clip), per_frame.mean(1),
-                             atol=1e-5)
-  np.testing.assert_allclose(model.apply({'params': params}, clip[:, :1]), per_frame[:, 0],
-                             atol=1e-6)
+  np.testing.assert_allclose(model.apply({'params': params}, clip), per_frame.mean(1), atol=1e-5)
+  np.testing.assert_allclose(
+      model.apply({'params': params}, clip[:, :1]), per_frame[:, 0], atol=1e-6
+  )
 
 
 def test_bad_inputs_name_the_problem():
@@ -64,7 +72,6 @@ def test_bfloat16_compute_and_remat_match_float32():
     np.testing.assert_allclose(a, b, atol=1e-5)
 
 
-
 def test_remat_under_the_cpu_compiler_options_frees_activations_and_keeps_gradients():
   """XLA CPU drops remat's CSE barriers unless the config's options keep them (configs/common).
 
@@ -81,8 +88,9 @@ def test_remat_under_the_cpu_compiler_options_frees_activations_and_keeps_gradie
     model = models.build(tiny(dict(kind='fe', width=8), remat=remat, **arch))
     params = model.init(jax.random.key(0), clip)['params']
     mask = partition.trainable_mask(params, ('.*adapter.*', 'head/.*'))
-    grad = jax.jit(jax.grad(
-        lambda p, x, m=model: m.apply({'params': partition.stop_frozen(p, mask)}, x).sum()))
+    grad = jax.jit(
+        jax.grad(lambda p, x, m=model: m.apply({'params': partition.stop_frozen(p, mask)}, x).sum())
+    )
     for name, opts in (('config', options), ('scheduler_only', scheduler_only)):
       compiled = grad.lower(params, clip).compile(compiler_options=opts)
       temp[remat, name] = compiled.memory_analysis().temp_size_in_bytes
@@ -112,8 +120,9 @@ def perturbed_params(model, clip, scale=0.1):
   """Init params moved off zero, so zero-initialised layers (up, predictor, fc2) act."""
   leaves, treedef = jax.tree.flatten(model.init(jax.random.key(0), clip)['params'])
   keys = jax.random.split(jax.random.key(3), len(leaves))
-  return treedef.unflatten([p + scale * jax.random.normal(k, p.shape)
-                            for p, k in zip(leaves, keys)])
+  return treedef.unflatten(
+      [p + scale * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)]
+  )
 
 
 # Each adapter kind and conv once ('fe_both_placements' has no kernel of its own).
@@ -128,12 +137,15 @@ def test_cpu_and_reference_kernels_give_one_model(name):
   for n, v in flat_cpu.items():
     np.testing.assert_array_equal(v, flat_ref[n], err_msg=n)
   if name == 'fe':
-    assert {f'blocks_0/adapter_attn/{n}' for n in (
-        'conv/taps/kernel', 'conv/dilation/kernel', 'conv/bias', 'down/kernel')} <= set(flat_ref)
+    assert {
+        f'blocks_0/adapter_attn/{n}'
+        for n in ('conv/taps/kernel', 'conv/dilation/kernel', 'conv/bias', 'down/kernel')
+    } <= set(flat_ref)
   params = perturbed_params(cpu, clip)
   loss = lambda m: lambda p: jnp.sum(jnp.sin(m.apply({'params': p}, clip)))  # noqa: E731
-  np.testing.assert_allclose(cpu.apply({'params': params}, clip),
-                             ref.apply({'params': params}, clip), atol=1e-5)
+  np.testing.assert_allclose(
+      cpu.apply({'params': params}, clip), ref.apply({'params': params}, clip), atol=1e-5
+  )
   g_cpu, g_ref = jax.grad(loss(cpu))(params), jax.grad(loss(ref))(params)
   assert jax.tree.structure(g_cpu) == jax.tree.structure(g_ref)
   for path, a, b in zip(partition.flatten(g_cpu), jax.tree.leaves(g_cpu), jax.tree.leaves(g_ref)):
@@ -144,22 +156,28 @@ def traced(model, clip):
   """The jaxprs, as text, of the model's forward pass and of its loss's gradient."""
   params = model.init(jax.random.key(0), clip)['params']
   apply = lambda p: model.apply({'params': p}, clip)  # noqa: E731
-  return (str(jax.make_jaxpr(apply)(params)),
-          str(jax.make_jaxpr(jax.grad(lambda p: apply(p).sum()))(params)))
+  return (
+      str(jax.make_jaxpr(apply)(params)),
+      str(jax.make_jaxpr(jax.grad(lambda p: apply(p).sum()))(params)),
+  )
 
 
 def test_kernels_option_reaches_every_module_and_auto_follows_the_backend(monkeypatch):
   clip = jax.random.normal(jax.random.key(1), (1, 4, 32, 32, 3))
   fe = tiny(dict(kind='fe', width=8, activation='gelu'))
-  built = {(name, k): models.build({**adapter, 'kernels': k})
-           for name, adapter in (('fe', fe), ('aim', tiny(dict(kind='aim'))))
-           for k in ('cpu', 'reference')}
+  built = {
+      (name, k): models.build({**adapter, 'kernels': k})
+      for name, adapter in (('fe', fe), ('aim', tiny(dict(kind='aim'))))
+      for k in ('cpu', 'reference')
+  }
   text = {key: traced(model, clip) for key, model in built.items()}
   # The CPU forms' custom derivatives (GELU, LayerNorm, convs, reads) and the adapters' barrier;
   # none of them under 'reference', so no module falls back to its own default.
   for name in ('fe', 'aim'):
-    assert not any(p in ''.join(text[name, 'reference'])
-                   for p in ('custom_jvp_call', 'custom_vjp_call', 'optimization_barrier'))
+    assert not any(
+        p in ''.join(text[name, 'reference'])
+        for p in ('custom_jvp_call', 'custom_vjp_call', 'optimization_barrier')
+    )
     assert all(p in text[name, 'cpu'][0] for p in ('custom_jvp_call', 'custom_vjp_call'))
   assert 'optimization_barrier' in text['fe', 'cpu'][1]
   # XLA's convolutions: the patch embedding alone on CPU; with 'reference' also every FE
@@ -170,8 +188,9 @@ def test_kernels_option_reaches_every_module_and_auto_follows_the_backend(monkey
   auto = models.build(fe)
   assert auto.kernels == 'auto'
   params = perturbed_params(auto, clip)
-  np.testing.assert_array_equal(auto.apply({'params': params}, clip),
-                                built['fe', 'cpu'].apply({'params': params}, clip))
+  np.testing.assert_array_equal(
+      auto.apply({'params': params}, clip), built['fe', 'cpu'].apply({'params': params}, clip)
+  )
   # ... and 'reference' on any other.
   monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
   assert traced(auto, clip) == text['fe', 'reference']

@@ -1,8 +1,8 @@
 """Tiny model configs shared by the tests (a few layers, small images, few frames)."""
+
 from typing import Any
 
-TINY = dict(width=32, depth=2, num_heads=2, mlp_dim=64, patch_size=8, image_size=32,
-            num_classes=5)
+TINY = dict(width=32, depth=2, num_heads=2, mlp_dim=64, patch_size=8, image_size=32, num_classes=5)
 
 ADAPTERS = {
     'fe': dict(kind='fe', width=8),

@@ -14,10 +14,19 @@ Modules: `readers` (files -> numpy, safely), `keymaps` (name maps per source), `
 (timm-equal position-embedding resampling), `converter` (mapping, inference, validation),
 `store` (the directory format), `verify` (PyTorch-vs-Flax logits).
 """
+
 from feadapter_jax.convert.converter import Conversion, convert, convert_state_dict
 from feadapter_jax.convert.posemb import resample_pos_embed
 from feadapter_jax.convert.readers import read_checkpoint
 from feadapter_jax.convert.store import load, read_metadata, save
 
-__all__ = ['Conversion', 'convert', 'convert_state_dict', 'load', 'read_checkpoint',
-           'read_metadata', 'resample_pos_embed', 'save']
+__all__ = [
+    'Conversion',
+    'convert',
+    'convert_state_dict',
+    'load',
+    'read_checkpoint',
+    'read_metadata',
+    'resample_pos_embed',
+    'save',
+]

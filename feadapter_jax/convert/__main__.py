@@ -8,6 +8,7 @@ preprocessor_config.json supply heads, LayerNorm eps and normalisation when pres
 report, and with --verify the max |logit difference| against the PyTorch model; a difference
 above VERIFY_TOLERANCE writes nothing. Exit status 2 on any error, with the reason.
 """
+
 from __future__ import annotations
 
 from feadapter_jax import cli  # pylint: disable=g-bad-import-order  (first: quiets TensorFlow)
@@ -37,21 +38,39 @@ def parse(argv: Sequence[str]) -> flags.FlagValues:
     flags.Error: an unknown flag, a bad value or a missing required flag.
   """
   fv = flags.FlagValues()
-  flags.DEFINE_string('checkpoint', None, 'Weights file or hub snapshot directory.',
-                      required=True, flag_values=fv)
-  flags.DEFINE_string('out', None, 'Backbone directory to create.', required=True,
-                      flag_values=fv)
-  flags.DEFINE_enum('source', 'auto', ('auto', *keymaps.LIBRARIES),
-                    'Library the checkpoint comes from.', flag_values=fv)
-  flags.DEFINE_integer('image_size', None, 'Target input size (resamples pos_embed).',
-                       flag_values=fv)
-  flags.DEFINE_integer('num_classes', None,
-                       'Target classes; a different count drops the checkpoint head.',
-                       flag_values=fv)
-  flags.DEFINE_integer('num_heads', None, 'Attention heads (default: hub config, else the '
-                       f'standard width table {converter.HEADS_BY_WIDTH}).', flag_values=fv)
-  flags.DEFINE_bool('verify', False, 'Compare logits with the PyTorch model (needs torch and '
-                    'its library).', flag_values=fv)
+  flags.DEFINE_string(
+      'checkpoint', None, 'Weights file or hub snapshot directory.', required=True, flag_values=fv
+  )
+  flags.DEFINE_string('out', None, 'Backbone directory to create.', required=True, flag_values=fv)
+  flags.DEFINE_enum(
+      'source',
+      'auto',
+      ('auto', *keymaps.LIBRARIES),
+      'Library the checkpoint comes from.',
+      flag_values=fv,
+  )
+  flags.DEFINE_integer(
+      'image_size', None, 'Target input size (resamples pos_embed).', flag_values=fv
+  )
+  flags.DEFINE_integer(
+      'num_classes',
+      None,
+      'Target classes; a different count drops the checkpoint head.',
+      flag_values=fv,
+  )
+  flags.DEFINE_integer(
+      'num_heads',
+      None,
+      'Attention heads (default: hub config, else the '
+      f'standard width table {converter.HEADS_BY_WIDTH}).',
+      flag_values=fv,
+  )
+  flags.DEFINE_bool(
+      'verify',
+      False,
+      'Compare logits with the PyTorch model (needs torch and ' 'its library).',
+      flag_values=fv,
+  )
   fv(['convert', *argv])
   fv.validate_all_flags()
   return fv
@@ -63,9 +82,15 @@ def run(args: flags.FlagValues) -> None:
   state = readers.read_checkpoint(args.checkpoint)
   hub = readers.read_sidecar(args.checkpoint)
   conversion = converter.convert(
-      state, args.source, args.image_size, args.num_classes,
+      state,
+      args.source,
+      args.image_size,
+      args.num_classes,
       num_heads=args.num_heads if args.num_heads is not None else hub.get('num_heads'),
-      layer_norm_eps=hub.get('layer_norm_eps'), mean=hub.get('mean'), std=hub.get('std'))
+      layer_norm_eps=hub.get('layer_norm_eps'),
+      mean=hub.get('mean'),
+      std=hub.get('std'),
+  )
   print(f'checkpoint: {os.path.abspath(args.checkpoint)}')
   if hub:
     print(f'hub metadata next to it: {hub}')
@@ -78,9 +103,11 @@ def run(args: flags.FlagValues) -> None:
     else:
       print(f'verify: max |logit difference| {diff:.3g} ({what})')
       if not diff <= VERIFY_TOLERANCE:
-        raise ValueError(f'Verification failed: difference {diff:.3g} > {VERIFY_TOLERANCE}; '
-                         'nothing written. The Flax model does not reproduce this checkpoint '
-                         '(an unsupported variant or a converter bug).')
+        raise ValueError(
+            f'Verification failed: difference {diff:.3g} > {VERIFY_TOLERANCE}; '
+            'nothing written. The Flax model does not reproduce this checkpoint '
+            '(an unsupported variant or a converter bug).'
+        )
   metadata = dict(conversion.metadata, checkpoint=os.path.abspath(args.checkpoint))
   store.save(args.out, conversion.params, conversion.model_config, metadata)
   print(f'wrote {args.out}: params/ + model_config.json')

@@ -10,6 +10,7 @@ here as separable weight matrices:
   taps centred at `(i + 0.5) * scale`, truncated at the edges and renormalised to sum to one
   (`_upsample_bicubic2d_aa`, PIL's filter). It differs from the above even when enlarging.
 """
+
 from __future__ import annotations
 
 import math
@@ -34,8 +35,11 @@ def _bicubic_matrix(in_size: int, out_size: int) -> np.ndarray:
   weights = _keys_cubic(src[:, None] - taps, a=-0.75)
   matrix = np.zeros((out_size, in_size))
   # Taps outside the input read the edge pixel (torch clamps the index).
-  np.add.at(matrix, (np.repeat(np.arange(out_size), 4), np.clip(taps, 0, in_size - 1).ravel()),
-            weights.ravel())
+  np.add.at(
+      matrix,
+      (np.repeat(np.arange(out_size), 4), np.clip(taps, 0, in_size - 1).ravel()),
+      weights.ravel(),
+  )
   return matrix
 
 
@@ -66,8 +70,12 @@ def resize_grid(grid: np.ndarray, new_hw: tuple[int, int], antialias: bool = Tru
   return out.astype(grid.dtype)
 
 
-def resample_pos_embed(pos_embed: np.ndarray, new_grid: tuple[int, int],
-                       num_prefix_tokens: int = 1, antialias: bool = True) -> np.ndarray:
+def resample_pos_embed(
+    pos_embed: np.ndarray,
+    new_grid: tuple[int, int],
+    num_prefix_tokens: int = 1,
+    antialias: bool = True,
+) -> np.ndarray:
   """`(1, prefix + h*w, d)` -> `(1, prefix + H*W, d)` for a square source grid, as timm does.
 
   Args:
@@ -82,8 +90,10 @@ def resample_pos_embed(pos_embed: np.ndarray, new_grid: tuple[int, int],
   prefix, patches = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
   side = math.isqrt(patches.shape[1])
   if side * side != patches.shape[1]:
-    raise ValueError(f'pos_embed has {patches.shape[1]} patch tokens after {num_prefix_tokens} '
-                     'prefix token(s): not a square grid.')
+    raise ValueError(
+        f'pos_embed has {patches.shape[1]} patch tokens after {num_prefix_tokens} '
+        'prefix token(s): not a square grid.'
+    )
   if (side, side) == tuple(new_grid):
     return pos_embed
   grid = resize_grid(patches.reshape(side, side, -1), new_grid, antialias)

@@ -9,6 +9,7 @@
 `read_sidecar` picks up what the weights cannot tell (heads, LayerNorm eps, normalisation) from
 the `config.json` / `preprocessor_config.json` that hub snapshots keep next to the weights.
 """
+
 from __future__ import annotations
 
 import json
@@ -40,8 +41,9 @@ def weights_file(path: str | os.PathLike[str]) -> str:
   for name in DIRECTORY_FILES:
     if os.path.exists(os.path.join(path, name)):
       return os.path.join(path, name)
-  raise FileNotFoundError(f'{path} is a directory without a weights file: looked for '
-                          f'{", ".join(DIRECTORY_FILES)}.')
+  raise FileNotFoundError(
+      f'{path} is a directory without a weights file: looked for ' f'{", ".join(DIRECTORY_FILES)}.'
+  )
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
@@ -65,8 +67,10 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
   elif ext in PICKLES:
     raw = _read_torch_pickle(path)
   else:
-    raise ValueError(f'Cannot read {path}: unknown extension {ext!r}; expected one of '
-                     f'{SAFETENSORS + PICKLES}.')
+    raise ValueError(
+        f'Cannot read {path}: unknown extension {ext!r}; expected one of '
+        f'{SAFETENSORS + PICKLES}.'
+    )
   return unwrap(raw, path)
 
 
@@ -81,8 +85,10 @@ def _read_safetensors(path: str) -> dict[str, Any]:
     raise ValueError(f'{path} is not a safetensors file: {size} bytes, shorter than a header.')
   (header_len,) = struct.unpack('<Q', head)
   if header_len > min(size - 8, MAX_SAFETENSORS_HEADER):
-    raise ValueError(f'{path} is not a valid safetensors file: its header declares '
-                     f'{header_len} bytes but the file has {size}. Refusing to read it.')
+    raise ValueError(
+        f'{path} is not a valid safetensors file: its header declares '
+        f'{header_len} bytes but the file has {size}. Refusing to read it.'
+    )
   try:
     return safetensors.numpy.load_file(path)
   except safetensors.SafetensorError as e:
@@ -93,8 +99,10 @@ def _read_torch_pickle(path: str) -> dict[str, Any]:
   try:
     import torch  # pylint: disable=g-import-not-at-top  (optional: conversion-only dependency)
   except ImportError as e:
-    raise ImportError(f'Reading {path} needs PyTorch: `pip install -r requirements-test.txt`, '
-                      'or convert the checkpoint to .safetensors elsewhere.') from e
+    raise ImportError(
+        f'Reading {path} needs PyTorch: `pip install -r requirements-test.txt`, '
+        'or convert the checkpoint to .safetensors elsewhere.'
+    ) from e
   import pickle  # pylint: disable=g-import-not-at-top
 
   try:
@@ -108,7 +116,8 @@ def _read_torch_pickle(path: str) -> dict[str, Any]:
         f'Refusing to load {path}: it is a pickle that needs arbitrary code to load (not a '
         'plain state dict of tensors), and unpickling it could run that code. Load it only if '
         'you trust it, in PyTorch, and save `model.state_dict()` with '
-        f'safetensors.torch.save_file. (torch: {detail.strip()})') from e
+        f'safetensors.torch.save_file. (torch: {detail.strip()})'
+    ) from e
 
 
 def _is_array(value: Any) -> bool:
@@ -130,19 +139,23 @@ def unwrap(obj: Any, path: str = 'checkpoint') -> dict[str, np.ndarray]:
   while isinstance(obj, Mapping) and not any(_is_array(v) for v in obj.values()):
     inner = [k for k in WRAPPER_KEYS if isinstance(obj.get(k), Mapping)]
     if not inner:
-      raise ValueError(f'{path} holds no arrays at its top level and none of the containers '
-                       f'{WRAPPER_KEYS}; its keys: {sorted(map(str, obj))[:10]}.')
+      raise ValueError(
+          f'{path} holds no arrays at its top level and none of the containers '
+          f'{WRAPPER_KEYS}; its keys: {sorted(map(str, obj))[:10]}.'
+      )
     obj = obj[inner[0]]
   if not isinstance(obj, Mapping):
     raise ValueError(f'{path} holds a {type(obj).__name__}, not a state dict.')
   not_arrays = sorted(str(k) for k, v in obj.items() if not _is_array(v))
   if not_arrays:
-    raise ValueError(f'{path}: entries that are not arrays: {not_arrays[:5]}; expected a plain '
-                     'state dict {name: tensor}.')
+    raise ValueError(
+        f'{path}: entries that are not arrays: {not_arrays[:5]}; expected a plain '
+        'state dict {name: tensor}.'
+    )
   state = {str(k): _to_numpy(v) for k, v in obj.items()}
   for prefix in NAME_PREFIXES:
     if state and all(k.startswith(prefix) for k in state):
-      state = {k[len(prefix):]: v for k, v in state.items()}
+      state = {k[len(prefix) :]: v for k, v in state.items()}
   return state
 
 

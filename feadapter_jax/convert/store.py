@@ -5,6 +5,7 @@ training reads through `config.init.checkpoint`. `model_config.json` holds the `
 config plus where the weights came from and the input normalisation they expect
 (`METADATA_KEYS`), so the user copies the architecture instead of guessing it.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,13 @@ from feadapter_jax import checkpoint
 METADATA_KEYS = ('source', 'checkpoint', 'mean', 'std')
 
 
-def save(directory: str | os.PathLike[str], params: Any, model_config: Mapping[str, Any],
-         metadata: Mapping[str, Any] | None = None, overwrite: bool = False) -> None:
+def save(
+    directory: str | os.PathLike[str],
+    params: Any,
+    model_config: Mapping[str, Any],
+    metadata: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+) -> None:
   """Writes a converted backbone; the directory appears only once complete (temp + rename).
 
   Args:

@@ -11,8 +11,10 @@ tf.config.set_visible_devices([], 'GPU')
 # TFDS builders register themselves by being imported (one module per dataset).
 # pylint: disable=g-import-not-at-top,unused-import
 from feadapter_jax.data.synth_fer import builder as synth_builder  # registers `synth_fer`
+
 # Real datasets, read from a manual directory (layouts: data/README.md).
 from feadapter_jax.data import dfew
 from feadapter_jax.data import ferv39k
 from feadapter_jax.data import mafw
+
 # pylint: enable=g-import-not-at-top,unused-import

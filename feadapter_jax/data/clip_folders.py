@@ -46,8 +46,7 @@ _BUILD_REPORT_KEY = 'build_report'
 class DataLayoutError(Exception):
   """The manual directory does not match the layout the authors distribute."""
 
-  def __init__(self, path: str | os.PathLike[str], problem: str, fix: str,
-               line: int | None = None):
+  def __init__(self, path: str | os.PathLike[str], problem: str, fix: str, line: int | None = None):
     self.path = os.fspath(path)
     self.line = line
     where = self.path if line is None else f'{self.path}, line {line}'
@@ -91,9 +90,9 @@ def list_frame_files(clip_dir: str | os.PathLike[str]) -> list[str]:
     Paths of the files with an image extension (case-insensitive).
   """
   names = [
-      name for name in os.listdir(clip_dir)
-      if not name.startswith('.') and
-      os.path.splitext(name)[1].lower() in FRAME_EXTENSIONS
+      name
+      for name in os.listdir(clip_dir)
+      if not name.startswith('.') and os.path.splitext(name)[1].lower() in FRAME_EXTENSIONS
   ]
   return [os.path.join(clip_dir, n) for n in sorted(names, key=natural_sort_key)]
 
@@ -143,6 +142,7 @@ def load_frame_jpeg(path: str | os.PathLike[str]) -> bytes:
 @dataclasses.dataclass(frozen=True)
 class Skipped:
   """One frame or clip left out of a build, and why."""
+
   split: str
   clip_id: str
   path: str
@@ -152,6 +152,7 @@ class Skipped:
 @dataclasses.dataclass
 class BuildReport:
   """What a build wrote and what it had to skip."""
+
   examples_per_split: dict[str, int] = dataclasses.field(default_factory=dict)
   skipped_frames: list[Skipped] = dataclasses.field(default_factory=list)
   skipped_clips: list[Skipped] = dataclasses.field(default_factory=list)
@@ -159,21 +160,20 @@ class BuildReport:
   def summary(self, max_listed: int = 20) -> str:
     """A human-readable account, listing at most `max_listed` paths per kind."""
     lines = [
-        'Examples written: ' + (', '.join(
-            f'{split}={n}' for split, n in self.examples_per_split.items())
-                                or 'none'),
+        'Examples written: '
+        + (', '.join(f'{split}={n}' for split, n in self.examples_per_split.items()) or 'none'),
         f'Skipped corrupt/unreadable frames: {len(self.skipped_frames)}',
         f'Skipped clips (no decodable frame): {len(self.skipped_clips)}',
     ]
-    for title, items in (('Skipped frames', self.skipped_frames),
-                         ('Skipped clips', self.skipped_clips)):
+    for title, items in (
+        ('Skipped frames', self.skipped_frames),
+        ('Skipped clips', self.skipped_clips),
+    ):
       if items:
         lines.append(f'{title}:')
-        lines += [f'  [{s.split}] {s.path}: {s.reason}'
-                  for s in items[:max_listed]]
+        lines += [f'  [{s.split}] {s.path}: {s.reason}' for s in items[:max_listed]]
         if len(items) > max_listed:
-          lines.append(f'  ... and {len(items) - max_listed} more (see '
-                       'builder.build_report)')
+          lines.append(f'  ... and {len(items) - max_listed} more (see ' 'builder.build_report)')
     return '\n'.join(lines)
 
   def to_json(self) -> dict[str, Any]:
@@ -201,6 +201,7 @@ class ClipSource:
     videos_dir: folder (relative to the dataset root) of one video per clip;
       set instead of `frames_dirs` to decode the original videos.
   """
+
   frames_dirs: tuple[str, ...] = ()
   videos_dir: str | None = None
 
@@ -218,12 +219,12 @@ class ClipSource:
 @dataclasses.dataclass(eq=False, kw_only=True)
 class ClipFolderConfig(tfds.core.BuilderConfig):
   """A fold (or the single official split) read from one clip source."""
+
   source: ClipSource
   fold: int | None = None
 
 
-def fold_configs(folds: Sequence[int],
-                 sources: Mapping[str, ClipSource]) -> list[ClipFolderConfig]:
+def fold_configs(folds: Sequence[int], sources: Mapping[str, ClipSource]) -> list[ClipFolderConfig]:
   """One config per (fold, source), named 'fold<k><source suffix>'.
 
   Args:
@@ -234,9 +235,14 @@ def fold_configs(folds: Sequence[int],
     Configs ordered source-major, so 'fold1' (first source) is the default.
   """
   return [
-      ClipFolderConfig(name=f'fold{k}{suffix}', fold=k, source=source,
-                       description=f'Fold {k}: {source.describe()}.')
-      for suffix, source in sources.items() for k in folds
+      ClipFolderConfig(
+          name=f'fold{k}{suffix}',
+          fold=k,
+          source=source,
+          description=f'Fold {k}: {source.describe()}.',
+      )
+      for suffix, source in sources.items()
+      for k in folds
   ]
 
 
@@ -253,6 +259,7 @@ class SplitEntry:
     extras: additional string features (e.g. FERV39k's scene).
     line: 1-based line in the split file, for error messages.
   """
+
   clip_id: str
   label: int
   clip_path: str
@@ -261,8 +268,7 @@ class SplitEntry:
   line: int = 0
 
 
-class ClipFolderVideoBuilder(tfds.core.GeneratorBasedBuilder,
-                             skip_registration=True):
+class ClipFolderVideoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """Base builder: split files + one frame folder (or video) per clip.
 
   Subclasses declare:
@@ -296,14 +302,15 @@ class ClipFolderVideoBuilder(tfds.core.GeneratorBasedBuilder,
     return tfds.core.DatasetInfo(
         builder=self,
         description=self.DESCRIPTION,
-        features=tfds.features.FeaturesDict({
-            'video': tfds.features.Video(shape=(None, None, None, 3),
-                                         encoding_format='jpeg'),
-            'label': tfds.features.ClassLabel(names=self.CLASS_NAMES),
-            'clip_id': tfds.features.Text(),
-            'num_frames': np.int32,
-            **self.EXTRA_FEATURES,
-        }),
+        features=tfds.features.FeaturesDict(
+            {
+                'video': tfds.features.Video(shape=(None, None, None, 3), encoding_format='jpeg'),
+                'label': tfds.features.ClassLabel(names=self.CLASS_NAMES),
+                'clip_id': tfds.features.Text(),
+                'num_frames': np.int32,
+                **self.EXTRA_FEATURES,
+            }
+        ),
         supervised_keys=('video', 'label'),
         homepage=self.HOMEPAGE,
         citation=self.CITATION,
@@ -323,8 +330,10 @@ class ClipFolderVideoBuilder(tfds.core.GeneratorBasedBuilder,
     """
     saved = self.info.metadata.get(_BUILD_REPORT_KEY)
     if saved is None:
-      raise ValueError(f'{self.info.full_name} has not been prepared in '
-                       f'{self.data_dir_root}: no build report yet.')
+      raise ValueError(
+          f'{self.info.full_name} has not been prepared in '
+          f'{self.data_dir_root}: no build report yet.'
+      )
     return BuildReport.from_json(saved)
 
   # ---- Split-file parsing: subclasses parse one line, the rest is shared.
@@ -340,8 +349,12 @@ class ClipFolderVideoBuilder(tfds.core.GeneratorBasedBuilder,
   def _label_index(self, name: str) -> int:
     """0-based index of a label written by name, accepting documented aliases."""
     by_lower = {n.lower(): i for i, n in enumerate(self.CLASS_NAMES)}
-    by_lower.update({alias: self.CLASS_NAMES.index(canonical)
-                     for alias, canonical in self.LABEL_ALIASES.items()})
+    by_lower.update(
+        {
+            alias: self.CLASS_NAMES.index(canonical)
+            for alias, canonical in self.LABEL_ALIASES.items()
+        }
+    )
     index = by_lower.get(name.strip().lower())
     if index is None:
       raise SplitLineError(
@@ -349,49 +362,57 @@ class ClipFolderVideoBuilder(tfds.core.GeneratorBasedBuilder,
           f'{list(self.CLASS_NAMES)}',
           'use the split files of the single-label benchmark as distributed; '
           'if your copy spells a class differently, add the spelling to '
-          f'{type(self).__name__}.LABEL_ALIASES')
+          f'{type(self).__name__}.LABEL_ALIASES',
+      )
     return index
 
   def _malformed(self, problem: str) -> SplitLineError:
     return SplitLineError(
-        problem, f'each line must read `{self.SPLIT_LINE_FORMAT}`; restore '
-        'the split file from the original archive')
+        problem,
+        f'each line must read `{self.SPLIT_LINE_FORMAT}`; restore '
+        'the split file from the original archive',
+    )
 
   def _read_split_file(self, path: str) -> list[SplitEntry]:
     """Parses a whole split file, rejecting bad lines and duplicate clips."""
     if not os.path.isfile(path):
       raise DataLayoutError(
-          path, 'split file not found',
+          path,
+          'split file not found',
           'copy the split folder from the original archive unchanged (keep '
-          'folder names with spaces, "&" and parentheses as they are)')
+          'folder names with spaces, "&" and parentheses as they are)',
+      )
     # utf-8-sig: split files edited on Windows may start with a BOM.
     with open(path, encoding='utf-8-sig') as f:
-      numbered_lines = [(i, line.strip()) for i, line in enumerate(f, 1)
-                        if line.strip()]
+      numbered_lines = [(i, line.strip()) for i, line in enumerate(f, 1) if line.strip()]
     if self.SPLIT_HEADER is not None:
       header_line, header = numbered_lines[0] if numbered_lines else (1, '')
       if header.replace(' ', '') != self.SPLIT_HEADER:
         raise DataLayoutError(
-            path, f'expected the header {self.SPLIT_HEADER!r}, found '
-            f'{header!r}', 'restore the split file from the original archive',
-            line=header_line)
+            path,
+            f'expected the header {self.SPLIT_HEADER!r}, found ' f'{header!r}',
+            'restore the split file from the original archive',
+            line=header_line,
+        )
       numbered_lines = numbered_lines[1:]
     if not numbered_lines:
-      raise DataLayoutError(path, 'split file lists no clips',
-                            'restore the split file from the original archive')
+      raise DataLayoutError(
+          path, 'split file lists no clips', 'restore the split file from the original archive'
+      )
     entries, first_line_of = [], {}
     for line_no, line in numbered_lines:
       try:
         entry = self._parse_split_line(line)
       except SplitLineError as e:
-        raise DataLayoutError(path, f'{e.problem} in {line!r}', e.fix,
-                              line=line_no) from e
+        raise DataLayoutError(path, f'{e.problem} in {line!r}', e.fix, line=line_no) from e
       if entry.clip_id in first_line_of:
         raise DataLayoutError(
-            path, f'clip {entry.clip_id!r} is listed twice (first on line '
+            path,
+            f'clip {entry.clip_id!r} is listed twice (first on line '
             f'{first_line_of[entry.clip_id]})',
-            'remove the duplicate line, or restore the split file from the '
-            'original archive', line=line_no)
+            'remove the duplicate line, or restore the split file from the ' 'original archive',
+            line=line_no,
+        )
       first_line_of[entry.clip_id] = line_no
       entries.append(dataclasses.replace(entry, line=line_no))
     return entries
@@ -402,18 +423,21 @@ class ClipFolderVideoBuilder(tfds.core.GeneratorBasedBuilder,
     """The folder holding the split folder: the manual dir or one child."""
     marker = self.SPLIT_FILES[next(iter(self.SPLIT_FILES))].split('/')[0]
     candidates = [manual_dir] + sorted(
-        os.path.join(manual_dir, d) for d in os.listdir(manual_dir)
-        if os.path.isdir(os.path.join(manual_dir, d)))
+        os.path.join(manual_dir, d)
+        for d in os.listdir(manual_dir)
+        if os.path.isdir(os.path.join(manual_dir, d))
+    )
     # A copy extracted into one extra folder (manual/dfew/DFEW/...) is common.
     for candidate in candidates:
       if os.path.isdir(os.path.join(candidate, marker)):
         return candidate
     raise DataLayoutError(
-        os.path.join(manual_dir, marker), f'{marker}/ not found in the manual '
-        'directory or any folder directly inside it',
+        os.path.join(manual_dir, marker),
+        f'{marker}/ not found in the manual ' 'directory or any folder directly inside it',
         f'extract the {self.name} archive into {manual_dir} so that '
         f'{manual_dir}/{marker}/ exists (layout: see '
-        f'{type(self).__name__}.MANUAL_DOWNLOAD_INSTRUCTIONS or data/README.md)')
+        f'{type(self).__name__}.MANUAL_DOWNLOAD_INSTRUCTIONS or data/README.md)',
+    )
 
   def _clips_dir(self, root: str) -> str:
     """The frames (or videos) folder this config reads, checked to exist."""
@@ -422,20 +446,25 @@ class ClipFolderVideoBuilder(tfds.core.GeneratorBasedBuilder,
     for candidate in candidates:
       if os.path.isdir(os.path.join(root, candidate)):
         return os.path.join(root, candidate)
-    other = ('the frames' if source.videos_dir else 'the original videos (a '
-             "config ending in '_original', where the dataset has one)")
+    other = (
+        'the frames'
+        if source.videos_dir
+        else 'the original videos (a ' "config ending in '_original', where the dataset has one)"
+    )
     raise DataLayoutError(
-        os.path.join(root, candidates[0]), f'folder not found; config '
-        f'{self.builder_config.name!r} reads {source.describe()}',
-        f'extract that part of the archive there, or build from {other}')
+        os.path.join(root, candidates[0]),
+        f'folder not found; config ' f'{self.builder_config.name!r} reads {source.describe()}',
+        f'extract that part of the archive there, or build from {other}',
+    )
 
   def _clip_location(self, clips_dir: str, entry: SplitEntry) -> str:
     if self.builder_config.source.videos_dir:
       return os.path.join(clips_dir, entry.video_name)
     return os.path.join(clips_dir, entry.clip_path)
 
-  def _check_clips_exist(self, split_file: str, clips_dir: str,
-                         entries: Sequence[SplitEntry]) -> None:
+  def _check_clips_exist(
+      self, split_file: str, clips_dir: str, entries: Sequence[SplitEntry]
+  ) -> None:
     """Fails before writing anything if a listed clip has nothing on disk."""
     from_videos = bool(self.builder_config.source.videos_dir)
     missing = []
@@ -451,11 +480,14 @@ class ClipFolderVideoBuilder(tfds.core.GeneratorBasedBuilder,
       entry, location = missing[0]
       kind = 'video file' if from_videos else 'frames folder (with images)'
       raise DataLayoutError(
-          split_file, f'clip {entry.clip_id!r} has no {kind} at {location} '
+          split_file,
+          f'clip {entry.clip_id!r} has no {kind} at {location} '
           f'({len(missing)} of {len(entries)} clips in this split are missing '
-          f'one)', 'complete the extraction of the archive (every clip the '
+          f'one)',
+          'complete the extraction of the archive (every clip the '
           'split files list must be present), or build from the other source',
-          line=entry.line)
+          line=entry.line,
+      )
 
   # ---- Generation.
 
@@ -468,7 +500,8 @@ class ClipFolderVideoBuilder(tfds.core.GeneratorBasedBuilder,
           'manual directory missing or empty',
           'pass DownloadConfig(manual_dir=...) (or `tfds build --manual_dir`) '
           f'pointing at your copy of {self.name}:\n'
-          f'{self.MANUAL_DOWNLOAD_INSTRUCTIONS}') from e
+          f'{self.MANUAL_DOWNLOAD_INSTRUCTIONS}',
+      ) from e
     root = self._dataset_root(manual_dir)
     clips_dir = self._clips_dir(root)
     fold = self.builder_config.fold
@@ -478,9 +511,13 @@ class ClipFolderVideoBuilder(tfds.core.GeneratorBasedBuilder,
       entries = self._read_split_file(split_file)
       self._check_clips_exist(split_file, clips_dir, entries)
       split_entries[split] = entries
-    logging.info('%s/%s: reading %s under %s', self.name,
-                 self.builder_config.name,
-                 self.builder_config.source.describe(), root)
+    logging.info(
+        '%s/%s: reading %s under %s',
+        self.name,
+        self.builder_config.name,
+        self.builder_config.source.describe(),
+        root,
+    )
     # One report for the whole build, shared by the split generators (TFDS
     # runs them one after the other) and saved into the metadata after each.
     self._report = BuildReport()
@@ -489,15 +526,13 @@ class ClipFolderVideoBuilder(tfds.core.GeneratorBasedBuilder,
         for split, entries in split_entries.items()
     }
 
-  def _load_clip(self, location: str, split: str, clip_id: str,
-                 report: BuildReport) -> list[bytes]:
+  def _load_clip(self, location: str, split: str, clip_id: str, report: BuildReport) -> list[bytes]:
     """Encoded frames of one clip; skipped frames are recorded in `report`."""
     if self.builder_config.source.videos_dir:
       try:
         return [encode_jpeg(f) for f in video_io.iter_frames(location)]
       except video_io.VideoReadError as e:
-        report.skipped_clips.append(Skipped(split, clip_id, location,
-                                            e.problem))
+        report.skipped_clips.append(Skipped(split, clip_id, location, e.problem))
         return []
     frames = []
     for path in list_frame_files(location):
@@ -506,18 +541,19 @@ class ClipFolderVideoBuilder(tfds.core.GeneratorBasedBuilder,
       except OSError as e:
         report.skipped_frames.append(Skipped(split, clip_id, path, str(e)))
     if not frames:
-      report.skipped_clips.append(Skipped(split, clip_id, location,
-                                          'no frame decodes'))
+      report.skipped_clips.append(Skipped(split, clip_id, location, 'no frame decodes'))
     return frames
 
-  def _generate_examples(self, split: str, entries: Sequence[SplitEntry],
-                         clips_dir: str) -> Iterator[tuple[str, dict[str, Any]]]:
+  def _generate_examples(
+      self, split: str, entries: Sequence[SplitEntry], clips_dir: str
+  ) -> Iterator[tuple[str, dict[str, Any]]]:
     report = self._report
     report.examples_per_split[split] = 0
     try:
       for entry in entries:
-        frames = self._load_clip(self._clip_location(clips_dir, entry), split,
-                                 entry.clip_id, report)
+        frames = self._load_clip(
+            self._clip_location(clips_dir, entry), split, entry.clip_id, report
+        )
         if not frames:
           continue
         report.examples_per_split[split] += 1
@@ -532,7 +568,11 @@ class ClipFolderVideoBuilder(tfds.core.GeneratorBasedBuilder,
       # Also on early stop (max_examples_per_split) or error: report what
       # happened so far.
       self.info.metadata[_BUILD_REPORT_KEY] = report.to_json()
-      log = (logging.warning if report.skipped_frames or report.skipped_clips
-             else logging.info)
-      log('%s/%s build report after split %r:\n%s', self.name,
-          self.builder_config.name, split, report.summary())
+      log = logging.warning if report.skipped_frames or report.skipped_clips else logging.info
+      log(
+          '%s/%s build report after split %r:\n%s',
+          self.name,
+          self.builder_config.name,
+          split,
+          report.summary(),
+      )

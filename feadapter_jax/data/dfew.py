@@ -17,22 +17,26 @@ from feadapter_jax.data import clip_folders
 class Dfew(clip_folders.ClipFolderVideoBuilder):
   """DFEW: 7-class dynamic facial expressions, 5 folds."""
 
-  CLASS_NAMES = ('Happy', 'Sad', 'Neutral', 'Angry', 'Surprise', 'Disgust',
-                 'Fear')
+  CLASS_NAMES = ('Happy', 'Sad', 'Neutral', 'Angry', 'Surprise', 'Disgust', 'Fear')
   SPLIT_FILES = {
       'train': 'EmoLabel_DataSplit/train(single-labeled)/set_{fold}.csv',
       'test': 'EmoLabel_DataSplit/test(single-labeled)/set_{fold}.csv',
   }
   SPLIT_HEADER = 'video_name,label'
   SPLIT_LINE_FORMAT = '<video_name>,<label 1-7>'  # e.g. '23,4'
-  BUILDER_CONFIGS = clip_folders.fold_configs(range(1, 6), {
-      '': clip_folders.ClipSource(frames_dirs=('Clip/clip_224x224',)),
-      '_16f': clip_folders.ClipSource(frames_dirs=('Clip/clip_224x224_16f',)),
-      '_original': clip_folders.ClipSource(videos_dir='Clip/original'),
-  })
+  BUILDER_CONFIGS = clip_folders.fold_configs(
+      range(1, 6),
+      {
+          '': clip_folders.ClipSource(frames_dirs=('Clip/clip_224x224',)),
+          '_16f': clip_folders.ClipSource(frames_dirs=('Clip/clip_224x224_16f',)),
+          '_original': clip_folders.ClipSource(videos_dir='Clip/original'),
+      },
+  )
   HOMEPAGE = 'https://dfew-dataset.github.io/'
-  DESCRIPTION = ('DFEW: 16,372 movie clips of facial expressions; the 11,697 '
-                 'single-labelled ones in 7 classes, 5-fold cross-validation.')
+  DESCRIPTION = (
+      'DFEW: 16,372 movie clips of facial expressions; the 11,697 '
+      'single-labelled ones in 7 classes, 5-fold cross-validation.'
+  )
   CITATION = """@inproceedings{jiang2020dfew,
   title={{DFEW}: A Large-Scale Database for Recognizing Dynamic Facial
          Expressions in the Wild},
@@ -62,8 +66,7 @@ Only the folder of the config you build is needed. One extra enclosing folder
   def _parse_split_line(self, line: str) -> clip_folders.SplitEntry:
     fields = [f.strip() for f in line.split(',')]
     if len(fields) != 2:
-      raise self._malformed(f'expected 2 comma-separated fields, found '
-                            f'{len(fields)}')
+      raise self._malformed(f'expected 2 comma-separated fields, found ' f'{len(fields)}')
     video_name, label = fields
     if not (video_name.isdigit() and label.lstrip('-').isdigit()):
       raise self._malformed('video_name and label must be integers')
@@ -71,7 +74,10 @@ Only the folder of the config you build is needed. One extra enclosing folder
       raise clip_folders.SplitLineError(
           f'label {label} is outside 1..{len(self.CLASS_NAMES)} (1-based: '
           + ', '.join(f'{i} {n}' for i, n in enumerate(self.CLASS_NAMES, 1))
-          + ')', 'use the single-labeled split files as distributed')
+          + ')',
+          'use the single-labeled split files as distributed',
+      )
     clip_id = f'{int(video_name):05d}'
-    return clip_folders.SplitEntry(clip_id=clip_id, label=int(label) - 1,
-                             clip_path=clip_id, video_name=f'{clip_id}.mp4')
+    return clip_folders.SplitEntry(
+        clip_id=clip_id, label=int(label) - 1, clip_path=clip_id, video_name=f'{clip_id}.mp4'
+    )

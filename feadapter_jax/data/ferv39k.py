@@ -20,8 +20,7 @@ from feadapter_jax.data import clip_folders
 class Ferv39k(clip_folders.ClipFolderVideoBuilder):
   """FERV39k: 7-class facial expressions in 22 scenes, official split."""
 
-  CLASS_NAMES = ('Angry', 'Disgust', 'Fear', 'Happy', 'Neutral', 'Sad',
-                 'Surprise')
+  CLASS_NAMES = ('Angry', 'Disgust', 'Fear', 'Happy', 'Neutral', 'Sad', 'Surprise')
   LABEL_ALIASES = {
       'anger': 'Angry',
       'disgusted': 'Disgust',
@@ -40,11 +39,14 @@ class Ferv39k(clip_folders.ClipFolderVideoBuilder):
       clip_folders.ClipFolderConfig(
           name='default',
           source=clip_folders.ClipSource(frames_dirs=('2_ClipsforFaceCrop',)),
-          description='Official split; face-crop frames.'),
+          description='Official split; face-crop frames.',
+      ),
   ]
   HOMEPAGE = 'https://wangyanckxx.github.io/Proj_CVPR2022_FERV39k.html'
-  DESCRIPTION = ('FERV39k: 38,935 video clips of facial expressions in 22 '
-                 'scenes, 7 classes, official train/test split.')
+  DESCRIPTION = (
+      'FERV39k: 38,935 video clips of facial expressions in 22 '
+      'scenes, 7 classes, official train/test split.'
+  )
   CITATION = """@inproceedings{wang2022ferv39k,
   title={{FERV39k}: A Large-Scale Multi-Scene Dataset for Facial Expression
          Recognition in Videos},
@@ -71,13 +73,15 @@ One extra enclosing folder (data/manual/ferv39k/FERV39k/...) is also accepted.
     # rsplit: the label is the last field, the path keeps anything before it.
     fields = line.rsplit(None, 1)
     if len(fields) != 2:
-      raise self._malformed('expected a clip path and a label separated by a '
-                            'space')
+      raise self._malformed('expected a clip path and a label separated by a ' 'space')
     clip_path, label = fields
     parts = clip_path.replace('\\', '/').strip('/').split('/')
     if len(parts) != 3 or not all(parts):
-      raise self._malformed(f'clip path {clip_path!r} is not '
-                            '<Scene>/<Emotion>/<NNNN>')
+      raise self._malformed(f'clip path {clip_path!r} is not ' '<Scene>/<Emotion>/<NNNN>')
     clip_id = '/'.join(parts)
-    return clip_folders.SplitEntry(clip_id=clip_id, label=self._label_index(label),
-                             clip_path=clip_id, extras={'scene': parts[0]})
+    return clip_folders.SplitEntry(
+        clip_id=clip_id,
+        label=self._label_index(label),
+        clip_path=clip_id,
+        extras={'scene': parts[0]},
+    )

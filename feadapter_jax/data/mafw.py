@@ -22,9 +22,19 @@ from feadapter_jax.data import clip_folders
 class Mafw(clip_folders.ClipFolderVideoBuilder):
   """MAFW: 11-class single-expression clips, 5 folds."""
 
-  CLASS_NAMES = ('anger', 'disgust', 'fear', 'happiness', 'neutral',
-                 'sadness', 'surprise', 'contempt', 'anxiety', 'helplessness',
-                 'disappointment')
+  CLASS_NAMES = (
+      'anger',
+      'disgust',
+      'fear',
+      'happiness',
+      'neutral',
+      'sadness',
+      'surprise',
+      'contempt',
+      'anxiety',
+      'helplessness',
+      'disappointment',
+  )
   LABEL_ALIASES = {
       'angry': 'anger',
       'happy': 'happiness',
@@ -38,13 +48,18 @@ class Mafw(clip_folders.ClipFolderVideoBuilder):
       'test': 'Train & Test Set/single/no_caption/set_{fold}/test.txt',
   }
   SPLIT_LINE_FORMAT = '<NNNNN>.mp4 <label>'
-  BUILDER_CONFIGS = clip_folders.fold_configs(range(1, 6), {
-      '': clip_folders.ClipSource(frames_dirs=('data/frames', 'data/faces')),
-      '_original': clip_folders.ClipSource(videos_dir='data/clips'),
-  })
+  BUILDER_CONFIGS = clip_folders.fold_configs(
+      range(1, 6),
+      {
+          '': clip_folders.ClipSource(frames_dirs=('data/frames', 'data/faces')),
+          '_original': clip_folders.ClipSource(videos_dir='data/clips'),
+      },
+  )
   HOMEPAGE = 'https://mafw-database.github.io/MAFW/'
-  DESCRIPTION = ('MAFW: 10,045 clips from movies, TV dramas and short videos; '
-                 'the single-expression set in 11 classes, 5 folds.')
+  DESCRIPTION = (
+      'MAFW: 10,045 clips from movies, TV dramas and short videos; '
+      'the single-expression set in 11 classes, 5 folds.'
+  )
   CITATION = """@inproceedings{liu2022mafw,
   title={{MAFW}: A Large-scale, Multi-modal, Compound Affective Database for
          Dynamic Facial Expression Recognition in the Wild},
@@ -71,11 +86,11 @@ Only the folder of the config you build is needed. One extra enclosing folder
   def _parse_split_line(self, line: str) -> clip_folders.SplitEntry:
     fields = line.split()
     if len(fields) != 2:
-      raise self._malformed(f'expected 2 space-separated fields, found '
-                            f'{len(fields)}')
+      raise self._malformed(f'expected 2 space-separated fields, found ' f'{len(fields)}')
     video_name, label = fields
     clip_id, extension = os.path.splitext(video_name)
     if not clip_id or not extension:
       raise self._malformed(f'{video_name!r} is not a video file name')
-    return clip_folders.SplitEntry(clip_id=clip_id, label=self._label_index(label),
-                             clip_path=clip_id, video_name=video_name)
+    return clip_folders.SplitEntry(
+        clip_id=clip_id, label=self._label_index(label), clip_path=clip_id, video_name=video_name
+    )

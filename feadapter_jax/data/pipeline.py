@@ -59,6 +59,7 @@ class DatasetInfo:
     class_names: label names, index = label.
     num_examples: examples per split (all processes together).
   """
+
   class_names: list[str]
   num_examples: dict[str, int]
 
@@ -66,15 +67,20 @@ class DatasetInfo:
 # ----------------------------------------------------------------------------- Builders.
 
 
-def _not_found_message(what: str, data_config: ml_collections.ConfigDict, manual_dir: str,
-                       instructions: str | None) -> str:
-  lines = [what,
-           f'  data_dir (prepared TFDS data): {os.path.abspath(data_config.data_dir)}',
-           f'  manual_dir (your copy of the raw dataset): {os.path.abspath(manual_dir)}']
+def _not_found_message(
+    what: str, data_config: ml_collections.ConfigDict, manual_dir: str, instructions: str | None
+) -> str:
+  lines = [
+      what,
+      f'  data_dir (prepared TFDS data): {os.path.abspath(data_config.data_dir)}',
+      f'  manual_dir (your copy of the raw dataset): {os.path.abspath(manual_dir)}',
+  ]
   if instructions:
     lines += ['How to get the raw dataset:', instructions.strip()]
-  lines.append('Then rerun: the dataset is prepared from manual_dir into data_dir on first use '
-               '(set config.data.data_dir / config.data.manual_dir if yours live elsewhere).')
+  lines.append(
+      'Then rerun: the dataset is prepared from manual_dir into data_dir on first use '
+      '(set config.data.data_dir / config.data.manual_dir if yours live elsewhere).'
+  )
   return '\n'.join(lines)
 
 
@@ -109,24 +115,33 @@ def get_builder(data_config: ml_collections.ConfigDict) -> tfds.core.DatasetBuil
     builder = tfds.builder(full_name, data_dir=data_config.data_dir)
   except (tfds.core.registered.DatasetNotFoundError, ValueError) as e:
     # `from None`: the TFDS traceback adds nothing to this message.
-    raise DatasetNotFoundError(_not_found_message(
-        f'No dataset {full_name!r}: {e}', data_config, manual_dir, None)) from None
+    raise DatasetNotFoundError(
+        _not_found_message(f'No dataset {full_name!r}: {e}', data_config, manual_dir, None)
+    ) from None
   if builder.is_prepared():
     return builder
   if os.path.isdir(manual_dir) and os.listdir(manual_dir):
     builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir)
+    )
     return builder
-  raise DatasetNotFoundError(_not_found_message(
-      f'Dataset {full_name!r} is not prepared and its manual files are missing.', data_config,
-      manual_dir, builder.MANUAL_DOWNLOAD_INSTRUCTIONS))
+  raise DatasetNotFoundError(
+      _not_found_message(
+          f'Dataset {full_name!r} is not prepared and its manual files are missing.',
+          data_config,
+          manual_dir,
+          builder.MANUAL_DOWNLOAD_INSTRUCTIONS,
+      )
+  )
 
 
 def dataset_info(data_config: ml_collections.ConfigDict) -> DatasetInfo:
   """Class names and split sizes of the (prepared on demand) dataset of `data_config`."""
   info = get_builder(data_config).info
-  return DatasetInfo(class_names=list(info.features['label'].names),
-                     num_examples={k: v.num_examples for k, v in info.splits.items()})
+  return DatasetInfo(
+      class_names=list(info.features['label'].names),
+      num_examples={k: v.num_examples for k, v in info.splits.items()},
+  )
 
 
 # ----------------------------------------------------------------------------- Sampling.
@@ -176,10 +191,12 @@ def decode_jpeg(jpeg: bytes | tf.Tensor) -> tf.Tensor:
   return tf.io.decode_jpeg(jpeg, channels=3, dct_method=_DCT_METHOD)
 
 
-def _decode_frames(encoded: tf.Tensor, indices: tf.Tensor, num: int,
-                   crop_window: tf.Tensor | None = None) -> tf.Tensor:
+def _decode_frames(
+    encoded: tf.Tensor, indices: tf.Tensor, num: int, crop_window: tf.Tensor | None = None
+) -> tf.Tensor:
   """Decodes the `num` frames `encoded[indices]` -> (num h w 3) uint8, optionally cropped."""
   selected = tf.gather(encoded, indices)
+
   def decode(jpeg: tf.Tensor) -> tf.Tensor:
     if crop_window is None:
       return decode_jpeg(jpeg)
@@ -190,8 +207,13 @@ def _decode_frames(encoded: tf.Tensor, indices: tf.Tensor, num: int,
   return tf.stack([decode(selected[i]) for i in range(num)])
 
 
-def _random_crop_window(key: tf.Tensor, height: tf.Tensor, width: tf.Tensor,
-                        scale: tuple[float, float], ratio: tuple[float, float]) -> tf.Tensor:
+def _random_crop_window(
+    key: tf.Tensor,
+    height: tf.Tensor,
+    width: tf.Tensor,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+) -> tf.Tensor:
   """[y, x, h, w] int32 window of a random resized crop (area in `scale`, aspect in `ratio`).
 
   One draw, clamped to the frame (no rejection loop), so its cost and randomness are fixed.
@@ -221,16 +243,18 @@ def _finish(frames: tf.Tensor, data_config: ml_collections.ConfigDict) -> tf.Ten
   return tf.cast(frames * scale + shift, data_config.dtype)
 
 
-def _train_clip(encoded: tf.Tensor, key: tf.Tensor,
-                data_config: ml_collections.ConfigDict) -> tf.Tensor:
+def _train_clip(
+    encoded: tf.Tensor, key: tf.Tensor, data_config: ml_collections.ConfigDict
+) -> tf.Tensor:
   """(L,) JPEG frames -> (t S S 3): random segment offsets, one crop and flip for all frames."""
   num_frames = data_config.num_frames
   time_key, crop_key, flip_key = tf.unstack(tf.random.experimental.stateless_split(key, 3))
   offsets = tf.random.stateless_uniform([num_frames], time_key, dtype=tf.float64)
   indices = sample_indices(tf.shape(encoded)[0], offsets)
   shape = tf.io.extract_jpeg_shape(encoded[0])  # Frames of a clip share one size.
-  window = _random_crop_window(crop_key, shape[0], shape[1], tuple(data_config.crop_scale),
-                               tuple(data_config.crop_ratio))
+  window = _random_crop_window(
+      crop_key, shape[0], shape[1], tuple(data_config.crop_scale), tuple(data_config.crop_ratio)
+  )
   frames = _decode_frames(encoded, indices, num_frames, window)
   if data_config.flip:
     flip = tf.random.stateless_uniform([], flip_key) < 0.5
@@ -238,8 +262,9 @@ def _train_clip(encoded: tf.Tensor, key: tf.Tensor,
   return _finish(frames, data_config)
 
 
-def eval_clip_indices(clip_length: int | tf.Tensor,
-                      data_config: ml_collections.ConfigDict) -> tf.Tensor:
+def eval_clip_indices(
+    clip_length: int | tf.Tensor, data_config: ml_collections.ConfigDict
+) -> tf.Tensor:
   """Frames evaluation reads from a clip of `clip_length` frames: (num_clips * t,), view-major."""
   offsets = eval_offsets(data_config.num_frames, data_config.num_clips)
   return tf.reshape(sample_indices(clip_length, offsets), [-1])
@@ -248,8 +273,9 @@ def eval_clip_indices(clip_length: int | tf.Tensor,
 def _eval_views(selected: tf.Tensor, data_config: ml_collections.ConfigDict) -> tf.Tensor:
   """The (num_clips * t, h, w, 3) frames at `eval_clip_indices` -> (num_clips t S S 3)."""
   size = data_config.image_size
-  return tf.reshape(_finish(selected, data_config),
-                    [data_config.num_clips, data_config.num_frames, size, size, 3])
+  return tf.reshape(
+      _finish(selected, data_config), [data_config.num_clips, data_config.num_frames, size, size, 3]
+  )
 
 
 def eval_clip(frames: np.ndarray | tf.Tensor, data_config: ml_collections.ConfigDict) -> tf.Tensor:
@@ -298,20 +324,26 @@ def _options(data_config: ml_collections.ConfigDict) -> tf.data.Options:
   return options
 
 
-def _process_shards(builder: tfds.core.DatasetBuilder, split: str,
-                    process_count: int) -> tuple[list[tfds.typing.SplitArg], list[int]]:
+def _process_shards(
+    builder: tfds.core.DatasetBuilder, split: str, process_count: int
+) -> tuple[list[tfds.typing.SplitArg], list[int]]:
   """Each process's contiguous shard of `split` and its size; sizes differ by at most one."""
   shards = tfds.even_splits(split, process_count)
   return shards, [builder.info.splits[shard].num_examples for shard in shards]
 
 
-def _read(builder: tfds.core.DatasetBuilder, shard: tfds.typing.SplitArg,
-          data_config: ml_collections.ConfigDict) -> tf.data.Dataset:
+def _read(
+    builder: tfds.core.DatasetBuilder,
+    shard: tfds.typing.SplitArg,
+    data_config: ml_collections.ConfigDict,
+) -> tf.data.Dataset:
   """Records of one shard in file order, `video` left as a (L,) string tensor of JPEGs."""
   return builder.as_dataset(
-      split=shard, shuffle_files=False,
+      split=shard,
+      shuffle_files=False,
       decoders={'video': tfds.decode.SkipDecoding()},
-      read_config=tfds.ReadConfig(options=_options(data_config)))
+      read_config=tfds.ReadConfig(options=_options(data_config)),
+  )
 
 
 def _stream_key(seed: int, process_index: int, stream: int) -> tf.Tensor:
@@ -319,9 +351,15 @@ def _stream_key(seed: int, process_index: int, stream: int) -> tf.Tensor:
   return tf.random.experimental.stateless_fold_in(base, stream)
 
 
-def make_train_dataset(data_config: ml_collections.ConfigDict, *, batch_size: int, seed: int,
-                       start_step: int = 0, process_index: int | None = None,
-                       process_count: int | None = None) -> tf.data.Dataset:
+def make_train_dataset(
+    data_config: ml_collections.ConfigDict,
+    *,
+    batch_size: int,
+    seed: int,
+    start_step: int = 0,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> tf.data.Dataset:
   """Infinite, deterministic training batches of this process, with the ids of their clips.
 
   Args:
@@ -352,17 +390,23 @@ def make_train_dataset(data_config: ml_collections.ConfigDict, *, batch_size: in
 
   def epoch(epoch_index: tf.Tensor) -> tf.data.Dataset:
     shuffle_seed = tf.random.stateless_uniform(
-        [], tf.random.experimental.stateless_fold_in(shuffle_key, epoch_index),
-        0, _MAX_SHUFFLE_SEED, tf.int64)
+        [],
+        tf.random.experimental.stateless_fold_in(shuffle_key, epoch_index),
+        0,
+        _MAX_SHUFFLE_SEED,
+        tf.int64,
+    )
     examples = records.shuffle(data_config.shuffle_buffer, seed=shuffle_seed)
     positions = tf.data.Dataset.range(epoch_index * shard_size, (epoch_index + 1) * shard_size)
     return tf.data.Dataset.zip((positions, examples))
 
   def preprocess(position: tf.Tensor, example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
     key = tf.random.experimental.stateless_fold_in(example_key, position)
-    return {'video': _train_clip(example['video'], key, data_config),
-            'label': tf.cast(example['label'], tf.int32),
-            'clip_id': example['clip_id']}
+    return {
+        'video': _train_clip(example['video'], key, data_config),
+        'label': tf.cast(example['label'], tf.int32),
+        'clip_id': example['clip_id'],
+    }
 
   first_epoch, skip = divmod(start_step * batch_size, shard_size)
   ds = tf.data.Dataset.counter(first_epoch).flat_map(epoch).skip(skip)
@@ -371,9 +415,14 @@ def make_train_dataset(data_config: ml_collections.ConfigDict, *, batch_size: in
   return ds.with_options(_options(data_config))
 
 
-def make_eval_dataset(data_config: ml_collections.ConfigDict, split: str, *, batch_size: int,
-                      process_index: int | None = None,
-                      process_count: int | None = None) -> tf.data.Dataset:
+def make_eval_dataset(
+    data_config: ml_collections.ConfigDict,
+    split: str,
+    *,
+    batch_size: int,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> tf.data.Dataset:
   """One pass over this process's shard of `split`, padded to a count shared by all processes.
 
   Args:
@@ -394,10 +443,12 @@ def make_eval_dataset(data_config: ml_collections.ConfigDict, split: str, *, bat
   num_batches = -(-max(sizes) // batch_size)
 
   def preprocess(example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-    return {'video': _eval_clip(example['video'], data_config),
-            'label': tf.cast(example['label'], tf.int32),
-            'mask': tf.constant(True),
-            'clip_id': example['clip_id']}
+    return {
+        'video': _eval_clip(example['video'], data_config),
+        'label': tf.cast(example['label'], tf.int32),
+        'mask': tf.constant(True),
+        'clip_id': example['clip_id'],
+    }
 
   ds = _read(builder, shards[process_index], data_config)
   ds = ds.map(preprocess, num_parallel_calls=data_config.num_parallel_calls, deterministic=True)
@@ -413,9 +464,15 @@ def _step_batches(ds: tf.data.Dataset) -> Iterator[dict[str, np.ndarray]]:
   return without_ids.as_numpy_iterator()
 
 
-def make_train_iterator(data_config: ml_collections.ConfigDict, *, batch_size: int, seed: int,
-                        start_step: int = 0, process_index: int | None = None,
-                        process_count: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+def make_train_iterator(
+    data_config: ml_collections.ConfigDict,
+    *,
+    batch_size: int,
+    seed: int,
+    start_step: int = 0,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
   """The batches of `make_train_dataset` (same arguments) as numpy arrays, for the train step.
 
   Returns:
@@ -424,27 +481,46 @@ def make_train_iterator(data_config: ml_collections.ConfigDict, *, batch_size: i
   Raises:
     ValueError: this process's shard of the train split is empty.
   """
-  return _step_batches(make_train_dataset(
-      data_config, batch_size=batch_size, seed=seed, start_step=start_step,
-      process_index=process_index, process_count=process_count))
+  return _step_batches(
+      make_train_dataset(
+          data_config,
+          batch_size=batch_size,
+          seed=seed,
+          start_step=start_step,
+          process_index=process_index,
+          process_count=process_count,
+      )
+  )
 
 
-def make_eval_iterator(data_config: ml_collections.ConfigDict, split: str, *, batch_size: int,
-                       process_index: int | None = None,
-                       process_count: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+def make_eval_iterator(
+    data_config: ml_collections.ConfigDict,
+    split: str,
+    *,
+    batch_size: int,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
   """The batches of `make_eval_dataset` (same arguments) as numpy arrays, for the eval step.
 
   Returns:
     Iterator of {'video': (batch, num_clips, t, S, S, 3), 'label': (batch,) int32,
     'mask': (batch,) bool}.
   """
-  return _step_batches(make_eval_dataset(
-      data_config, split, batch_size=batch_size, process_index=process_index,
-      process_count=process_count))
+  return _step_batches(
+      make_eval_dataset(
+          data_config,
+          split,
+          batch_size=batch_size,
+          process_index=process_index,
+          process_count=process_count,
+      )
+  )
 
 
-def to_global_arrays(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh,
-                     axis: str = 'data') -> dict[str, jax.Array]:
+def to_global_arrays(
+    batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh, axis: str = 'data'
+) -> dict[str, jax.Array]:
   """Assembles each process's batch into global arrays sharded along `axis` (batch dimension).
 
   Args:

@@ -35,13 +35,11 @@ def _is_truncated(num_decoded: int, num_declared: int) -> bool:
   """Whether fewer frames decoded than the container declares, beyond noise."""
   if num_declared <= 0:  # Unknown (webm, some streams): nothing to compare.
     return False
-  tolerance = max(_TRUNCATION_TOLERANCE_FRAMES,
-                  int(_TRUNCATION_TOLERANCE_FRACTION * num_declared))
+  tolerance = max(_TRUNCATION_TOLERANCE_FRAMES, int(_TRUNCATION_TOLERANCE_FRACTION * num_declared))
   return num_declared - num_decoded > tolerance
 
 
-def _open_video(path: str) -> tuple[av.container.InputContainer,
-                                    av.video.stream.VideoStream]:
+def _open_video(path: str) -> tuple[av.container.InputContainer, av.video.stream.VideoStream]:
   """Opens `path` and returns its container and first video stream."""
   if not os.path.isfile(path):
     raise VideoReadError(path, 'no such file')
@@ -53,8 +51,9 @@ def _open_video(path: str) -> tuple[av.container.InputContainer,
     raise VideoReadError(path, f'cannot open as a video ({e})') from e
   if not container.streams.video:
     container.close()
-    raise VideoReadError(path, 'contains no video stream (unsupported or '
-                         'truncated before its header ends)')
+    raise VideoReadError(
+        path, 'contains no video stream (unsupported or ' 'truncated before its header ends)'
+    )
   stream = container.streams.video[0]
   # Frame-level threading: decoding is the bottleneck of the video source.
   stream.thread_type = 'AUTO'
@@ -88,16 +87,17 @@ def iter_frames(path: str | os.PathLike[str]) -> Iterator[np.ndarray]:
         num_decoded += 1
     except (av.FFmpegError, OSError) as e:
       raise VideoReadError(
-          path, f'decoding failed after {num_decoded} frames ({e}); the file '
-          'is probably truncated or corrupt') from e
+          path,
+          f'decoding failed after {num_decoded} frames ({e}); the file '
+          'is probably truncated or corrupt',
+      ) from e
     num_declared = stream.frames
   if num_decoded == 0:
-    raise VideoReadError(path, 'no frame could be decoded (truncated or empty '
-                         'video stream)')
+    raise VideoReadError(path, 'no frame could be decoded (truncated or empty ' 'video stream)')
   if _is_truncated(num_decoded, num_declared):
     raise VideoReadError(
-        path, f'truncated: decoded {num_decoded} of {num_declared} frames the '
-        'container declares')
+        path, f'truncated: decoded {num_decoded} of {num_declared} frames the ' 'container declares'
+    )
 
 
 def video_fps(path: str | os.PathLike[str]) -> float:
@@ -115,10 +115,12 @@ def video_fps(path: str | os.PathLike[str]) -> float:
   return float(rate) if rate else 0.0
 
 
-def write_video(path: str | os.PathLike[str],
-                frames: Iterable[np.ndarray],
-                fps: float = 25.0,
-                codec: str = 'libx264') -> None:
+def write_video(
+    path: str | os.PathLike[str],
+    frames: Iterable[np.ndarray],
+    fps: float = 25.0,
+    codec: str = 'libx264',
+) -> None:
   """Encodes RGB uint8 frames (H, W, 3), H and W even, into a video file.
 
   The container follows the extension (.mp4, .avi, .webm, ...). MP4/MOV files
@@ -142,11 +144,9 @@ def write_video(path: str | os.PathLike[str],
   is_mp4_family = os.path.splitext(path)[1].lower() in ('.mp4', '.mov')
   options = {'movflags': 'faststart'} if is_mp4_family else {}
   with av.open(path, 'w', options=options) as container:
-    stream = container.add_stream(
-        codec, rate=fractions.Fraction(fps).limit_denominator(1001))
+    stream = container.add_stream(codec, rate=fractions.Fraction(fps).limit_denominator(1001))
     stream.height, stream.width = first.shape[:2]
     stream.pix_fmt = 'yuv420p'
     for frame in itertools.chain([first], frames):
-      container.mux(stream.encode(av.VideoFrame.from_ndarray(frame,
-                                                             format='rgb24')))
+      container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format='rgb24')))
     container.mux(stream.encode())  # Flush the encoder's buffered frames.

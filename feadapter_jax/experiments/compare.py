@@ -22,6 +22,7 @@ Train clips/s is `batch_size` x the median of the steps/s that clu's ReportProgr
 run's TensorBoard events every `log_every_steps` (wall time between two reports, so compilation,
 which happens before the first report, and the final evaluation are left out).
 """
+
 from __future__ import annotations
 
 from feadapter_jax import cli  # pylint: disable=g-bad-import-order  (first: quiets TensorFlow)
@@ -74,8 +75,11 @@ def method_label(method: str) -> str:
   return methods_lib.get(method).label
 
 
-def pair_accuracy(confusion: Any, class_names: Sequence[str],
-                  pair: Sequence[str] = synth_render.TIME_REVERSED_PAIR) -> float:
+def pair_accuracy(
+    confusion: Any,
+    class_names: Sequence[str],
+    pair: Sequence[str] = synth_render.TIME_REVERSED_PAIR,
+) -> float:
   """Accuracy over the clips of the `pair` classes: right class (of all classes) / clips."""
   cm = np.asarray(confusion)
   idx = [list(class_names).index(name) for name in pair]
@@ -88,8 +92,9 @@ def clips_per_second(run_dir: str, batch_size: int) -> float:
   for path in glob.glob(os.path.join(run_dir, 'events.out.tfevents.*')):
     for record in tf.data.TFRecordDataset(path):
       event = event_pb2.Event.FromString(record.numpy())
-      steps_per_s += [float(tf.make_ndarray(v.tensor)) for v in event.summary.value
-                      if v.tag == 'steps_per_sec']
+      steps_per_s += [
+          float(tf.make_ndarray(v.tensor)) for v in event.summary.value if v.tag == 'steps_per_sec'
+      ]
   return batch_size * float(np.median(steps_per_s)) if steps_per_s else float('nan')
 
 
@@ -113,6 +118,7 @@ class Plan:
     image_overrides: {'field': value} set in the image config (`--image_config.field=value`).
     docs_dir: also copy the table and figure here.
   """
+
   config: str
   workdir: str
   methods: Sequence[str] = METHODS
@@ -125,8 +131,12 @@ class Plan:
 
   def command(self) -> str:
     """The command line that reproduces this plan (defaults left out)."""
-    flags_ = [f'--config={self.config}', f'--workdir={self.workdir}',
-              f'--seeds={",".join(map(str, self.seeds))}', f'--budget={self.budget_steps}']
+    flags_ = [
+        f'--config={self.config}',
+        f'--workdir={self.workdir}',
+        f'--seeds={",".join(map(str, self.seeds))}',
+        f'--budget={self.budget_steps}',
+    ]
     if tuple(self.methods) != METHODS:
       flags_.append(f'--methods={",".join(self.methods)}')
     if self.image_config != DEFAULT_IMAGE_CONFIG:
@@ -145,8 +155,7 @@ class Plan:
     return cli.load_config(self.image_config, self.image_overrides)
 
   def video_run(self, method: str, seed: int) -> ml_collections.ConfigDict:
-    spec = cli.with_args(self.config, f'method={method}', f'seed={seed}',
-                         f'init={self.backbone}')
+    spec = cli.with_args(self.config, f'method={method}', f'seed={seed}', f'init={self.backbone}')
     config = cli.load_config(spec, self.overrides)
     config.total_steps = self.budget_steps
     # One evaluation, after the last step: every method is scored at the same point.
@@ -166,9 +175,11 @@ def train_or_read(config: ml_collections.ConfigDict, run_dir: str) -> dict[str, 
   if os.path.exists(requested):
     with open(requested) as f:
       if json.load(f) != wanted:
-        raise ValueError(f'{run_dir} holds a run of another config than this comparison\'s '
-                         f'(compare {requested}): rerun with the flags it was started with, or '
-                         'use a new --workdir.')
+        raise ValueError(
+            f"{run_dir} holds a run of another config than this comparison's "
+            f'(compare {requested}): rerun with the flags it was started with, or '
+            'use a new --workdir.'
+        )
   else:
     os.makedirs(run_dir, exist_ok=True)
     with open(requested, 'w') as f:
@@ -185,6 +196,7 @@ def train_or_read(config: ml_collections.ConfigDict, run_dir: str) -> dict[str, 
 @dataclasses.dataclass
 class Runs:
   """The image pre-training's results and {method: [results per seed]} of the video runs."""
+
   image: dict[str, Any]
   video: dict[str, list[dict[str, Any]]]
 
@@ -205,8 +217,7 @@ def run_all(plan: Plan) -> Runs | None:
       results = train_or_read(config, run_dir)
       if results is None:
         return None
-      results['pair_accuracy'] = pair_accuracy(results['confusion_matrix'],
-                                               results['class_names'])
+      results['pair_accuracy'] = pair_accuracy(results['confusion_matrix'], results['class_names'])
       results['clips_per_s'] = clips_per_second(run_dir, config.batch_size)
       video[method].append(results)
   return Runs(image, video)
@@ -215,6 +226,7 @@ def run_all(plan: Plan) -> Runs | None:
 @dataclasses.dataclass
 class Row:
   """One method over its seeds: accuracies as (mean, std) fractions, std with ddof=1."""
+
   method: str
   trainable_params: int
   fraction_of_full: float
@@ -235,11 +247,17 @@ def summarize(runs: dict[str, list[dict[str, Any]]], full_params: int) -> list[R
   rows = []
   for method, seeds in runs.items():
     trainable = seeds[0]['trainable_params']
-    rows.append(Row(
-        method=method, trainable_params=trainable, fraction_of_full=trainable / full_params,
-        uar=_mean_std([r['uar'] for r in seeds]), war=_mean_std([r['war'] for r in seeds]),
-        pair=_mean_std([r['pair_accuracy'] for r in seeds]),
-        clips_per_s=float(np.mean([r['clips_per_s'] for r in seeds]))))
+    rows.append(
+        Row(
+            method=method,
+            trainable_params=trainable,
+            fraction_of_full=trainable / full_params,
+            uar=_mean_std([r['uar'] for r in seeds]),
+            war=_mean_std([r['war'] for r in seeds]),
+            pair=_mean_std([r['pair_accuracy'] for r in seeds]),
+            clips_per_s=float(np.mean([r['clips_per_s'] for r in seeds])),
+        )
+    )
   return rows
 
 
@@ -249,26 +267,34 @@ def _pct(mean_std: tuple[float, float]) -> str:
 
 def table(rows: Sequence[Row]) -> str:
   """The markdown table: one row per method, accuracies in % (mean +- std over seeds)."""
-  lines = ['| method | trainable params | % of full FT | UAR (%) | WAR (%) | '
-           f'{"/".join(synth_render.TIME_REVERSED_PAIR)} accuracy (%) | train clips/s |',
-           '|---|---:|---:|---:|---:|---:|---:|']
+  lines = [
+      '| method | trainable params | % of full FT | UAR (%) | WAR (%) | '
+      f'{"/".join(synth_render.TIME_REVERSED_PAIR)} accuracy (%) | train clips/s |',
+      '|---|---:|---:|---:|---:|---:|---:|',
+  ]
   for r in rows:
-    lines.append(f'| {method_label(r.method)} | {r.trainable_params:,} | '
-                 f'{100 * r.fraction_of_full:.2f} | {_pct(r.uar)} | {_pct(r.war)} | '
-                 f'{_pct(r.pair)} | {r.clips_per_s:.1f} |')
+    lines.append(
+        f'| {method_label(r.method)} | {r.trainable_params:,} | '
+        f'{100 * r.fraction_of_full:.2f} | {_pct(r.uar)} | {_pct(r.war)} | '
+        f'{_pct(r.pair)} | {r.clips_per_s:.1f} |'
+    )
   return '\n'.join(lines)
 
 
 def per_seed_table(runs: dict[str, list[dict[str, Any]]], seeds: Sequence[int]) -> str:
   """The markdown table of every run: one row per method and seed."""
-  lines = ['| method | seed | UAR (%) | WAR (%) | '
-           f'{"/".join(synth_render.TIME_REVERSED_PAIR)} accuracy (%) | train clips/s |',
-           '|---|---:|---:|---:|---:|---:|']
+  lines = [
+      '| method | seed | UAR (%) | WAR (%) | '
+      f'{"/".join(synth_render.TIME_REVERSED_PAIR)} accuracy (%) | train clips/s |',
+      '|---|---:|---:|---:|---:|---:|',
+  ]
   for method, results in runs.items():
     for seed, r in zip(seeds, results):
-      lines.append(f'| {method_label(method)} | {seed} | {100 * r["uar"]:.1f} | '
-                   f'{100 * r["war"]:.1f} | {100 * r["pair_accuracy"]:.1f} | '
-                   f'{r["clips_per_s"]:.1f} |')
+      lines.append(
+          f'| {method_label(method)} | {seed} | {100 * r["uar"]:.1f} | '
+          f'{100 * r["war"]:.1f} | {100 * r["pair_accuracy"]:.1f} | '
+          f'{r["clips_per_s"]:.1f} |'
+      )
   return '\n'.join(lines)
 
 
@@ -290,90 +316,123 @@ def findings(rows: Sequence[Row]) -> str:
   out = []
   fe = by.get('fe_adapter')
   if fe:
-    out.append(f'FE-Adapter reaches {_pct(fe.uar)}% UAR '
-               f'({"meets" if fe.uar[0] >= TARGET_UAR else "misses"} the '
-               f'{100 * TARGET_UAR:.0f}% target) and separates {pair}, the two classes that '
-               f'differ only by the direction of time, at {_pct(fe.pair)}% '
-               f'({"meets" if fe.pair[0] >= TARGET_PAIR else "misses"} the '
-               f'{100 * TARGET_PAIR:.0f}% target).')
+    out.append(
+        f'FE-Adapter reaches {_pct(fe.uar)}% UAR '
+        f'({"meets" if fe.uar[0] >= TARGET_UAR else "misses"} the '
+        f'{100 * TARGET_UAR:.0f}% target) and separates {pair}, the two classes that '
+        f'differ only by the direction of time, at {_pct(fe.pair)}% '
+        f'({"meets" if fe.pair[0] >= TARGET_PAIR else "misses"} the '
+        f'{100 * TARGET_PAIR:.0f}% target).'
+    )
   lp = by.get('linear_probe')
   if lp:
     near = abs(lp.pair[0] - PAIR_CHANCE) <= PAIR_CHANCE_TOLERANCE
     why = ', as their frames, taken as a set, have the same distribution' if near else ''
-    out.append(f'The linear probe, which averages the frozen image features over frames, '
-               f'gets {_pct(lp.pair)}% on that pair: {"near" if near else "not near"} chance '
-               f'({100 * PAIR_CHANCE:.0f}% +- {100 * PAIR_CHANCE_TOLERANCE:.0f}){why}; its UAR '
-               f'is {_pct(lp.uar)}%, where a model blind to time tops out at {ceiling}.')
+    out.append(
+        f'The linear probe, which averages the frozen image features over frames, '
+        f'gets {_pct(lp.pair)}% on that pair: {"near" if near else "not near"} chance '
+        f'({100 * PAIR_CHANCE:.0f}% +- {100 * PAIR_CHANCE_TOLERANCE:.0f}){why}; its UAR '
+        f'is {_pct(lp.uar)}%, where a model blind to time tops out at {ceiling}.'
+    )
   full = by.get('full_finetune')
   if fe and full:
     diff, noise, verdict = _versus(fe, full)
     small = fe.fraction_of_full <= MAX_FRACTION_OF_FULL
-    out.append(f'FE-Adapter trains {100 * fe.fraction_of_full:.2f}% of the parameters full '
-               f'fine-tuning trains ({"within" if small else "over"} the '
-               f'{100 * MAX_FRACTION_OF_FULL:.0f}% target) and its UAR is '
-               f'{100 * diff:+.1f} points from full fine-tuning\'s, against a seed std of the '
-               f'difference of {100 * noise:.1f} points: {verdict} full fine-tuning, which '
-               f'also processes frames one by one and is bound by the same {ceiling}.')
+    out.append(
+        f'FE-Adapter trains {100 * fe.fraction_of_full:.2f}% of the parameters full '
+        f'fine-tuning trains ({"within" if small else "over"} the '
+        f'{100 * MAX_FRACTION_OF_FULL:.0f}% target) and its UAR is '
+        f"{100 * diff:+.1f} points from full fine-tuning's, against a seed std of the "
+        f'difference of {100 * noise:.1f} points: {verdict} full fine-tuning, which '
+        f'also processes frames one by one and is bound by the same {ceiling}.'
+    )
   peers = [by[m] for m in ('st_adapter', 'aim') if m in by]
   if fe and peers:
     best = max(peers, key=lambda r: r.uar[0])
     diff, noise, verdict = _versus(fe, best)
-    out.append(f'Of the other adapters, {method_label(best.method)} does best, {_pct(best.uar)}% '
-               f'with {best.trainable_params / fe.trainable_params:.2f}x FE-Adapter\'s trainable '
-               f'parameters: FE-Adapter is {verdict} it ({100 * diff:+.1f} points, seed std '
-               f'{100 * noise:.1f}).')
+    out.append(
+        f'Of the other adapters, {method_label(best.method)} does best, {_pct(best.uar)}% '
+        f"with {best.trainable_params / fe.trainable_params:.2f}x FE-Adapter's trainable "
+        f'parameters: FE-Adapter is {verdict} it ({100 * diff:+.1f} points, seed std '
+        f'{100 * noise:.1f}).'
+    )
   if fe and full:
-    speed = (f'FE-Adapter trains at {fe.clips_per_s:.0f} clips/s, '
-             f'{fe.clips_per_s / full.clips_per_s:.2f}x full fine-tuning\'s '
-             f'{full.clips_per_s:.0f}')
+    speed = (
+        f'FE-Adapter trains at {fe.clips_per_s:.0f} clips/s, '
+        f"{fe.clips_per_s / full.clips_per_s:.2f}x full fine-tuning's "
+        f'{full.clips_per_s:.0f}'
+    )
     st = by.get('st_adapter')
     if st and fe.clips_per_s < st.clips_per_s:
-      speed += (f', and {fe.clips_per_s / st.clips_per_s:.2f}x ST-Adapter\'s '
-                f'{st.clips_per_s:.0f} (same place in the block, a fixed temporal conv): its '
-                'per-location dynamic dilated 3D conv costs compute, not parameters')
+      speed += (
+          f", and {fe.clips_per_s / st.clips_per_s:.2f}x ST-Adapter's "
+          f'{st.clips_per_s:.0f} (same place in the block, a fixed temporal conv): its '
+          'per-location dynamic dilated 3D conv costs compute, not parameters'
+      )
     out.append(speed + '.')
   return ' '.join(out)
 
 
-def _place_labels(ax: Any, points: Sequence[tuple[float, float]], radii_pt: Sequence[float],
-                  texts: Sequence[str]) -> None:
+def _place_labels(
+    ax: Any, points: Sequence[tuple[float, float]], radii_pt: Sequence[float], texts: Sequence[str]
+) -> None:
   """Labels beside their bubbles (right, else left), moved up or down until each lies inside the
   axes and covers no other label or bubble; the first place is the fallback."""
   renderer = ax.figure.canvas.get_renderer()
   px_per_pt = ax.figure.dpi / 72
   inside = ax.get_window_extent(renderer)
-  bubbles = [matplotlib.transforms.Bbox.from_bounds(cx - r * px_per_pt, cy - r * px_per_pt,
-                                                    2 * r * px_per_pt, 2 * r * px_per_pt)
-             for (cx, cy), r in zip(ax.transData.transform(points), radii_pt)]
+  bubbles = [
+      matplotlib.transforms.Bbox.from_bounds(
+          cx - r * px_per_pt, cy - r * px_per_pt, 2 * r * px_per_pt, 2 * r * px_per_pt
+      )
+      for (cx, cy), r in zip(ax.transData.transform(points), radii_pt)
+  ]
   places = [(side, dy) for side in (1, -1) for dy in LABEL_OFFSETS_PT]
   placed = []
   for i, ((x, y), r, text) in enumerate(zip(points, radii_pt, texts)):
-    obstacles = placed + bubbles[:i] + bubbles[i + 1:]
+    obstacles = placed + bubbles[:i] + bubbles[i + 1 :]
 
     def label(place, x=x, y=y, r=r, text=text):
       side, dy = place
-      return ax.annotate(text, (x, y), xytext=(side * (r + 4), dy), textcoords='offset points',
-                         fontsize=8, va='center', ha='left' if side > 0 else 'right')
+      return ax.annotate(
+          text,
+          (x, y),
+          xytext=(side * (r + 4), dy),
+          textcoords='offset points',
+          fontsize=8,
+          va='center',
+          ha='left' if side > 0 else 'right',
+      )
 
     def free(place):
       trial = label(place)
       box = trial.get_window_extent(renderer)
       trial.remove()
-      return (inside.containsx(box.x0) and inside.containsx(box.x1) and
-              inside.containsy(box.y0) and inside.containsy(box.y1) and
-              not any(box.overlaps(other) for other in obstacles))
+      return (
+          inside.containsx(box.x0)
+          and inside.containsx(box.x1)
+          and inside.containsy(box.y0)
+          and inside.containsy(box.y1)
+          and not any(box.overlaps(other) for other in obstacles)
+      )
 
     side, dy = next(filter(free, places), places[0])
     placed.append(label((side, dy)).get_window_extent(renderer))
     if dy:  # a leader line from a moved label to its bubble
-      ax.annotate('', (x, y), xytext=(side * (r + 4), dy), textcoords='offset points',
-                  arrowprops=dict(arrowstyle='-', lw=0.5, color='0.4'))
+      ax.annotate(
+          '',
+          (x, y),
+          xytext=(side * (r + 4), dy),
+          textcoords='offset points',
+          arrowprops=dict(arrowstyle='-', lw=0.5, color='0.4'),
+      )
 
 
 def plot(rows: Sequence[Row], path: str, title: str) -> None:
   """Bubble chart: x = trainable parameters (log), y = UAR +- seed std, area ~ parameters."""
   matplotlib.use('Agg')  # files only, also without a display
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top  (after the backend)
+
   params = np.array([r.trainable_params for r in rows], np.float64)
   uar = np.array([100 * r.uar[0] for r in rows])
   std = np.array([100 * r.uar[1] for r in rows])
@@ -381,8 +440,7 @@ def plot(rows: Sequence[Row], path: str, title: str) -> None:
   area = np.maximum(MAX_BUBBLE_AREA_PT2 * params / params.max(), MIN_BUBBLE_AREA_PT2)
   colours = ['tab:red' if r.method.startswith('fe_') else 'tab:blue' for r in rows]
   fig, ax = plt.subplots(figsize=(7.5, 4.8))
-  ax.scatter(params, uar, s=area, c=colours, alpha=0.45, edgecolors='k', linewidths=0.8,
-             zorder=2)
+  ax.scatter(params, uar, s=area, c=colours, alpha=0.45, edgecolors='k', linewidths=0.8, zorder=2)
   ax.errorbar(params, uar, yerr=std, fmt='none', ecolor='k', capsize=3, zorder=3)
   ax.set_xscale('log')
   ax.set_xlim(params.min() / 3, params.max() * 6)
@@ -392,8 +450,12 @@ def plot(rows: Sequence[Row], path: str, title: str) -> None:
   ax.set_title(title, fontsize=10)
   ax.grid(True, which='major', alpha=0.3)
   fig.tight_layout()
-  _place_labels(ax, list(zip(params, uar)), np.sqrt(area / np.pi),
-                [f'{method_label(r.method)} ({r.trainable_params:,})' for r in rows])
+  _place_labels(
+      ax,
+      list(zip(params, uar)),
+      np.sqrt(area / np.pi),
+      [f'{method_label(r.method)} ({r.trainable_params:,})' for r in rows],
+  )
   fig.savefig(path, dpi=120)
   plt.close(fig)
 
@@ -404,30 +466,41 @@ def report(plan: Plan, runs: Runs) -> list[Row]:
   video = plan.video_run(plan.methods[0], plan.seeds[0])
   synth = video.data.synth
   pair = '/'.join(synth_render.TIME_REVERSED_PAIR)
-  setup = (f'SynthFER ({synth.num_train} train / {synth.num_test} test clips of '
-           f'{synth.num_frames} frames at {synth.resolution}x{synth.resolution}, 7 classes). '
-           f'Every method adapts the same frozen image classifier (ViT width '
-           f'{video.model.width}, depth {video.model.depth}) pre-trained on single apex frames '
-           f'({100 * runs.image["uar"]:.1f}% UAR on images, where {pair} is ambiguous) and '
-           f'trains {plan.budget_steps} steps of batch {video.batch_size} with its config\'s '
-           f'learning rate; seeds {", ".join(map(str, plan.seeds))} set the initialisation, '
-           'data order and augmentation. Accuracies are on the test split after the last step, '
-           f'mean +- std over seeds. {pair} accuracy: clips of these two time-reversed classes '
-           'predicted as their own class (of all 7), over those clips; chance between the two '
-           'is 50%. Train clips/s: batch size x the median steps/s logged during training '
-           '(compilation and evaluation excluded), mean over seeds, on a CPU shared with '
-           'whatever else ran.')
-  text = '\n\n'.join([
-      '# FE-Adapter and its peers on SynthFER', setup, table(rows),
-      '**What it shows.** ' + findings(rows),
-      f'![UAR against trainable parameters]({FIGURE_FILE})',
-      '## Per seed', per_seed_table(runs.video, plan.seeds),
-      f'Generated by `{plan.command()}`.'])
+  setup = (
+      f'SynthFER ({synth.num_train} train / {synth.num_test} test clips of '
+      f'{synth.num_frames} frames at {synth.resolution}x{synth.resolution}, 7 classes). '
+      f'Every method adapts the same frozen image classifier (ViT width '
+      f'{video.model.width}, depth {video.model.depth}) pre-trained on single apex frames '
+      f'({100 * runs.image["uar"]:.1f}% UAR on images, where {pair} is ambiguous) and '
+      f"trains {plan.budget_steps} steps of batch {video.batch_size} with its config's "
+      f'learning rate; seeds {", ".join(map(str, plan.seeds))} set the initialisation, '
+      'data order and augmentation. Accuracies are on the test split after the last step, '
+      f'mean +- std over seeds. {pair} accuracy: clips of these two time-reversed classes '
+      'predicted as their own class (of all 7), over those clips; chance between the two '
+      'is 50%. Train clips/s: batch size x the median steps/s logged during training '
+      '(compilation and evaluation excluded), mean over seeds, on a CPU shared with '
+      'whatever else ran.'
+  )
+  text = '\n\n'.join(
+      [
+          '# FE-Adapter and its peers on SynthFER',
+          setup,
+          table(rows),
+          '**What it shows.** ' + findings(rows),
+          f'![UAR against trainable parameters]({FIGURE_FILE})',
+          '## Per seed',
+          per_seed_table(runs.video, plan.seeds),
+          f'Generated by `{plan.command()}`.',
+      ]
+  )
   with open(os.path.join(plan.workdir, TABLE_FILE), 'w') as f:
     f.write(text + '\n')
   seeds = f'{len(plan.seeds)} seed{"s" if len(plan.seeds) > 1 else ""}'
-  plot(rows, os.path.join(plan.workdir, FIGURE_FILE),
-       f'SynthFER: UAR against trainable parameters ({seeds}, {plan.budget_steps} steps each)')
+  plot(
+      rows,
+      os.path.join(plan.workdir, FIGURE_FILE),
+      f'SynthFER: UAR against trainable parameters ({seeds}, {plan.budget_steps} steps each)',
+  )
   return rows
 
 
@@ -449,26 +522,40 @@ def run(plan: Plan) -> list[Row] | None:
 def main(argv) -> None:
   del argv
   cli.start()
-  run(Plan(config=cli.config_spec(_CONFIG), workdir=_WORKDIR.value, methods=_METHODS.value,
-           seeds=[int(s) for s in _SEEDS.value], budget_steps=_BUDGET.value,
-           overrides=cli.config_overrides(_CONFIG),
-           image_config=cli.config_spec(_IMAGE_CONFIG),
-           image_overrides=cli.config_overrides(_IMAGE_CONFIG), docs_dir=_DOCS_DIR.value))
+  run(
+      Plan(
+          config=cli.config_spec(_CONFIG),
+          workdir=_WORKDIR.value,
+          methods=_METHODS.value,
+          seeds=[int(s) for s in _SEEDS.value],
+          budget_steps=_BUDGET.value,
+          overrides=cli.config_overrides(_CONFIG),
+          image_config=cli.config_spec(_IMAGE_CONFIG),
+          image_overrides=cli.config_overrides(_IMAGE_CONFIG),
+          docs_dir=_DOCS_DIR.value,
+      )
+  )
 
 
 if __name__ == '__main__':
   # Flags only when run as a program: importing this module (tests) defines none.
-  _CONFIG = cli.define_config('config', 'configs/synthetic.py',
-                              'Video config file with method, seed and init args, '
-                              '`path.py[:args]`; override fields with `--config.field=value`.')
-  _IMAGE_CONFIG = cli.define_config('image_config', DEFAULT_IMAGE_CONFIG,
-                                    'Config that pre-trains the image classifier; override '
-                                    'fields with `--image_config.field=value`.')
-  _WORKDIR = flags.DEFINE_string('workdir', None, 'Parent directory of all runs.',
-                                 required=True)
+  _CONFIG = cli.define_config(
+      'config',
+      'configs/synthetic.py',
+      'Video config file with method, seed and init args, '
+      '`path.py[:args]`; override fields with `--config.field=value`.',
+  )
+  _IMAGE_CONFIG = cli.define_config(
+      'image_config',
+      DEFAULT_IMAGE_CONFIG,
+      'Config that pre-trains the image classifier; override '
+      'fields with `--image_config.field=value`.',
+  )
+  _WORKDIR = flags.DEFINE_string('workdir', None, 'Parent directory of all runs.', required=True)
   _METHODS = flags.DEFINE_list('methods', list(METHODS), 'Methods to compare.')
   _SEEDS = flags.DEFINE_list('seeds', list(map(str, DEFAULT_SEEDS)), 'Seeds per method.')
-  _BUDGET = flags.DEFINE_integer('budget', DEFAULT_BUDGET_STEPS,
-                                 'Training steps of every video run.')
+  _BUDGET = flags.DEFINE_integer(
+      'budget', DEFAULT_BUDGET_STEPS, 'Training steps of every video run.'
+  )
   _DOCS_DIR = flags.DEFINE_string('docs_dir', '', 'Also copy the table and figure here.')
   app.run(main)

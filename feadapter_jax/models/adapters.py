@@ -18,6 +18,7 @@ folded the `t` frames into the batch, and the patch tokens form an `(h, w)` grid
 convolutions, GELU and the temporal reads are computed is `kernels.py`'s concern: every module
 here takes `kernels` (`model.kernels`) and passes it on.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -55,6 +56,7 @@ class DynamicDilatedConv3D(nn.Module):
 
   Input and output: `(b, t, h, w, c)`.
   """
+
   kernel_size: tuple[int, int, int] = (3, 3, 3)
   dilation: tuple[int, int, int] = (1, 1, 1)
   dynamic_axes: tuple[str, ...] = ('t',)
@@ -67,12 +69,19 @@ class DynamicDilatedConv3D(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     c = x.shape[-1]
     axes = [a for a in AXES if a in self.dynamic_axes]
-    z = kernels_lib.Conv3D(len(axes), self.predictor_kernel, dtype=self.dtype,
-                           kernel_init=nn.initializers.zeros, kernels=self.kernels,
-                           name='dilation')(x)
+    z = kernels_lib.Conv3D(
+        len(axes),
+        self.predictor_kernel,
+        dtype=self.dtype,
+        kernel_init=nn.initializers.zeros,
+        kernels=self.kernels,
+        name='dilation',
+    )(x)
     factor = nn.elu(z.astype(jnp.float32)) + 1.0
-    dyn = {a: jnp.minimum(factor[..., i:i + 1] * self.dilation[AXES.index(a)], self.max_dilation)
-           for i, a in enumerate(axes)}
+    dyn = {
+        a: jnp.minimum(factor[..., i : i + 1] * self.dilation[AXES.index(a)], self.max_dilation)
+        for i, a in enumerate(axes)
+    }
     bias = self.param('bias', nn.initializers.zeros, (c,))
     y = self._temporal(x, dyn['t']) if axes == ['t'] else self._general(x, dyn)
     return (y + bias).astype(self.dtype)
@@ -81,9 +90,19 @@ class DynamicDilatedConv3D(nn.Module):
     """Factorised form: a spatial depthwise conv per temporal tap, then the dynamic reads."""
     kt, kh, kw = self.kernel_size
     c = x.shape[-1]
-    spatial = kernels_lib.Conv3D(c * kt, (1, kh, kw), (1, *self.dilation[1:]), depthwise=True,
-                                 split_multiplier=True, use_bias=False, dtype=self.dtype,
-                                 kernels=self.kernels, name='taps')(x)  # (k b t h w c)
+    spatial = kernels_lib.Conv3D(
+        c * kt,
+        (1, kh, kw),
+        (1, *self.dilation[1:]),
+        depthwise=True,
+        split_multiplier=True,
+        use_bias=False,
+        dtype=self.dtype,
+        kernels=self.kernels,
+        name='taps',
+    )(
+        x
+    )  # (k b t h w c)
     return kernels_lib.dynamic_temporal_reads(spatial, d_t, self.max_dilation, self.kernels)
 
   def _general(self, x: jax.Array, dyn: dict[str, jax.Array]) -> jax.Array:
@@ -96,7 +115,8 @@ class DynamicDilatedConv3D(nn.Module):
     dilations = [dyn.get(a, self.dilation[i]) for i, a in enumerate(AXES)]
     y = jnp.zeros(x.shape, jnp.float32)
     for (i, kt_), (j, kh_), (l, kw_) in itertools.product(
-        *(enumerate(self._taps(axis)) for axis in range(3))):
+        *(enumerate(self._taps(axis)) for axis in range(3))
+    ):
       per_axis = [self._reads(k, d) for k, d in zip((kt_, kh_, kw_), dilations)]
       for (mt, wt), (mh, wh), (mw, ww) in itertools.product(*per_axis):
         moved = x
@@ -113,8 +133,9 @@ class DynamicDilatedConv3D(nn.Module):
     """Reads of tap k at offset k * dilation: [(integer shift, weight)]."""
     if isinstance(dilation, int):
       return [(k * dilation, 1.0)]
-    return kernels_lib.interpolation_weights(k * dilation,
-                                             kernels_lib.tap_shifts(k, self.max_dilation))
+    return kernels_lib.interpolation_weights(
+        k * dilation, kernels_lib.tap_shifts(k, self.max_dilation)
+    )
 
 
 class MultiBranchConv3D(nn.Module):
@@ -123,6 +144,7 @@ class MultiBranchConv3D(nn.Module):
   Gates come from the clip's mean feature through a zero-initialised dense layer, so every
   branch starts with equal weight. Input and output: `(b, t, h, w, c)`.
   """
+
   kernel_size: tuple[int, int, int] = (3, 3, 3)
   dilation: tuple[int, int, int] = (1, 1, 1)
   branch_dilations: tuple[int, ...] = (1, 2, 3)
@@ -132,30 +154,58 @@ class MultiBranchConv3D(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     c = x.shape[-1]
-    gates = nn.Dense(len(self.branch_dilations), kernel_init=nn.initializers.zeros,
-                     dtype=self.dtype, name='gates')(x.mean(axis=(1, 2, 3)))
+    gates = nn.Dense(
+        len(self.branch_dilations),
+        kernel_init=nn.initializers.zeros,
+        dtype=self.dtype,
+        name='gates',
+    )(x.mean(axis=(1, 2, 3)))
     gates = jax.nn.softmax(gates.astype(jnp.float32), axis=-1)  # (b, branches)
     y = 0.0
     for i, d in enumerate(self.branch_dilations):
-      branch = kernels_lib.Conv3D(c, self.kernel_size, (d, *self.dilation[1:]), depthwise=True,
-                                  dtype=self.dtype, kernels=self.kernels, name=f'branch_{i}')(x)
+      branch = kernels_lib.Conv3D(
+          c,
+          self.kernel_size,
+          (d, *self.dilation[1:]),
+          depthwise=True,
+          dtype=self.dtype,
+          kernels=self.kernels,
+          name=f'branch_{i}',
+      )(x)
       y += gates[:, i, None, None, None, None] * branch
     return y.astype(self.dtype)
 
 
-def make_conv(cfg: AdapterConfig, dtype: Any = jnp.float32, name: str | None = None,
-              kernels: str = 'auto') -> nn.Module:
+def make_conv(
+    cfg: AdapterConfig, dtype: Any = jnp.float32, name: str | None = None, kernels: str = 'auto'
+) -> nn.Module:
   """The token adapter's depthwise conv for `cfg.conv`: `(b, t, h, w, width)` -> same."""
   if cfg.conv == 'dynamic':
-    return DynamicDilatedConv3D(cfg.kernel_size, cfg.dilation, cfg.dynamic_axes,
-                                cfg.max_dilation, cfg.predictor_kernel, dtype=dtype,
-                                kernels=kernels, name=name)
+    return DynamicDilatedConv3D(
+        cfg.kernel_size,
+        cfg.dilation,
+        cfg.dynamic_axes,
+        cfg.max_dilation,
+        cfg.predictor_kernel,
+        dtype=dtype,
+        kernels=kernels,
+        name=name,
+    )
   if cfg.conv == 'multibranch':
-    return MultiBranchConv3D(cfg.kernel_size, cfg.dilation, cfg.branch_dilations, dtype=dtype,
-                             kernels=kernels, name=name)
+    return MultiBranchConv3D(
+        cfg.kernel_size, cfg.dilation, cfg.branch_dilations, dtype=dtype, kernels=kernels, name=name
+    )
   init = nn.initializers.zeros if cfg.zero_init == 'conv' else nn.initializers.lecun_normal()
-  return kernels_lib.Conv3D(cfg.width, cfg.kernel_size, cfg.dilation, depthwise=True,
-                            kernel_init=init, dtype=dtype, kernels=kernels, name=name)
+  return kernels_lib.Conv3D(
+      cfg.width,
+      cfg.kernel_size,
+      cfg.dilation,
+      depthwise=True,
+      kernel_init=init,
+      dtype=dtype,
+      kernels=kernels,
+      name=name,
+  )
 
 
 class TokenAdapter(nn.Module):
@@ -166,6 +216,7 @@ class TokenAdapter(nn.Module):
     num_frames: t, to unfold `(b t)` from the batch.
     grid: (h, w) patch grid.
   """
+
   config: AdapterConfig
   num_frames: int
   grid: tuple[int, int]
@@ -190,6 +241,7 @@ class TokenAdapter(nn.Module):
 
 class Bottleneck(nn.Module):
   """AIM's adapter: `fc2(gelu(fc1(x)))`, plus x when `skip`; fc2 zero-initialised."""
+
   ratio: float
   skip: bool
   dtype: Any = jnp.float32

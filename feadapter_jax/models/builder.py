@@ -3,6 +3,7 @@
 Every driver (train, evaluate, predict, kfold, compare) and the benchmarks build models here, so a
 model is always the one `config.model` and `config.data` describe.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -60,24 +61,36 @@ def load_backbone(config: ml_collections.ConfigDict, shapes: Any) -> dict[str, n
   target = partition.flatten(shapes)
   extra = sorted(set(loaded) - set(target))
   if extra:
-    raise ValueError(f'{config.init.checkpoint} has parameters the model lacks: {extra[:5]} '
-                     '(architecture mismatch: check config.model against its model_config.json)')
+    raise ValueError(
+        f'{config.init.checkpoint} has parameters the model lacks: {extra[:5]} '
+        '(architecture mismatch: check config.model against its model_config.json)'
+    )
   for name, value in loaded.items():
     if tuple(value.shape) != tuple(target[name].shape):
-      hint = (' Convert again with --image_size to resample the position embedding.'
-              if name == 'pos_embed' else '')
-      raise ValueError(f'{config.init.checkpoint}: {name} has shape {value.shape}, the model '
-                       f'expects {target[name].shape}.{hint}')
-  backbone_missing = [n for n in target if n not in loaded and 'adapter' not in n
-                      and not n.startswith('head')]
+      hint = (
+          ' Convert again with --image_size to resample the position embedding.'
+          if name == 'pos_embed'
+          else ''
+      )
+      raise ValueError(
+          f'{config.init.checkpoint}: {name} has shape {value.shape}, the model '
+          f'expects {target[name].shape}.{hint}'
+      )
+  backbone_missing = [
+      n for n in target if n not in loaded and 'adapter' not in n and not n.startswith('head')
+  ]
   if backbone_missing:
-    logging.warning('Not in %s, trained from their random init: %s', config.init.checkpoint,
-                    backbone_missing[:8] + (['...'] if len(backbone_missing) > 8 else []))
+    logging.warning(
+        'Not in %s, trained from their random init: %s',
+        config.init.checkpoint,
+        backbone_missing[:8] + (['...'] if len(backbone_missing) > 8 else []),
+    )
   return loaded
 
 
-def initial_params(model: nn.Module, config: ml_collections.ConfigDict,
-                   loaded: dict[str, Any]) -> Any:
+def initial_params(
+    model: nn.Module, config: ml_collections.ConfigDict, loaded: dict[str, Any]
+) -> Any:
   """Random init from `config.seed`, overwritten by the loaded backbone (jittable)."""
   params = model.init(jax.random.PRNGKey(config.seed), jnp.zeros(clip_shape(config)))['params']
   flat = partition.flatten(params)

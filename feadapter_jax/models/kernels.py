@@ -16,6 +16,7 @@ Both forms of a piece take the same parameters (names, shapes, initialisers), so
 serves both, and compute the same values and gradients up to float rounding
 (`tests/test_kernels.py`). `docs/performance.md` has what each CPU form gains.
 """
+
 from __future__ import annotations
 
 import functools
@@ -74,6 +75,7 @@ def gelu(x: jax.Array, kernels: str = 'auto') -> jax.Array:
 
 # ------------------------------------------------------------------------------- LayerNorm
 
+
 def _layer_norm_fwd(x, scale, bias, eps):
   x32 = x.astype(jnp.float32)
   mean = x32.mean(-1, keepdims=True)
@@ -96,8 +98,7 @@ def _layer_norm_bwd(eps, residuals, g):
   g_scale = jnp.sum(g * normed, axes).astype(scale.dtype)
   g_bias = jnp.sum(g, axes).astype(scale.dtype)
   gn = g * scale.astype(jnp.float32)
-  g_x = rstd * (gn - gn.mean(-1, keepdims=True)
-                - normed * jnp.mean(gn * normed, -1, keepdims=True))
+  g_x = rstd * (gn - gn.mean(-1, keepdims=True) - normed * jnp.mean(gn * normed, -1, keepdims=True))
   return g_x.astype(residuals[0].dtype), g_scale, g_bias
 
 
@@ -107,14 +108,16 @@ _lean_layer_norm = jax.custom_vjp(_plain_layer_norm, nondiff_argnums=(3,))
 _lean_layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
 
 
-def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float,
-               kernels: str = 'auto') -> jax.Array:
+def layer_norm(
+    x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float, kernels: str = 'auto'
+) -> jax.Array:
   """LayerNorm over the last axis, statistics in float32. x: `(..., d)`; scale, bias: `(d,)`."""
   return _pick(kernels, _lean_layer_norm, _plain_layer_norm)(x, scale, bias, eps)
 
 
 class LayerNorm(nn.Module):
   """`nn.LayerNorm`'s parameters (scale, bias) and values; `(..., d)` -> same."""
+
   epsilon: float = 1e-6
   dtype: Any = jnp.float32
   kernels: str = 'auto'
@@ -128,6 +131,7 @@ class LayerNorm(nn.Module):
 
 
 # --------------------------------------------------------------------- cotangent placement
+
 
 @jax.custom_vjp
 def _materialized(x):
@@ -166,7 +170,7 @@ def _narrow_fwd(x, w):
 
 def _narrow_bwd(residuals, g):
   x, w = residuals
-  g_x = sum(g[..., i:i + 1] * w[:, i] for i in range(w.shape[1]))
+  g_x = sum(g[..., i : i + 1] * w[:, i] for i in range(w.shape[1]))
   g_w = jnp.einsum('...c,...n->cn', x, g)
   return g_x.astype(x.dtype), g_w.astype(w.dtype)
 
@@ -184,6 +188,7 @@ def narrow_matmul(x: jax.Array, w: jax.Array, kernels: str = 'auto') -> jax.Arra
 
 
 # ------------------------------------------------------------------------------- attention
+
 
 def _explicit_attention(qkv: jax.Array, num_heads: int) -> jax.Array:
   """Heads-major layout for XLA CPU's batched matmuls; the softmax is normalised after the value
@@ -212,18 +217,21 @@ def attention(qkv: jax.Array, num_heads: int, kernels: str = 'auto') -> jax.Arra
 
 # ------------------------------------------------------------------- shifts and fractional reads
 
+
 def shifted(x: jax.Array, shifts: Sequence[int], axis: int = 1) -> dict[int, jax.Array]:
   """{m: y} with y[..., i, ...] = x[..., i + m, ...] along `axis`, zero outside: one pad."""
   lo, hi = min(0, *shifts), max(0, *shifts)
   pad = [(0, 0)] * x.ndim
   pad[axis] = (-lo, hi)
   padded = jnp.pad(x, pad)
-  return {m: jax.lax.slice_in_dim(padded, m - lo, m - lo + x.shape[axis], axis=axis)
-          for m in shifts}
+  return {
+      m: jax.lax.slice_in_dim(padded, m - lo, m - lo + x.shape[axis], axis=axis) for m in shifts
+  }
 
 
-def interpolation_weights(offset: jax.Array, shifts: Sequence[int], slope: bool = False
-                          ) -> list[tuple[int, jax.Array]]:
+def interpolation_weights(
+    offset: jax.Array, shifts: Sequence[int], slope: bool = False
+) -> list[tuple[int, jax.Array]]:
   """Linear interpolation at a fractional per-location offset, as weighted integer shifts.
 
   Reading f at i + offset equals the sum over integers m of w_m * f[i + m], with
@@ -241,8 +249,9 @@ def interpolation_weights(offset: jax.Array, shifts: Sequence[int], slope: bool 
   """
   base = jax.lax.stop_gradient(jnp.floor(offset))
   lower, upper = (-1.0, 1.0) if slope else (1.0 - (offset - base), offset - base)
-  return [(m, jnp.where(base == m, lower, 0.0) + jnp.where(base + 1 == m, upper, 0.0))
-          for m in shifts]
+  return [
+      (m, jnp.where(base == m, lower, 0.0) + jnp.where(base + 1 == m, upper, 0.0)) for m in shifts
+  ]
 
 
 def tap_shifts(k: int, max_dilation: float) -> list[int]:
@@ -252,6 +261,7 @@ def tap_shifts(k: int, max_dilation: float) -> list[int]:
 
 
 # --------------------------------------------------------------------- dynamic temporal reads
+
 
 def _reads_per_tap(kt: int, max_dilation: float) -> list[tuple[int, list[int]]]:
   """(k, the integer shifts its reads may touch) for every temporal tap k, k = -(kt//2)..kt//2."""
@@ -297,8 +307,9 @@ _lean_temporal_reads = jax.custom_vjp(_temporal_reads, nondiff_argnums=(2,))
 _lean_temporal_reads.defvjp(_reads_fwd, _reads_bwd)
 
 
-def dynamic_temporal_reads(taps: jax.Array, d: jax.Array, max_dilation: float,
-                           kernels: str = 'auto') -> jax.Array:
+def dynamic_temporal_reads(
+    taps: jax.Array, d: jax.Array, max_dilation: float, kernels: str = 'auto'
+) -> jax.Array:
   """y(t) = sum_k taps_k(t + k d(t)), each read interpolated linearly along time, zero outside.
 
   Args:
@@ -315,6 +326,7 @@ def dynamic_temporal_reads(taps: jax.Array, d: jax.Array, max_dilation: float,
 
 # ---------------------------------------------------------------------------- convolutions
 
+
 def _tap_views(x: jax.Array, kernel_size: Sequence[int], dilation: Sequence[int]):
   """(tap index, view) for every tap of a 'SAME' 3-D kernel: x shifted by the tap's offset.
 
@@ -328,16 +340,16 @@ def _tap_views(x: jax.Array, kernel_size: Sequence[int], dilation: Sequence[int]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _depthwise_conv3d(x: jax.Array, kernel: jax.Array, dilation: tuple[int, int, int]
-                      ) -> jax.Array:
+def _depthwise_conv3d(x: jax.Array, kernel: jax.Array, dilation: tuple[int, int, int]) -> jax.Array:
   """'SAME' depthwise 3-D conv, one shifted read per tap.
 
   x: `(b, t, h, w, c)`; kernel: `(kt, kh, kw, c, m)`, m output copies per channel; returns
   `(m, b, t, h, w, c)`. The backward saves x, where autodiff saves every tap's view of it.
   """
   views = list(_tap_views(x, kernel.shape[:3], dilation))
-  return jnp.stack([sum(view * kernel[tap][:, j] for tap, view in views)
-                    for j in range(kernel.shape[-1])])
+  return jnp.stack(
+      [sum(view * kernel[tap][:, j] for tap, view in views) for j in range(kernel.shape[-1])]
+  )
 
 
 def _depthwise_fwd(x, kernel, dilation):
@@ -349,11 +361,18 @@ def _depthwise_bwd(dilation, residuals, g):
   size = kernel.shape[:3]
   views = list(_tap_views(x, size, dilation))
   reduce = tuple(range(x.ndim - 1))
-  g_kernel = jnp.stack([jnp.stack([jnp.sum(view * g[j], reduce) for j in range(g.shape[0])], -1)
-                        for _, view in views]).reshape(kernel.shape)
+  g_kernel = jnp.stack(
+      [
+          jnp.stack([jnp.sum(view * g[j], reduce) for j in range(g.shape[0])], -1)
+          for _, view in views
+      ]
+  ).reshape(kernel.shape)
   # The adjoint of a 'SAME' correlation: the same reads of g, with the kernel flipped.
-  g_x = sum(view * kernel[tuple(k - 1 - i for k, i in zip(size, tap))][:, j]
-            for j in range(g.shape[0]) for tap, view in _tap_views(g[j], size, dilation))
+  g_x = sum(
+      view * kernel[tuple(k - 1 - i for k, i in zip(size, tap))][:, j]
+      for j in range(g.shape[0])
+      for tap, view in _tap_views(g[j], size, dilation)
+  )
   return g_x.astype(x.dtype), g_kernel.astype(kernel.dtype)
 
 
@@ -382,6 +401,7 @@ class Conv3D(nn.Module):
   Input `(b, t, h, w, c)`; output `(b, t, h, w, features)` or, with `split_multiplier`,
   `(m, b, t, h, w, c)`.
   """
+
   features: int
   kernel_size: tuple[int, int, int]
   kernel_dilation: tuple[int, int, int] = (1, 1, 1)
@@ -396,25 +416,37 @@ class Conv3D(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     c = x.shape[-1]
     if self.depthwise and self.features % c:
-      raise ValueError(f'a depthwise conv needs features ({self.features}) a multiple of '
-                       f'channels ({c})')
+      raise ValueError(
+          f'a depthwise conv needs features ({self.features}) a multiple of ' f'channels ({c})'
+      )
     if self.split_multiplier and not self.depthwise:
       raise ValueError('split_multiplier needs depthwise')
     m = self.features // c
     if resolve(self.kernels) == 'reference':
-      conv = nn.Conv(self.features, self.kernel_size, kernel_dilation=self.kernel_dilation,
-                     padding='SAME', feature_group_count=c if self.depthwise else 1,
-                     use_bias=self.use_bias, kernel_init=self.kernel_init, dtype=self.dtype)
+      conv = nn.Conv(
+          self.features,
+          self.kernel_size,
+          kernel_dilation=self.kernel_dilation,
+          padding='SAME',
+          feature_group_count=c if self.depthwise else 1,
+          use_bias=self.use_bias,
+          kernel_init=self.kernel_init,
+          dtype=self.dtype,
+      )
       nn.share_scope(self, conv)
       y = conv(x)
       if self.split_multiplier:
         y = einops.rearrange(y, 'b t h w (c m) -> m b t h w c', m=m)
       return y
-    kernel = self.param('kernel', self.kernel_init,
-                        (*self.kernel_size, 1 if self.depthwise else c, self.features))
+    kernel = self.param(
+        'kernel', self.kernel_init, (*self.kernel_size, 1 if self.depthwise else c, self.features)
+    )
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-    bias = (self.param('bias', nn.initializers.zeros, (self.features,)).astype(self.dtype)
-            if self.use_bias else jnp.zeros((self.features,), self.dtype))
+    bias = (
+        self.param('bias', nn.initializers.zeros, (self.features,)).astype(self.dtype)
+        if self.use_bias
+        else jnp.zeros((self.features,), self.dtype)
+    )
     if not self.depthwise:
       taps = math.prod(self.kernel_size)
       per_tap = einops.rearrange(kernel, 't h w c f -> c (t h w f)')

@@ -15,6 +15,7 @@ Parameter names mirror timm, so PyTorch checkpoints map one to one (`feadapter_j
 norms, GELU and the adapters' convolutions are computed (`kernels.py`); parameters and values are
 the same under every choice.
 """
+
 from __future__ import annotations
 
 from typing import Any, Mapping
@@ -42,15 +43,17 @@ def decode_variant(variant: str) -> dict[str, int]:
   """'B/16' -> dict(width=768, depth=12, num_heads=12, mlp_dim=3072, patch_size=16)."""
   name, _, patch = variant.partition('/')
   if name not in PRESETS or not patch.isdigit():
-    raise ValueError(f'Unknown ViT variant {variant!r}: expected <size>/<patch> with size in '
-                     f'{sorted(PRESETS)}, e.g. "B/16".')
+    raise ValueError(
+        f'Unknown ViT variant {variant!r}: expected <size>/<patch> with size in '
+        f'{sorted(PRESETS)}, e.g. "B/16".'
+    )
   width, depth, num_heads, mlp_dim = PRESETS[name]
-  return dict(width=width, depth=depth, num_heads=num_heads, mlp_dim=mlp_dim,
-              patch_size=int(patch))
+  return dict(width=width, depth=depth, num_heads=num_heads, mlp_dim=mlp_dim, patch_size=int(patch))
 
 
 class Attention(nn.Module):
   """Multi-head self-attention with a fused qkv projection. `(b, n, d) -> (b, n, d)`."""
+
   num_heads: int
   dtype: Any = jnp.float32
   kernels: str = 'auto'
@@ -65,6 +68,7 @@ class Attention(nn.Module):
 
 class Mlp(nn.Module):
   """fc2(gelu(fc1(x))), GELU exact. `(..., d)` -> same."""
+
   mlp_dim: int
   dtype: Any = jnp.float32
   kernels: str = 'auto'
@@ -78,6 +82,7 @@ class Mlp(nn.Module):
 
 class Block(nn.Module):
   """Pre-norm transformer block with optional adapters. `((b t), 1 + n, d)` -> same."""
+
   num_heads: int
   mlp_dim: int
   index: int
@@ -103,12 +108,19 @@ class Block(nn.Module):
     attn = Attention(self.num_heads, dtype=self.dtype, kernels=kernels, name='attn')
 
     def token_adapter(where: str) -> nn.Module:
-      return adapters_lib.TokenAdapter(cfg, self.num_frames, self.grid, dtype=self.dtype,
-                                       kernels=kernels, name=f'adapter_{where}')
+      return adapters_lib.TokenAdapter(
+          cfg,
+          self.num_frames,
+          self.grid,
+          dtype=self.dtype,
+          kernels=kernels,
+          name=f'adapter_{where}',
+      )
 
     def bottleneck(skip: bool, name: str) -> nn.Module:
-      return adapters_lib.Bottleneck(cfg.aim_ratio, skip=skip, dtype=self.dtype,
-                                     kernels=kernels, name=name)
+      return adapters_lib.Bottleneck(
+          cfg.aim_ratio, skip=skip, dtype=self.dtype, kernels=kernels, name=name
+      )
 
     if 'attn' in token_adapters:
       x = token_adapter('attn')(x)
@@ -144,6 +156,7 @@ class ViT(nn.Module):
       forms, what GPU and TPU compile well), 'cpu' (forms written for XLA's CPU backend), or
       'auto': 'cpu' on the CPU backend, 'reference' elsewhere.
   """
+
   num_classes: int
   patch_size: int = 16
   width: int = 768
@@ -173,33 +186,54 @@ class ViT(nn.Module):
     grid = (hgt // self.patch_size, wid // self.patch_size)
     expected = (self.image_size // self.patch_size,) * 2
     if grid != expected:
-      raise ValueError(f'Input {hgt}x{wid} gives a {grid} patch grid but the position embedding '
-                       f'is for image_size={self.image_size} {expected}: resize the input, or '
-                       'convert/load the weights with the new image_size (resamples pos_embed).')
+      raise ValueError(
+          f'Input {hgt}x{wid} gives a {grid} patch grid but the position embedding '
+          f'is for image_size={self.image_size} {expected}: resize the input, or '
+          'convert/load the weights with the new image_size (resamples pos_embed).'
+      )
     x = einops.rearrange(x, 'b t h w c -> (b t) h w c').astype(self.dtype)
-    x = nn.Conv(self.width, (self.patch_size,) * 2, strides=(self.patch_size,) * 2,
-                padding='VALID', dtype=self.dtype, name='patch_embed')(x)
+    x = nn.Conv(
+        self.width,
+        (self.patch_size,) * 2,
+        strides=(self.patch_size,) * 2,
+        padding='VALID',
+        dtype=self.dtype,
+        name='patch_embed',
+    )(x)
     x = einops.rearrange(x, 'bt h w d -> bt (h w) d')
     cls_token = self.param('cls_token', nn.initializers.normal(1e-6), (1, 1, self.width))
-    pos_embed = self.param('pos_embed', nn.initializers.normal(0.02),
-                           (1, 1 + grid[0] * grid[1], self.width))
-    x = jnp.concatenate([jnp.broadcast_to(cls_token, (b * t, 1, self.width)).astype(x.dtype), x],
-                        axis=1)
+    pos_embed = self.param(
+        'pos_embed', nn.initializers.normal(0.02), (1, 1 + grid[0] * grid[1], self.width)
+    )
+    x = jnp.concatenate(
+        [jnp.broadcast_to(cls_token, (b * t, 1, self.width)).astype(x.dtype), x], axis=1
+    )
     x = x + pos_embed.astype(x.dtype)
     if self.adapter.kind == 'aim':
       # AIM's learned temporal position embedding (zero-initialised): without it attention
       # along time is permutation-equivariant and cannot tell onset from offset.
       time_embed = self.param('adapter_time_embed', nn.initializers.zeros, (1, t, 1, self.width))
-      x = einops.rearrange(einops.rearrange(x, '(b t) n d -> b t n d', t=t)
-                           + time_embed.astype(x.dtype), 'b t n d -> (b t) n d')
+      x = einops.rearrange(
+          einops.rearrange(x, '(b t) n d -> b t n d', t=t) + time_embed.astype(x.dtype),
+          'b t n d -> (b t) n d',
+      )
 
     block_cls = nn.remat(Block) if self.remat else Block
     for i in range(self.depth):
-      x = block_cls(self.num_heads, self.mlp_dim, index=i, num_frames=t, grid=grid,
-                    adapter=self.adapter,
-                    drop_path=self.drop_path_rate * i / max(self.depth - 1, 1),
-                    deterministic=not train, layer_norm_eps=self.layer_norm_eps,
-                    dtype=self.dtype, kernels=kernels, name=f'blocks_{i}')(x)
+      x = block_cls(
+          self.num_heads,
+          self.mlp_dim,
+          index=i,
+          num_frames=t,
+          grid=grid,
+          adapter=self.adapter,
+          drop_path=self.drop_path_rate * i / max(self.depth - 1, 1),
+          deterministic=not train,
+          layer_norm_eps=self.layer_norm_eps,
+          dtype=self.dtype,
+          kernels=kernels,
+          name=f'blocks_{i}',
+      )(x)
     x = LayerNorm(self.layer_norm_eps, dtype=self.dtype, kernels=kernels, name='norm')(x)
     # Mean over frames of the class token: a linear head then averages per-frame logits.
     features = einops.reduce(x[:, 0].astype(jnp.float32), '(b t) d -> b d', 'mean', t=t)

@@ -1,5 +1,6 @@
 """Fixtures shared by the fault-injection tests: a compilation cache, prepared SynthFER data and
 an uninterrupted run."""
+
 import pytest
 
 pytest.register_assert_rewrite('tests.reliability.harness')  # its checks explain failures too

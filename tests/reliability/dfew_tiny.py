@@ -1,4 +1,5 @@
 """configs/dfew.py with the tests' tiny ViT (its B/16 preset has no fields to shrink it by)."""
+
 import ml_collections
 
 from configs import dfew

@@ -1,5 +1,6 @@
 """Shared machinery of the fault-injection tests: trainer subprocesses watched while they run,
 checkpoint inspection, bitwise parameter comparison and a size-limited filesystem."""
+
 from __future__ import annotations
 
 import contextlib
@@ -32,8 +33,14 @@ class Trainer:
   """A trainer subprocess; a thread collects its output so a test can watch files meanwhile."""
 
   def __init__(self, args: list[str]):
-    self.proc = subprocess.Popen(args, cwd=ROOT, env=test_train.env(), stdout=subprocess.PIPE,
-                                 stderr=subprocess.STDOUT, text=True)
+    self.proc = subprocess.Popen(
+        args,
+        cwd=ROOT,
+        env=test_train.env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     self.lines: list[str] = []
     self._reader = threading.Thread(target=self._read, daemon=True)
     self._reader.start()
@@ -129,7 +136,9 @@ def small_filesystem(path, size_bytes: int) -> Iterator[str]:
   os.makedirs(path, exist_ok=True)
   mounted = shutil.which('mount') and subprocess.run(
       ['mount', '-t', 'tmpfs', '-o', f'size={size_bytes}', 'tmpfs', str(path)],
-      capture_output=True, text=True)
+      capture_output=True,
+      text=True,
+  )
   if not mounted or mounted.returncode:
     pytest.skip('cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN)')
   try:

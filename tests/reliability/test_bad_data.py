@@ -2,6 +2,7 @@
 reports each bad frame and clip with its path and the counts, never zero-fills, and training on
 the rest runs; a wrong label stops the run naming the file and line. tests/test_datasets.py
 covers each builder's faults one at a time (permission denied, duplicate ids, bad lines...)."""
+
 import os
 
 import pytest
@@ -11,8 +12,14 @@ from tests import test_datasets
 from tests import test_train
 
 CONFIG = 'tests/reliability/dfew_tiny.py:fold=1'
-TRAIN = ['--config.data.image_size=32', '--config.data.num_frames=4', '--config.batch_size=2',
-         '--config.eval_batch_size=1', '--config.total_steps=2', '--config.log_every_steps=1']
+TRAIN = [
+    '--config.data.image_size=32',
+    '--config.data.num_frames=4',
+    '--config.batch_size=2',
+    '--config.eval_batch_size=1',
+    '--config.total_steps=2',
+    '--config.log_every_steps=1',
+]
 DANGLING, FOLDER, TRUNCATED_VIDEO = '00456_3.jpg', '07890_4.jpg', '00456.mp4'
 # test_datasets' fixture helpers.
 build = test_datasets._build  # pylint: disable=protected-access
@@ -20,9 +27,14 @@ read_clips = test_datasets._read  # pylint: disable=protected-access
 frame_indices = test_datasets._frame_indices  # pylint: disable=protected-access
 # Every frame fold 1's train split must skip, and why (from test_datasets' damage and ours).
 SKIPPED_FRAMES = {
-    '00023_5.jpg': 'not an image format', '00023_7.jpg': 'empty', '00023_9.jpg': 'truncated',
-    '00099_1.jpg': 'not an image format', '00099_2.jpg': 'not an image format',
-    DANGLING: 'No such file', FOLDER: 'Is a directory'}
+    '00023_5.jpg': 'not an image format',
+    '00023_7.jpg': 'empty',
+    '00023_9.jpg': 'truncated',
+    '00099_1.jpg': 'not an image format',
+    '00099_2.jpg': 'not an image format',
+    DANGLING: 'No such file',
+    FOLDER: 'Is a directory',
+}
 
 
 def _frame(manual, name: str) -> str:
@@ -50,8 +62,9 @@ def broken_dfew(tmp_path_factory) -> str:
 
 def test_bad_frames_are_skipped_reported_and_training_runs_on_the_rest(tmp_path, broken_dfew):
   data_dir = str(tmp_path / 'tfds')
-  proc = test_train.run(str(tmp_path / 'run'), data_dir, CONFIG,
-                        f'--config.data.manual_dir={broken_dfew}', *TRAIN)
+  proc = test_train.run(
+      str(tmp_path / 'run'), data_dir, CONFIG, f'--config.data.manual_dir={broken_dfew}', *TRAIN
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert 'step 2/2' in proc.stdout and 'Results: UAR' in proc.stdout
   # The user sees each skipped file with its reason, and the counts, in the run's log...
@@ -92,8 +105,13 @@ def test_a_wrong_label_stops_the_run_naming_file_and_line(tmp_path, broken_dfew)
   test_datasets.make_dfew(manual, num_frames=2)
   split_file = manual / 'EmoLabel_DataSplit' / 'train(single-labeled)' / 'set_1.csv'
   split_file.write_text('video_name,label\n23,4\n456,9\n')
-  proc = test_train.run(str(tmp_path / 'run'), str(tmp_path / 'tfds'), CONFIG,
-                        f'--config.data.manual_dir={manual}', *TRAIN)
+  proc = test_train.run(
+      str(tmp_path / 'run'),
+      str(tmp_path / 'tfds'),
+      CONFIG,
+      f'--config.data.manual_dir={manual}',
+      *TRAIN,
+  )
   assert proc.returncode == 2, proc.stderr[-3000:]
   assert f'error: {split_file}, line 3: label 9 is outside 1..7' in proc.stderr
   assert 'Fix:' in proc.stderr and 'Traceback' not in proc.stderr

@@ -2,6 +2,7 @@
 intact step and says which step it skipped and why; a failed write stops the run with its cause
 and leaves the previous checkpoint usable; a rerun (with room, or a sane learning rate) resumes
 and, where the run is the reference's, ends with its parameters bitwise."""
+
 import glob
 import logging
 import os
@@ -18,9 +19,13 @@ from tests.reliability import harness
 def _state(step: int) -> dict:
   # Random values do not compress: a changed byte in the file is a changed value.
   rng = np.random.default_rng(step)
-  return {'params': {'w': rng.normal(size=(1000,)).astype(np.float32),
-                     'b': rng.normal(size=(7,)).astype(np.float32)},
-          'step': np.asarray(step, np.int32)}
+  return {
+      'params': {
+          'w': rng.normal(size=(1000,)).astype(np.float32),
+          'b': rng.normal(size=(7,)).astype(np.float32),
+      },
+      'step': np.asarray(step, np.int32),
+  }
 
 
 def _saved_steps(directory, steps=(1, 2)) -> None:
@@ -32,8 +37,10 @@ def _saved_steps(directory, steps=(1, 2)) -> None:
 
 def _data_files(step_dir) -> list[str]:
   """The array chunk files of a step, largest last."""
-  return sorted(glob.glob(os.path.join(step_dir, checkpoint.STATE, '**', 'd', '*'),
-                          recursive=True), key=os.path.getsize)
+  return sorted(
+      glob.glob(os.path.join(step_dir, checkpoint.STATE, '**', 'd', '*'), recursive=True),
+      key=os.path.getsize,
+  )
 
 
 def _flip_one_byte(path: str) -> None:
@@ -60,8 +67,10 @@ DAMAGE = {
     'truncated chunk': (_truncate, 'not valid for value of size'),
     'deleted chunk': (lambda d: os.remove(_data_files(d)[-1]), 'Truncated'),
     'garbled metadata': (_garble_metadata, 'JSONDecodeError'),
-    'deleted checksums': (lambda d: shutil.rmtree(os.path.join(d, checkpoint.CHECKSUMS)),
-                          'Item "checksums" was not found'),
+    'deleted checksums': (
+        lambda d: shutil.rmtree(os.path.join(d, checkpoint.CHECKSUMS)),
+        'Item "checksums" was not found',
+    ),
 }
 
 
@@ -111,8 +120,9 @@ def test_partially_written_step_is_reported_removed_and_ignored(tmp_path, caplog
   ckpts.close()
 
 
-def test_tampered_latest_checkpoint_of_a_run_resumes_from_the_previous_one(tmp_path, data_dir,
-                                                                           reference):
+def test_tampered_latest_checkpoint_of_a_run_resumes_from_the_previous_one(
+    tmp_path, data_dir, reference
+):
   workdir = tmp_path / 'run'
   ckpt_dir = harness.copy_checkpoints(reference, workdir)
   assert harness.complete_steps(ckpt_dir) == [8, 12]
@@ -125,8 +135,9 @@ def test_tampered_latest_checkpoint_of_a_run_resumes_from_the_previous_one(tmp_p
   harness.assert_same_params(workdir, reference)
 
 
-def test_disk_full_during_a_save_stops_the_run_and_a_rerun_with_room_resumes(tmp_path, data_dir,
-                                                                             reference):
+def test_disk_full_during_a_save_stops_the_run_and_a_rerun_with_room_resumes(
+    tmp_path, data_dir, reference
+):
   workdir = tmp_path / 'run'
   with harness.small_filesystem(workdir / 'checkpoints', 4 << 20) as ckpt_dir:
     harness.copy_checkpoints(reference, workdir, steps=[8])
@@ -135,8 +146,9 @@ def test_disk_full_during_a_save_stops_the_run_and_a_rerun_with_room_resumes(tmp
     filler = os.path.join(ckpt_dir, 'filler')
     with open(filler, 'wb') as f:
       f.write(bytes(free - 16 * 1024))
-    full = test_train.run(str(workdir), data_dir, harness.CONFIG, *harness.STEPS,
-                          '--config.checkpoint_async=True')
+    full = test_train.run(
+        str(workdir), data_dir, harness.CONFIG, *harness.STEPS, '--config.checkpoint_async=True'
+    )
     assert full.returncode == 2, full.stderr[-3000:]
     assert 'Resumed from step 8' in full.stdout
     error = next(line for line in full.stderr.splitlines() if line.startswith('error: '))
@@ -146,20 +158,23 @@ def test_disk_full_during_a_save_stops_the_run_and_a_rerun_with_room_resumes(tmp
     assert harness.assert_checkpoints_intact(ckpt_dir) == [8]
 
     os.remove(filler)
-    again = test_train.run(str(workdir), data_dir, harness.CONFIG, *harness.STEPS,
-                           '--config.checkpoint_async=True')
+    again = test_train.run(
+        str(workdir), data_dir, harness.CONFIG, *harness.STEPS, '--config.checkpoint_async=True'
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     assert 'Resumed from step 8' in again.stdout and 'partially written' in again.stderr
     harness.assert_same_params(workdir, reference)
 
 
-def test_nan_sets_aside_the_checkpoint_that_caused_it_and_a_sane_lr_resumes(tmp_path, data_dir,
-                                                                           reference):
+def test_nan_sets_aside_the_checkpoint_that_caused_it_and_a_sane_lr_resumes(
+    tmp_path, data_dir, reference
+):
   # Extends test_train's NaN test: the checkpoint named as good is good.
   workdir = str(tmp_path / 'nan')
   every_step = '--config.checkpoint_every_steps=1'
-  blown = test_train.run(workdir, data_dir, harness.CONFIG, *harness.STEPS, every_step,
-                         '--config.optim.lr=1e12')
+  blown = test_train.run(
+      workdir, data_dir, harness.CONFIG, *harness.STEPS, every_step, '--config.optim.lr=1e12'
+  )
   assert blown.returncode == 2, blown.stderr[-2000:]
   # Warm-up starts at lr 0, so step 1 is good and step 2's update is what blows up step 3.
   assert 'Training loss is nan at step 3' in blown.stderr

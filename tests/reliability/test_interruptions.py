@@ -3,6 +3,7 @@ a checkpoint is being written, SIGTERM, SIGKILL after the final checkpoint) and 
 every rerun resumes from the newest complete checkpoint, every checkpoint left on disk restores
 intact, and the final parameters equal an uninterrupted run's bitwise (tests/test_train.py has
 the single-kill and single-SIGTERM cases)."""
+
 import os
 import random
 import re
@@ -21,8 +22,9 @@ def _step_of(partial_name: str) -> int:
   return int(partial_name.split('.')[0])
 
 
-def test_random_kills_and_preemption_resume_to_the_uninterrupted_parameters(tmp_path, data_dir,
-                                                                           reference):
+def test_random_kills_and_preemption_resume_to_the_uninterrupted_parameters(
+    tmp_path, data_dir, reference
+):
   rng = random.Random(FAULT_SEED)
   # Early enough that every fault still finds steps to interrupt before step 12.
   kill_step, save_step, term_step = sorted(rng.sample(range(2, 8), 3))
@@ -34,12 +36,19 @@ def test_random_kills_and_preemption_resume_to_the_uninterrupted_parameters(tmp_
     complete, partial = harness.assert_checkpoints_intact(ckpt_dir), harness.partial_steps(ckpt_dir)
     return harness.trainer(workdir, data_dir, *harness.STEPS, *SAVE_EVERY_STEP), complete, partial
 
-  def stopped(run: harness.Trainer, complete: list[int], partial: list[str], fault: str,
-              expected_rc: int = -signal.SIGKILL) -> None:
+  def stopped(
+      run: harness.Trainer,
+      complete: list[int],
+      partial: list[str],
+      fault: str,
+      expected_rc: int = -signal.SIGKILL,
+  ) -> None:
     rc = run.finish()
-    history.append(f'{fault}: resumed from {complete[-1] if complete else None}, rc {rc}, '
-                   f'left {harness.complete_steps(ckpt_dir)} + partial '
-                   f'{harness.partial_steps(ckpt_dir)}')
+    history.append(
+        f'{fault}: resumed from {complete[-1] if complete else None}, rc {rc}, '
+        f'left {harness.complete_steps(ckpt_dir)} + partial '
+        f'{harness.partial_steps(ckpt_dir)}'
+    )
     assert rc == expected_rc, (history, run.output[-3000:])
     # Partial steps are ignored (and reported), complete ones never.
     resumed = f'Resumed from step {complete[-1]}\n' if complete else 'Resumed from step'
@@ -58,8 +67,9 @@ def test_random_kills_and_preemption_resume_to_the_uninterrupted_parameters(tmp_
   #    completed between the look and the kill).
   for attempt in range(ATTEMPTS_TO_HIT_A_SAVE):
     run, complete, partial = launch()
-    assert run.wait_until(lambda: any(_step_of(p) >= save_step
-                                      for p in harness.partial_steps(ckpt_dir)))
+    assert run.wait_until(
+        lambda: any(_step_of(p) >= save_step for p in harness.partial_steps(ckpt_dir))
+    )
     run.proc.kill()
     stopped(run, complete, partial, f'SIGKILL during a save (attempt {attempt + 1})')
     if harness.partial_steps(ckpt_dir):

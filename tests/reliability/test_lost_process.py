@@ -1,6 +1,7 @@
 """Two trainer processes on one machine (tests/test_multihost.py's recipe): killing one makes the
 other exit with JAX's error within a bounded time instead of hanging, and restarting both resumes
 them from the last checkpoint to the end."""
+
 import json
 import os
 import time
@@ -18,12 +19,18 @@ TOTAL_STEPS = 8
 
 def _launch_pair(workdir, data_dir) -> list[harness.Trainer]:
   args = test_train.command(
-      str(workdir), data_dir, harness.CONFIG, f'--config.total_steps={TOTAL_STEPS}',
-      '--config.log_every_steps=1', '--config.checkpoint_every_steps=2',
-      '--config.eval_every_steps=1000', '--config.distributed.initialize=True',
+      str(workdir),
+      data_dir,
+      harness.CONFIG,
+      f'--config.total_steps={TOTAL_STEPS}',
+      '--config.log_every_steps=1',
+      '--config.checkpoint_every_steps=2',
+      '--config.eval_every_steps=1000',
+      '--config.distributed.initialize=True',
       f'--config.distributed.coordinator_address=localhost:{test_multihost.free_port()}',
       '--config.distributed.num_processes=2',
-      f'--config.distributed.heartbeat_timeout_seconds={HEARTBEAT_S}')
+      f'--config.distributed.heartbeat_timeout_seconds={HEARTBEAT_S}',
+  )
   return [harness.Trainer([*args, f'--config.distributed.process_id={i}']) for i in range(2)]
 
 

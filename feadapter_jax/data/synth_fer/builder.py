@@ -49,6 +49,7 @@ class SynthFerConfig(tfds.core.BuilderConfig):
     jpeg_quality: JPEG quality of the stored frames (0-100).
     render: renderer knobs (noise, motion, lighting, expression timing).
   """
+
   variant: str = 'video'
   num_frames: int = 8
   resolution: int = 32
@@ -60,8 +61,15 @@ class SynthFerConfig(tfds.core.BuilderConfig):
   render: synth_render.RenderParams = synth_render.RenderParams()
 
 
-_CONFIG_FIELDS = ('num_frames', 'resolution', 'num_train', 'num_validation', 'num_test', 'seed',
-                  'jpeg_quality')
+_CONFIG_FIELDS = (
+    'num_frames',
+    'resolution',
+    'num_train',
+    'num_validation',
+    'num_test',
+    'seed',
+    'jpeg_quality',
+)
 _RENDER_FIELDS = tuple(f.name for f in dataclasses.fields(synth_render.RenderParams))
 
 
@@ -93,29 +101,37 @@ def synth_config(variant: str = 'video', **overrides: Any) -> SynthFerConfig:
     raise ValueError(f'Unknown synth_fer variant {variant!r}; expected one of {VARIANTS}.')
   unknown = set(overrides) - set(_CONFIG_FIELDS) - set(_RENDER_FIELDS)
   if unknown:
-    raise ValueError(f'Unknown synth_fer parameters {sorted(unknown)}; known: '
-                     f'{_CONFIG_FIELDS + _RENDER_FIELDS}.')
+    raise ValueError(
+        f'Unknown synth_fer parameters {sorted(unknown)}; known: '
+        f'{_CONFIG_FIELDS + _RENDER_FIELDS}.'
+    )
   if variant == 'image':
     overrides['num_frames'] = 1
   defaults = SynthFerConfig(name=variant)
   config_kwargs = {k: overrides[k] for k in _CONFIG_FIELDS if k in overrides}
-  render_kwargs = {k: tuple(v) if isinstance(v, list) else v
-                   for k, v in overrides.items() if k in _RENDER_FIELDS}
+  render_kwargs = {
+      k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items() if k in _RENDER_FIELDS
+  }
   render = dataclasses.replace(defaults.render, **render_kwargs)
   parts = [_name_part(k, v) for k, v in config_kwargs.items() if v != getattr(defaults, k)]
   # The image variant's single frame is part of its definition, not of its name.
   if variant == 'image':
     parts = [p for p in parts if not p.startswith('num_frames')]
-  parts += [_name_part(k, getattr(render, k)) for k in _RENDER_FIELDS
-            if getattr(render, k) != getattr(defaults.render, k)]
+  parts += [
+      _name_part(k, getattr(render, k))
+      for k in _RENDER_FIELDS
+      if getattr(render, k) != getattr(defaults.render, k)
+  ]
   name = '_'.join([variant] + parts)
   description = f'SynthFER {variant} variant: ' + ', '.join(
-      f'{k}={v}' for k, v in {**{k: getattr(defaults, k) for k in _CONFIG_FIELDS},
-                              **config_kwargs}.items())
+      f'{k}={v}'
+      for k, v in {**{k: getattr(defaults, k) for k in _CONFIG_FIELDS}, **config_kwargs}.items()
+  )
   if name in _REGISTERED_CONFIGS:
     return _REGISTERED_CONFIGS[name]
-  return SynthFerConfig(name=name, description=description, variant=variant, render=render,
-                        **config_kwargs)
+  return SynthFerConfig(
+      name=name, description=description, variant=variant, render=render, **config_kwargs
+  )
 
 
 _REGISTERED_CONFIGS: dict[str, SynthFerConfig] = {}
@@ -132,15 +148,19 @@ class SynthFer(tfds.core.GeneratorBasedBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
         builder=self,
-        description=(f'Procedural cartoon facial-expression clips, 7 classes in DFEW order. '
-                     f'{synth_render.TIME_REVERSED_PAIR} share one apex and differ only by the '
-                     f'direction of time.'),
-        features=tfds.features.FeaturesDict({
-            'video': tfds.features.Video(shape=(None, None, None, 3), encoding_format='jpeg'),
-            'label': tfds.features.ClassLabel(names=synth_render.CLASS_NAMES),
-            'clip_id': tfds.features.Text(),
-            'num_frames': np.int32,
-        }),
+        description=(
+            f'Procedural cartoon facial-expression clips, 7 classes in DFEW order. '
+            f'{synth_render.TIME_REVERSED_PAIR} share one apex and differ only by the '
+            f'direction of time.'
+        ),
+        features=tfds.features.FeaturesDict(
+            {
+                'video': tfds.features.Video(shape=(None, None, None, 3), encoding_format='jpeg'),
+                'label': tfds.features.ClassLabel(names=synth_render.CLASS_NAMES),
+                'clip_id': tfds.features.Text(),
+                'num_frames': np.int32,
+            }
+        ),
         supervised_keys=('video', 'label'),
     )
 
@@ -180,9 +200,16 @@ def render_example(config: SynthFerConfig, split: str, index: int) -> tuple[np.n
   split_index = SPLITS.index(split)
   labels = synth_render.balanced_labels(
       np.random.default_rng([config.seed, split_index, _LABEL_STREAM]),
-      getattr(config, f'num_{split}'))
+      getattr(config, f'num_{split}'),
+  )
   label = int(labels[index])
   rng = np.random.default_rng([config.seed, split_index, _CLIP_STREAM, index])
-  frames = synth_render.render_clip(rng, label, config.num_frames, config.resolution, config.render,
-                                static=config.variant == 'image')
+  frames = synth_render.render_clip(
+      rng,
+      label,
+      config.num_frames,
+      config.resolution,
+      config.render,
+      static=config.variant == 'image',
+  )
   return frames, label

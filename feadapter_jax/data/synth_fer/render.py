@@ -29,19 +29,18 @@ import functools
 import cv2
 import numpy as np
 
-CLASS_NAMES: tuple[str, ...] = (
-    'Happy', 'Sad', 'Neutral', 'Angry', 'Surprise', 'Disgust', 'Fear')
+CLASS_NAMES: tuple[str, ...] = ('Happy', 'Sad', 'Neutral', 'Angry', 'Surprise', 'Disgust', 'Fear')
 
 # (onset class, offset class): same apex, opposite direction of time.
 TIME_REVERSED_PAIR: tuple[str, str] = ('Surprise', 'Fear')
 
 EXPRESSION_COMPONENTS: tuple[str, ...] = (
     'mouth_curve',  # > 0: corners up (smile); < 0: corners down (frown).
-    'mouth_open',   # vertical opening of the lips.
+    'mouth_open',  # vertical opening of the lips.
     'mouth_width',  # relative change of the mouth's width.
-    'brow_raise',   # > 0: brows up.
-    'brow_tilt',    # > 0: inner ends up (sad); < 0: inner ends down (angry "V").
-    'eye_open',     # relative change of the eye's height.
+    'brow_raise',  # > 0: brows up.
+    'brow_tilt',  # > 0: inner ends up (sad); < 0: inner ends down (angry "V").
+    'eye_open',  # relative change of the eye's height.
 )
 
 # Apex expression of each class, as offsets from the neutral face, in units of `_EXPRESSION_SCALE`.
@@ -65,33 +64,33 @@ _EXPRESSION_SCALE = np.array([0.16, 0.16, 0.35, 0.1, 0.08, 0.6])
 _IDENTITY_RANGES: dict[str, tuple[float, float]] = {
     'face_half_width': (0.56, 0.68),
     'face_half_height': (0.74, 0.86),
-    'hair_volume': (0.95, 1.15),     # hair ellipse size relative to the face.
-    'eye_dx': (0.22, 0.28),          # eye centre distance from the midline.
+    'hair_volume': (0.95, 1.15),  # hair ellipse size relative to the face.
+    'eye_dx': (0.22, 0.28),  # eye centre distance from the midline.
     'eye_y': (-0.16, -0.08),
     'eye_half_width': (0.10, 0.13),
     'eye_half_height': (0.06, 0.075),
     'pupil_radius': (0.045, 0.06),
-    'brow_gap': (0.1, 0.13),         # brow height above the eye centre.
+    'brow_gap': (0.1, 0.13),  # brow height above the eye centre.
     'brow_half_length': (0.1, 0.13),
-    'brow_radius': (0.022, 0.03),    # half thickness.
+    'brow_radius': (0.022, 0.03),  # half thickness.
     'nose_y': (0.08, 0.16),
     'mouth_y': (0.36, 0.44),
     'mouth_half_width': (0.17, 0.22),
     'lip_thickness': (0.02, 0.03),
-    'skin_tone': (0.0, 1.0),         # 0: lightest, 1: darkest of `_SKIN_RANGE`.
+    'skin_tone': (0.0, 1.0),  # 0: lightest, 1: darkest of `_SKIN_RANGE`.
 }
 _SKIN_RANGE = (np.array([0.96, 0.80, 0.69]), np.array([0.42, 0.28, 0.19]))
-_SKIN_TINT = (0.92, 1.08)         # per-channel multiplier of the skin colour.
-_HAIR_BRIGHTNESS = (0.03, 0.3)    # hair (and brow) colour = brightness * per-channel tint.
+_SKIN_TINT = (0.92, 1.08)  # per-channel multiplier of the skin colour.
+_HAIR_BRIGHTNESS = (0.03, 0.3)  # hair (and brow) colour = brightness * per-channel tint.
 _HAIR_TINT = (0.6, 1.0)
-_IRIS_RANGE = (0.05, 0.35)        # per channel.
-_BACKGROUND_RANGE = (0.25, 0.9)   # per channel.
+_IRIS_RANGE = (0.05, 0.35)  # per channel.
+_BACKGROUND_RANGE = (0.25, 0.9)  # per channel.
 _HAIR_SHAPE = (1.08, 0.78, -0.3)  # hair ellipse: x, y half-axes and centre y, over the face size.
 _NOSE_HALF_AXES = (0.045, 0.07)
-_MIN_EYE_OPEN = 0.1               # floor of the eye height factor, so eyes never vanish.
-_MIN_MOUTH_WIDTH = 0.2            # floor of the mouth width factor.
-_LIP_TINT = np.array([0.62, 0.3, 0.3])   # multiplies the skin colour.
-_NOSE_TINT = 0.85                          # nose shading, multiplies the skin colour.
+_MIN_EYE_OPEN = 0.1  # floor of the eye height factor, so eyes never vanish.
+_MIN_MOUTH_WIDTH = 0.2  # floor of the mouth width factor.
+_LIP_TINT = np.array([0.62, 0.3, 0.3])  # multiplies the skin colour.
+_NOSE_TINT = 0.85  # nose shading, multiplies the skin colour.
 _MOUTH_INSIDE = np.array([0.18, 0.04, 0.05])
 _SCLERA = np.array([0.97, 0.97, 0.95])
 
@@ -112,6 +111,7 @@ class RenderParams:
     onset_start: (low, high) onset start, as a fraction of the clip.
     onset_duration: (low, high) onset duration, as a fraction of the clip.
   """
+
   noise_std: float = 0.03
   motion: float = 0.05
   rotation_deg: float = 4.0
@@ -130,8 +130,9 @@ def smoothstep(x: np.ndarray) -> np.ndarray:
   return x * x * (3.0 - 2.0 * x)
 
 
-def intensity_curve(rng: np.random.Generator, num_frames: int, params: RenderParams, *,
-                    reverse: bool) -> np.ndarray:
+def intensity_curve(
+    rng: np.random.Generator, num_frames: int, params: RenderParams, *, reverse: bool
+) -> np.ndarray:
   """Expression intensity over time, shape (t,), in [0, 1].
 
   Args:
@@ -151,8 +152,9 @@ def intensity_curve(rng: np.random.Generator, num_frames: int, params: RenderPar
   return curve[::-1] if reverse else curve
 
 
-def stationary_track(rng: np.random.Generator, num_frames: int, params: RenderParams,
-                     num_tones: int = 2) -> np.ndarray:
+def stationary_track(
+    rng: np.random.Generator, num_frames: int, params: RenderParams, num_tones: int = 2
+) -> np.ndarray:
   """A random smooth signal in [-1, 1], shape (t,), whose law is invariant under time reversal.
 
   A sum of sinusoids with uniform random phases is stationary; reversing time maps each phase
@@ -174,8 +176,14 @@ def stationary_track(rng: np.random.Generator, num_frames: int, params: RenderPa
   return (amplitudes * np.sin(frequencies * t + phases)).sum(axis=1)
 
 
-def expression_track(rng: np.random.Generator, label: int, num_frames: int,
-                     params: RenderParams, *, static: bool = False) -> np.ndarray:
+def expression_track(
+    rng: np.random.Generator,
+    label: int,
+    num_frames: int,
+    params: RenderParams,
+    *,
+    static: bool = False,
+) -> np.ndarray:
   """Expression vector over time, shape (t, 6), in units of the component scales.
 
   Args:
@@ -236,8 +244,9 @@ def _paint(canvas: np.ndarray, alpha: np.ndarray, colour: np.ndarray) -> None:
   canvas += alpha[..., None] * (colour.astype(np.float32) - canvas)
 
 
-def _draw_faces(ident: dict, expression: np.ndarray, pose: dict[str, np.ndarray],
-                resolution: int) -> np.ndarray:
+def _draw_faces(
+    ident: dict, expression: np.ndarray, pose: dict[str, np.ndarray], resolution: int
+) -> np.ndarray:
   """Rasterises T frames of one face, (t h w 3) float in [0, 1], before lighting and noise."""
   num_frames = expression.shape[0]
   # Pixel centres in image units, then the inverse head pose maps them to face units.
@@ -259,8 +268,14 @@ def _draw_faces(ident: dict, expression: np.ndarray, pose: dict[str, np.ndarray]
 
   fw, fh = ident['face_half_width'], ident['face_half_height']
   hair_x, hair_y, hair_centre = _HAIR_SHAPE
-  hair = _ellipse_sdf(x, y, 0.0, hair_centre * fh, fw * ident['hair_volume'] * hair_x,
-                      fh * ident['hair_volume'] * hair_y)
+  hair = _ellipse_sdf(
+      x,
+      y,
+      0.0,
+      hair_centre * fh,
+      fw * ident['hair_volume'] * hair_x,
+      fh * ident['hair_volume'] * hair_y,
+  )
   _paint(canvas, _coverage(hair, pixel), ident['hair'])
   _paint(canvas, _coverage(_ellipse_sdf(x, y, 0.0, 0.0, fw, fh), pixel), ident['skin'])
   nose = _ellipse_sdf(x, y, 0.0, ident['nose_y'], *_NOSE_HALF_AXES)
@@ -270,23 +285,31 @@ def _draw_faces(ident: dict, expression: np.ndarray, pose: dict[str, np.ndarray]
   brow_y = ident['eye_y'] - ident['brow_gap'] - e['brow_raise']
   for side in (-1.0, 1.0):
     eye_x = side * ident['eye_dx']
-    sclera = _coverage(_ellipse_sdf(x, y, eye_x, ident['eye_y'], ident['eye_half_width'],
-                                    eye_half_height), pixel)
+    sclera = _coverage(
+        _ellipse_sdf(x, y, eye_x, ident['eye_y'], ident['eye_half_width'], eye_half_height), pixel
+    )
     _paint(canvas, sclera, _SCLERA)
     pupil = _coverage(np.hypot(x - eye_x, y - ident['eye_y']) - ident['pupil_radius'], pixel)
     _paint(canvas, pupil * sclera, ident['iris'])  # the lids clip the pupil
     inner_x = eye_x - side * ident['brow_half_length']
     outer_x = eye_x + side * ident['brow_half_length']
-    brow = _capsule_sdf(x, y, inner_x, brow_y - e['brow_tilt'], outer_x, brow_y + e['brow_tilt'],
-                        ident['brow_radius'])
+    brow = _capsule_sdf(
+        x,
+        y,
+        inner_x,
+        brow_y - e['brow_tilt'],
+        outer_x,
+        brow_y + e['brow_tilt'],
+        ident['brow_radius'],
+    )
     _paint(canvas, _coverage(brow, pixel), ident['hair'])
 
   # Mouth: a band around a parabolic centre line whose corners rise by `mouth_curve` while its
   # middle sinks by as much, so the mouth bends about a fixed height.
   half_width = ident['mouth_half_width'] * np.maximum(1.0 + e['mouth_width'], _MIN_MOUTH_WIDTH)
   across = np.clip(x / half_width, -1.0, 1.0)
-  centre_y = ident['mouth_y'] + e['mouth_curve'] * (0.5 - across ** 2)
-  profile = np.sqrt(1.0 - across ** 2)
+  centre_y = ident['mouth_y'] + e['mouth_curve'] * (0.5 - across**2)
+  profile = np.sqrt(1.0 - across**2)
   opening = np.maximum(e['mouth_open'], 0.0) * profile
   outside_x = np.abs(x) - half_width
   lips = np.maximum(np.abs(y - centre_y) - opening - ident['lip_thickness'] * profile, outside_x)
@@ -296,8 +319,15 @@ def _draw_faces(ident: dict, expression: np.ndarray, pose: dict[str, np.ndarray]
   return canvas
 
 
-def render_clip(rng: np.random.Generator, label: int, num_frames: int, resolution: int,
-                params: RenderParams, *, static: bool = False) -> np.ndarray:
+def render_clip(
+    rng: np.random.Generator,
+    label: int,
+    num_frames: int,
+    resolution: int,
+    params: RenderParams,
+    *,
+    static: bool = False,
+) -> np.ndarray:
   """Renders one clip of class `label`.
 
   Args:
