@@ -1,7 +1,8 @@
 """Adapters that teach a frozen image ViT to model time in video clips.
 
-Every adapter reads the tokens of all frames of a clip, `((b t), 1 + n, d)`, where the backbone
-folded the `t` frames into the batch, and the patch tokens form an `(h, w)` grid.
+Every adapter reads the tokens of all frames of a clip, `((b t), P + n, d)`, where the backbone
+folded the `t` frames into the batch, P prefix tokens (class, registers; none for a pooled ViT)
+come first, and the n patch tokens form an `(h, w)` grid.
 
 - FE-Adapter (`kind='fe'`, the default): `x + up(conv(down(x)))` on patch tokens before MHSA, where
   `conv` is a Dynamic Dilated Conv3D (`DynamicDilatedConv3D`): a depthwise 3-D kernel whose
@@ -209,7 +210,7 @@ def make_conv(
 
 
 class TokenAdapter(nn.Module):
-  """`x + up(conv(down(x)))` on the patch tokens of a clip; the class token passes through.
+  """`x + up(conv(down(x)))` on the patch tokens of a clip; prefix tokens pass through.
 
   Attributes:
     config: the adapter's knobs ('fe' or 'st').
@@ -225,9 +226,10 @@ class TokenAdapter(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    """x: `((b t), 1 + h w, d)` -> same."""
+    """x: `((b t), P + h w, d)` -> same, P class and register tokens."""
     cfg = self.config
-    cls_tok, patches = x[:, :1], x[:, 1:]
+    prefix = x.shape[1] - self.grid[0] * self.grid[1]
+    prefix_tokens, patches = x[:, :prefix], x[:, prefix:]
     z = nn.Dense(cfg.width, dtype=self.dtype, name='down')(patches)
     z = activate(cfg.activation, z, self.kernels)
     z = einops.rearrange(z, '(b t) (h w) c -> b t h w c', t=self.num_frames, h=self.grid[0])
@@ -236,7 +238,7 @@ class TokenAdapter(nn.Module):
     up_init = nn.initializers.zeros if cfg.zero_init == 'up' else nn.initializers.lecun_normal()
     z = nn.Dense(x.shape[-1], kernel_init=up_init, dtype=self.dtype, name='up')(z)
     z = kernels_lib.materialized_cotangent(z, self.kernels)
-    return jnp.concatenate([cls_tok, patches + z.astype(patches.dtype)], axis=1)
+    return jnp.concatenate([prefix_tokens, patches + z.astype(patches.dtype)], axis=1)
 
 
 class Bottleneck(nn.Module):

@@ -2,14 +2,26 @@
 
 An image batch `(b, H, W, 3)` is a clip of one frame. A clip batch `(b, t, H, W, 3)` is folded to
 `((b t), H, W, 3)` for the image model; adapters (`adapters.py`) unfold time inside the blocks;
-the head classifies the temporal mean of the final class tokens. With adapters off (or
-zero-initialised) the logits equal the image model's logits averaged over frames.
+the head classifies the temporal mean of the per-frame pooled features (the class token, or the
+mean of the patch tokens). With adapters off (or zero-initialised) the logits equal the image
+model's logits averaged over frames.
 
 Parameter names mirror timm, so PyTorch checkpoints map one to one (`feadapter_jax/convert/`):
   patch_embed/{kernel (p, p, 3, D), bias}   <- patch_embed.proj
-  cls_token (1, 1, D), pos_embed (1, 1 + N, D)
-  blocks_{i}/norm1, attn/qkv (D, 3D), attn/proj, norm2, mlp/fc1, mlp/fc2, adapter_*/...
-  norm, head (D, K)
+  cls_token (1, 1, D), reg_token (1, R, D), pos_embed (1, P + N, D)
+  norm_pre                                   (pre_norm: CLIP's ln_pre)
+  blocks_{i}/norm1, attn/qkv (D, 3D), attn/proj, ls1/gamma, norm2, mlp/fc1, mlp/fc2, ls2/gamma,
+    adapter_*/...
+  norm or fc_norm, head (D, K)
+where N = h w patches and P the prefix tokens the position embedding covers (class and register
+tokens; none with `class_pos_embed=False`, timm's `no_embed_class`).
+
+The options that the image-model families need are off by default:
+  - CLIP (OpenAI, open_clip, FaRL): `pre_norm`, `activation='quick_gelu'` for OpenAI's weights.
+  - DINOv2, DeiT-III, CaiT-style blocks: `layer_scale` (LayerScale on both residual branches),
+    `num_registers` (DINOv2 with registers), `class_pos_embed=False`.
+  - MAE / BEiT fine-tunes: `global_pool='avg'` with `fc_norm` (the LayerNorm after pooling
+    instead of before), with or without `class_token`.
 
 `kernels` ('auto' | 'reference' | 'cpu', config key `model.kernels`) picks how attention, the
 norms, GELU and the adapters' convolutions are computed (`kernels.py`); parameters and values are
@@ -18,6 +30,7 @@ the same under every choice.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Mapping
 
 import einops
@@ -66,18 +79,39 @@ class Attention(nn.Module):
     return nn.Dense(d, dtype=self.dtype, name='proj')(y)
 
 
+ACTIVATIONS = ('gelu', 'quick_gelu')
+POOLS = ('token', 'avg')
+
+
+def quick_gelu(x: jax.Array) -> jax.Array:
+  """`x sigmoid(1.702 x)`: the GELU approximation OpenAI's CLIP weights were trained with."""
+  return x * jax.nn.sigmoid(1.702 * x)
+
+
 class Mlp(nn.Module):
-  """fc2(gelu(fc1(x))), GELU exact. `(..., d)` -> same."""
+  """fc2(act(fc1(x))), act the exact GELU or QuickGELU. `(..., d)` -> same."""
 
   mlp_dim: int
+  activation: str = 'gelu'
   dtype: Any = jnp.float32
   kernels: str = 'auto'
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     y = nn.Dense(self.mlp_dim, dtype=self.dtype, name='fc1')(x)
-    y = kernels_lib.gelu(y, self.kernels)
+    y = quick_gelu(y) if self.activation == 'quick_gelu' else kernels_lib.gelu(y, self.kernels)
     return nn.Dense(x.shape[-1], dtype=self.dtype, name='fc2')(y)
+
+
+class LayerScale(nn.Module):
+  """Per-channel scale of a residual branch (CaiT, DeiT-III, DINOv2): `x * gamma`."""
+
+  init_value: float
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    gamma = self.param('gamma', nn.initializers.constant(self.init_value), (x.shape[-1],))
+    return x * gamma.astype(x.dtype)
 
 
 class Block(nn.Module):
@@ -92,11 +126,14 @@ class Block(nn.Module):
   drop_path: float = 0.0
   deterministic: bool = True
   layer_norm_eps: float = 1e-6
+  activation: str = 'gelu'
+  layer_scale: float = 0.0
   dtype: Any = jnp.float32
   kernels: str = 'auto'
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
+    """The adapters add to the residual stream; LayerScale scales the frozen branches only."""
     cfg = self.adapter
     kernels = self.kernels
     aim = cfg.kind == 'aim' and cfg.in_block(self.index)
@@ -106,6 +143,9 @@ class Block(nn.Module):
     norm1 = LayerNorm(self.layer_norm_eps, dtype=self.dtype, kernels=kernels, name='norm1')
     norm2 = LayerNorm(self.layer_norm_eps, dtype=self.dtype, kernels=kernels, name='norm2')
     attn = Attention(self.num_heads, dtype=self.dtype, kernels=kernels, name='attn')
+
+    def scaled(y: jax.Array, name: str) -> jax.Array:
+      return LayerScale(self.layer_scale, name=name)(y) if self.layer_scale else y
 
     def token_adapter(where: str) -> nn.Module:
       return adapters_lib.TokenAdapter(
@@ -130,11 +170,12 @@ class Block(nn.Module):
     y = attn(norm1(x))
     if aim:
       y = bottleneck(True, 'adapter_s')(y)
-    x = x + drop(y)
+    x = x + drop(scaled(y, 'ls1'))
     if 'mlp' in token_adapters:
       x = token_adapter('mlp')(x)
     y = norm2(x)
-    out = Mlp(self.mlp_dim, dtype=self.dtype, kernels=kernels, name='mlp')(y)
+    out = Mlp(self.mlp_dim, self.activation, dtype=self.dtype, kernels=kernels, name='mlp')(y)
+    out = scaled(out, 'ls2')
     if aim:
       out = out + drop(cfg.aim_scale * bottleneck(False, 'adapter_mlp')(y))
     return x + drop(out)
@@ -150,6 +191,17 @@ class ViT(nn.Module):
     adapter: adapter knobs (`adapters.AdapterConfig`), kind 'none' for the plain image model.
     drop_path_rate: stochastic depth at the last block (linear in depth, as timm).
     head_dropout: dropout before the head.
+    layer_norm_eps: every LayerNorm's epsilon (timm 1e-6, CLIP 1e-5, Hugging Face ViT 1e-12).
+    activation: the MLP's 'gelu' (exact) or 'quick_gelu' (OpenAI CLIP).
+    pre_norm: a LayerNorm `norm_pre` after the position embedding (CLIP's ln_pre).
+    layer_scale: LayerScale's initial value on both residual branches; 0 for none.
+    num_registers: register tokens after the class token (DINOv2 with registers).
+    class_token: a class token first in the sequence.
+    class_pos_embed: the position embedding covers the class and register tokens too (timm's
+      default); False adds it to the patch tokens only (timm `no_embed_class`).
+    global_pool: what a frame's features are: 'token' (the class token) or 'avg' (the mean of
+      the patch tokens).
+    fc_norm: the final LayerNorm after pooling (`fc_norm`) instead of before (`norm`).
     remat: rematerialise each block in the backward pass (memory for compute).
     dtype: compute dtype (parameters stay float32).
     kernels: how the costly pieces are computed (`kernels.py`): 'reference' (plain JAX
@@ -168,6 +220,14 @@ class ViT(nn.Module):
   drop_path_rate: float = 0.0
   head_dropout: float = 0.0
   layer_norm_eps: float = 1e-6
+  activation: str = 'gelu'
+  pre_norm: bool = False
+  layer_scale: float = 0.0
+  num_registers: int = 0
+  class_token: bool = True
+  class_pos_embed: bool = True
+  global_pool: str = 'token'
+  fc_norm: bool = False
   remat: bool = False
   dtype: Any = jnp.float32
   kernels: str = 'auto'
@@ -201,14 +261,9 @@ class ViT(nn.Module):
         name='patch_embed',
     )(x)
     x = einops.rearrange(x, 'bt h w d -> bt (h w) d')
-    cls_token = self.param('cls_token', nn.initializers.normal(1e-6), (1, 1, self.width))
-    pos_embed = self.param(
-        'pos_embed', nn.initializers.normal(0.02), (1, 1 + grid[0] * grid[1], self.width)
-    )
-    x = jnp.concatenate(
-        [jnp.broadcast_to(cls_token, (b * t, 1, self.width)).astype(x.dtype), x], axis=1
-    )
-    x = x + pos_embed.astype(x.dtype)
+    x = self._embed_tokens(x, grid[0] * grid[1])
+    if self.pre_norm:
+      x = LayerNorm(self.layer_norm_eps, dtype=self.dtype, kernels=kernels, name='norm_pre')(x)
     if self.adapter.kind == 'aim':
       # AIM's learned temporal position embedding (zero-initialised): without it attention
       # along time is permutation-equivariant and cannot tell onset from offset.
@@ -230,17 +285,52 @@ class ViT(nn.Module):
           drop_path=self.drop_path_rate * i / max(self.depth - 1, 1),
           deterministic=not train,
           layer_norm_eps=self.layer_norm_eps,
+          activation=self.activation,
+          layer_scale=self.layer_scale,
           dtype=self.dtype,
           kernels=kernels,
           name=f'blocks_{i}',
       )(x)
-    x = LayerNorm(self.layer_norm_eps, dtype=self.dtype, kernels=kernels, name='norm')(x)
-    # Mean over frames of the class token: a linear head then averages per-frame logits.
-    features = einops.reduce(x[:, 0].astype(jnp.float32), '(b t) d -> b d', 'mean', t=t)
+    norm = functools.partial(LayerNorm, self.layer_norm_eps, dtype=self.dtype, kernels=kernels)
+    if not self.fc_norm:
+      x = norm(name='norm')(x)
+    prefix = int(self.class_token) + self.num_registers
+    pooled = x[:, 0] if self.global_pool == 'token' else x[:, prefix:].mean(axis=1)
+    if self.fc_norm:
+      pooled = norm(name='fc_norm')(pooled)
+    # Mean over frames of each frame's features: a linear head then averages per-frame logits.
+    features = einops.reduce(pooled.astype(jnp.float32), '(b t) d -> b d', 'mean', t=t)
     if not self.num_classes:
       return features
     features = nn.Dropout(self.head_dropout, deterministic=not train)(features)
     return nn.Dense(self.num_classes, name='head')(features)
+
+
+  def _embed_tokens(self, patches: jax.Array, n: int) -> jax.Array:
+    """Patch tokens `(bt, n, d)` -> `(bt, P + n, d)`: class and register tokens first, position
+    embedding added as timm does (over the prefix too unless `class_pos_embed` is False)."""
+    bt, _, d = patches.shape
+    prefix = []
+    if self.class_token:
+      prefix.append(self.param('cls_token', nn.initializers.normal(1e-6), (1, 1, d)))
+    if self.num_registers:
+      prefix.append(self.param('reg_token', nn.initializers.normal(1e-6), (1, self.num_registers, d)))
+    prefix = [jnp.broadcast_to(p, (bt, *p.shape[1:])).astype(patches.dtype) for p in prefix]
+    covered = sum(p.shape[1] for p in prefix) if self.class_pos_embed else 0
+    pos_embed = self.param('pos_embed', nn.initializers.normal(0.02), (1, covered + n, d))
+    pos_embed = pos_embed.astype(patches.dtype)
+    if self.class_pos_embed:
+      return jnp.concatenate([*prefix, patches], axis=1) + pos_embed
+    return jnp.concatenate([*prefix, patches + pos_embed], axis=1)
+
+  def __post_init__(self):
+    if self.activation not in ACTIVATIONS:
+      raise ValueError(f'activation={self.activation!r}: expected one of {ACTIVATIONS}.')
+    if self.global_pool not in POOLS:
+      raise ValueError(f'global_pool={self.global_pool!r}: expected one of {POOLS}.')
+    if self.global_pool == 'token' and not self.class_token:
+      raise ValueError("global_pool='token' needs a class token: set class_token or use 'avg'.")
+    super().__post_init__()
 
 
 def build(model_config: Mapping[str, Any]) -> ViT:
@@ -248,10 +338,13 @@ def build(model_config: Mapping[str, Any]) -> ViT:
 
   Keys: `variant` ('B/16'...) or the explicit architecture (width, depth, num_heads, mlp_dim,
   patch_size), which override the variant; `num_classes`, `image_size`, `adapter` (dict),
-  `drop_path_rate`, `head_dropout`, `layer_norm_eps`, `remat`, `dtype` ('float32'|'bfloat16'),
-  `kernels` ('auto'|'reference'|'cpu').
+  `drop_path_rate`, `head_dropout`, `remat`, `dtype` ('float32'|'bfloat16'), `kernels`
+  ('auto'|'reference'|'cpu'), and the family options of `ViT` (`layer_norm_eps`, `activation`,
+  `pre_norm`, `layer_scale`, `num_registers`, `class_token`, `class_pos_embed`, `global_pool`,
+  `fc_norm`). A key set to None takes the `ViT` default.
   """
   cfg = dict(model_config.to_dict() if hasattr(model_config, 'to_dict') else model_config)
+  cfg = {k: v for k, v in cfg.items() if v is not None}
   arch = decode_variant(cfg.pop('variant')) if cfg.get('variant') else {}
   cfg.pop('variant', None)
   arch.update(cfg)
