@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from configs import synthetic
-from feadapter_jax import models, partition
+from feadapter_jax import methods, models, partition
+from feadapter_jax.models import adapters
 from feadapter_jax.models import builder
 from tests.tiny import ADAPTERS, tiny
 
@@ -203,3 +204,50 @@ def test_unknown_kernels_value_names_the_option_and_the_choices():
   model = models.build(tiny(kernels='fast'))
   with pytest.raises(ValueError, match=r"model\.kernels='fast'.*'auto', 'reference', 'cpu'"):
     model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+
+
+# The image-model families' options (each checked against timm through the converter's tests).
+FAMILIES = {
+    'clip': dict(pre_norm=True, activation='quick_gelu', layer_norm_eps=1e-5),
+    'dinov2_registers': dict(layer_scale=0.5, num_registers=4, class_pos_embed=False),
+    'mae_no_class_token': dict(class_token=False, global_pool='avg', fc_norm=True),
+}
+
+
+@pytest.mark.parametrize('family', sorted(FAMILIES))
+def test_fe_adapter_on_every_family_starts_as_the_image_model_and_then_acts(family):
+  clip = jax.random.normal(jax.random.key(1), (2, 2, 32, 32, 3))
+  image_model = models.build(tiny(**FAMILIES[family]))
+  adapted = models.build(tiny(ADAPTERS['fe'], **FAMILIES[family]))
+  params = adapted.init(jax.random.key(0), clip)['params']
+  backbone = {n: v for n, v in params.items() if not n.startswith('adapter')}
+  backbone = {
+      n: {k: v for k, v in p.items() if not k.startswith('adapter')} if n.startswith('blocks') else p
+      for n, p in backbone.items()
+  }
+  image_names = set(partition.flatten(image_model.init(jax.random.key(0), clip)['params']))
+  assert set(partition.flatten(backbone)) == image_names
+  frames = image_model.apply({'params': backbone}, clip.reshape(4, 32, 32, 3))
+  frame_mean = frames.reshape(2, 2, -1).mean(1)
+  np.testing.assert_allclose(adapted.apply({'params': params}, clip), frame_mean, atol=1e-5)
+  moved = adapted.apply({'params': perturbed_params(adapted, clip)}, clip)
+  assert np.all(np.isfinite(moved)) and not np.allclose(moved, frame_mean, atol=1e-3)
+
+
+def test_token_adapter_passes_class_and_register_tokens_through():
+  grid, frames, prefix = (2, 2), 3, 5
+  adapter = adapters.TokenAdapter(methods.AdapterConfig(kind='fe', width=4), frames, grid)
+  x = jax.random.normal(jax.random.key(0), (2 * frames, prefix + 4, 16))
+  params = perturbed_params(adapter, x)
+  y = adapter.apply({'params': params}, x)
+  np.testing.assert_array_equal(y[:, :prefix], x[:, :prefix])
+  assert np.abs(y[:, prefix:] - x[:, prefix:]).min() > 0
+
+
+def test_family_options_that_cannot_work_are_refused():
+  with pytest.raises(ValueError, match="global_pool='token' needs a class token"):
+    models.build(tiny(class_token=False))
+  with pytest.raises(ValueError, match='activation'):
+    models.build(tiny(activation='relu'))
+  with pytest.raises(ValueError, match='global_pool'):
+    models.build(tiny(global_pool='max'))
