@@ -82,12 +82,15 @@ def spec(
   from configs import common as configs_common  # pylint: disable=g-import-not-at-top
   from configs import synthetic  # pylint: disable=g-import-not-at-top
   from feadapter_jax import models  # pylint: disable=g-import-not-at-top
+  from feadapter_jax.models import backbone  # pylint: disable=g-import-not-at-top
 
-  config = (
-      configs_common.base_config(method)
-      if size == 'base'
-      else synthetic.get_config(f'method={method},quick')
-  )
+  if size == 'base':
+    config = configs_common.base_config(method)
+    config.data = configs_common.data_config('dfew', 'fold1')
+  else:
+    config = synthetic.get_config(f'method={method},quick')
+  # No backbone: the settings a run without one gets (base: ViT-B/16 with timm's options).
+  config = backbone.resolve(config)
   model = config.model.to_dict()
   variant = model.pop('variant', None)
   model = {**(models.decode_variant(variant) if variant else {}), **model}

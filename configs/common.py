@@ -3,15 +3,44 @@
 A config file's `get_config(arg)` takes a string like 'fold=3,method=st_adapter,quick' (the part
 after ':' in `--config=configs/dfew.py:fold=3`); bare words are flags set to True. Configs import
 `ml_collections` and plain data only (`feadapter_jax.methods`), never JAX or TensorFlow.
+
+The backbone's settings (`config.model`'s architecture and family options, `config.data.mean` and
+`config.data.std`) are None here: training takes them from the backbone directory
+`config.init.checkpoint` names (`feadapter_jax/models/backbone.py`), and a value set on the
+command line or in a config must agree with it. Without a backbone they are ViT-B/16's, timm's
+and ImageNet's, unless the config sets them.
 """
 
 from __future__ import annotations
 
 import ml_collections
+from ml_collections import config_dict
 
 from feadapter_jax import methods
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def backbone_fields() -> dict[str, config_dict.FieldReference]:
+  """`config.model`'s backbone settings, each None (from the backbone) until set."""
+  types = dict(
+      variant=str,  # a preset such as 'B/16': width, depth, num_heads, mlp_dim, patch_size.
+      width=int,
+      depth=int,
+      num_heads=int,
+      mlp_dim=int,
+      patch_size=int,
+      layer_norm_eps=float,
+      activation=str,  # 'gelu' | 'quick_gelu'
+      pre_norm=bool,
+      layer_scale=float,  # 0: none
+      num_registers=int,
+      class_token=bool,
+      class_pos_embed=bool,
+      global_pool=str,  # 'token' | 'avg'
+      fc_norm=bool,
+  )
+  return {name: config_dict.placeholder(kind) for name, kind in types.items()}
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
@@ -31,7 +60,7 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
 
 
 def data_defaults() -> ml_collections.ConfigDict:
-  """The `config.data` section with every field the input pipeline reads, at CPU-demo sizes."""
+  """The input pipeline's fields at CPU-demo sizes, ImageNet's normalisation (no backbone)."""
   return ml_collections.ConfigDict(
       {
           'name': 'synth_fer',  # TFDS builder: 'synth_fer' | 'dfew' | 'ferv39k' | 'mafw'.
@@ -67,7 +96,8 @@ def data_defaults() -> ml_collections.ConfigDict:
 
 
 def data_config(name: str, builder_config: str = '', **overrides) -> ml_collections.ConfigDict:
-  """`config.data`: the defaults, the real-data recipe (16 x 224), then overrides."""
+  """`config.data` of a training config: the defaults, the real-data recipe (16 x 224), the
+  normalisation from the backbone (None), then overrides."""
   data = data_defaults()
   data.update(
       name=name,
@@ -76,15 +106,16 @@ def data_config(name: str, builder_config: str = '', **overrides) -> ml_collecti
       num_frames=16,
       image_size=224,
       crop_scale=(0.8, 1.0),
-      mean=IMAGENET_MEAN,
-      std=IMAGENET_STD,
   )
+  data.mean = config_dict.placeholder(tuple)
+  data.std = config_dict.placeholder(tuple)
   data.update(overrides)
   return data
 
 
 def base_config(method: str) -> ml_collections.ConfigDict:
-  """The training recipe (peers' published one: S2D / FRU-Adapter), ViT-B/16, 16x224."""
+  """The training recipe (peers' published one: S2D / FRU-Adapter), the backbone's settings left
+  to the backbone (`backbone_fields`), 16 x 224."""
   # Every adapter knob in the config (so any can be overridden), the method's preset on top.
   adapter = methods.adapter_dict(method)
   c = ml_collections.ConfigDict()
@@ -92,7 +123,7 @@ def base_config(method: str) -> ml_collections.ConfigDict:
   c.seed = 0
   c.model = ml_collections.ConfigDict(
       dict(
-          variant='B/16',
+          **backbone_fields(),
           image_size=224,
           num_classes=7,
           adapter=dict(adapter),
@@ -105,9 +136,11 @@ def base_config(method: str) -> ml_collections.ConfigDict:
       )
   )
   c.trainable = methods.get(method).trainable
-  # Backbone initialisation: a directory from `python -m feadapter_jax.convert` (or an
-  # export/ of a training run); '' trains from scratch. `dont_load` skips matching names.
-  c.init = ml_collections.ConfigDict(dict(checkpoint='', dont_load=()))
+  # The backbone: a directory from `python -m feadapter_jax.convert` (or an export/ of a
+  # training run), whose model_config.json also sets the backbone's settings. '' starts from a
+  # random init, which a method with a frozen backbone refuses unless `random_backbone` is
+  # True. `dont_load` skips matching names.
+  c.init = ml_collections.ConfigDict(dict(checkpoint='', dont_load=(), random_backbone=False))
   c.batch_size = 32  # global, over all processes and devices
   c.grad_accum_steps = 1
   c.num_epochs = 100.0

@@ -1,7 +1,11 @@
-r"""DFEW, 5-fold, 7 classes: FE-Adapter on a frozen ViT-B/16 image emotion classifier.
+r"""DFEW, 5-fold, 7 classes: FE-Adapter on a frozen image emotion classifier (e.g. a ViT-B/16).
 
   python -m feadapter_jax.main --config=configs/dfew.py:fold=1 --workdir=workdirs/dfew_fold1 \
       --config.init.checkpoint=CONVERTED_VIT_DIR
+
+The backbone comes first: convert a PyTorch ViT with
+`python -m feadapter_jax.convert --checkpoint=PYTORCH_FILE --out=CONVERTED_VIT_DIR`; its
+model_config.json sets the architecture, the LayerNorm epsilon and the input normalisation.
 
 Data: the user's licensed copy in data/manual/dfew (layout: data/README.md); prepared into
 data/tfds on first use. Recipe after S2D / FRU-Adapter (AdamW, wd 0.05, lr 1e-3, warm-up +

@@ -1,7 +1,11 @@
-r"""MAFW, 5-fold, 11 classes (single-label, no caption): FE-Adapter on a frozen ViT-B/16.
+r"""MAFW, 5-fold, 11 classes (single-label, no caption): FE-Adapter on a frozen image classifier.
 
   python -m feadapter_jax.main --config=configs/mafw.py:fold=1 --workdir=workdirs/mafw_fold1 \
       --config.init.checkpoint=CONVERTED_VIT_DIR
+
+The backbone comes first: convert a PyTorch ViT with
+`python -m feadapter_jax.convert --checkpoint=PYTORCH_FILE --out=CONVERTED_VIT_DIR`; its
+model_config.json sets the architecture, the LayerNorm epsilon and the input normalisation.
 
 Paper (FE-Adapter, as quoted by FRU-Adapter Table 1): UAR 39.41 / WAR 55.02, mean of 5 folds.
 Args: fold=1..5, method, seed.

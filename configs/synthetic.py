@@ -6,11 +6,14 @@ Adapts the tiny image classifier made by `configs/synthetic_image.py` (run it fi
   python -m feadapter_jax.main --config=configs/synthetic_image.py --workdir=workdirs/synth_image
   python -m feadapter_jax.main --config=configs/synthetic.py --workdir=workdirs/synth_video
 
+The architecture and the input normalisation come from the image classifier's export
+(`init.checkpoint`), as they come from a converted backbone in the real-data configs.
+
 Args (after ':'): method=fe_adapter|fe_multibranch|st_adapter|aim|linear_probe|full_finetune,
 seed=N, quick (a smoke run of under a minute that trains, evaluates, checkpoints and writes
-results, on a random backbone unless init is given), init=DIR (the image classifier, default
-workdirs/synth_image/export), fold=K (SynthFER drawn with data seed K, so the k-fold driver
-`python -m feadapter_jax.kfold` can be tried without a real dataset).
+results; without init it adapts a random tiny ViT, `init.random_backbone=True`), init=DIR (the
+image classifier, default workdirs/synth_image/export), fold=K (SynthFER drawn with data seed K,
+so the k-fold driver `python -m feadapter_jax.kfold` can be tried without a real dataset).
 """
 
 import ml_collections
@@ -18,6 +21,8 @@ import ml_collections
 from configs import common
 
 TINY_VIT = dict(width=96, depth=4, num_heads=3, mlp_dim=384, patch_size=8, image_size=32)
+# SynthFER's pixels spread over about [0.25, 0.75] of the range.
+NORMALISATION = dict(mean=(0.5,) * 3, std=(0.25,) * 3)
 # Adapter widths for the tiny ViT: about a tenth of the backbone's parameters each.
 TINY_ADAPTERS = {'fe_adapter': 48, 'fe_multibranch': 48, 'st_adapter': 48}
 SYNTH = dict(num_train=1400, num_validation=280, num_test=280, num_frames=8, resolution=32)
@@ -35,8 +40,6 @@ def synth_data(variant: str, quick: bool, **overrides) -> ml_collections.ConfigD
           'image_size': TINY_VIT['image_size'],
           'num_frames': synth['num_frames'],
           'crop_scale': (0.85, 1.0),
-          'mean': (0.5,) * 3,
-          'std': (0.25,) * 3,
           'shuffle_buffer': 2048,
           **overrides,
       },
@@ -51,7 +54,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     arg.init = '' if arg.quick else 'workdirs/synth_image/export'
   c = common.base_config(arg.method)
   c.seed = arg.seed
-  c.model.update(TINY_VIT)
   c.model.drop_path_rate = 0.0
   c.model.head_dropout = 0.0
   if arg.method in TINY_ADAPTERS:
@@ -59,6 +61,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.init.checkpoint = arg.init
   c.data = synth_data('video', arg.quick)
   c.data.synth.seed = arg.fold
+  if not arg.init:
+    # No image classifier to take them from: the one configs/synthetic_image.py would make.
+    c.model.update(TINY_VIT)
+    c.data.update(NORMALISATION)
+    c.init.random_backbone = arg.quick
   c.batch_size = 32
   c.eval_batch_size = 64
   c.num_epochs = 2.0 if arg.quick else 9.0

@@ -4,7 +4,9 @@ The video configs (`configs/synthetic.py`) adapt it, as FE-Adapter adapts an Aff
 
   python -m feadapter_jax.main --config=configs/synthetic_image.py --workdir=workdirs/synth_image
 
-Writes workdirs/synth_image/export (params + model_config.json). Args: seed=N, quick.
+Trains every parameter from a random init, so it needs no backbone. Writes
+workdirs/synth_image/export (params + model_config.json with the architecture and the input
+normalisation, which the video configs take from it). Args: seed=N, quick.
 """
 
 import ml_collections
@@ -20,7 +22,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.update(synthetic.TINY_VIT)
   c.model.drop_path_rate = 0.0
   c.model.head_dropout = 0.0
-  c.data = synthetic.synth_data('image', arg.quick, num_frames=1)
+  c.data = synthetic.synth_data('image', arg.quick, num_frames=1, **synthetic.NORMALISATION)
   c.batch_size = 64
   c.eval_batch_size = 128
   c.num_epochs = 2.0 if arg.quick else 15.0

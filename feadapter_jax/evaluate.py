@@ -3,7 +3,9 @@ r"""Evaluation: metrics over a whole split, and evaluating a trained run's expor
   python -m feadapter_jax.evaluate --workdir=DIR [--split=test] [--num_clips=2]
 
 rebuilds the model from DIR/config.json, puts the exported trainable parameters (DIR/export) on
-top of the frozen backbone named there, and writes DIR/results_<split>_<clips>clip.json.
+top of the frozen backbone named there, and writes DIR/results_<split>_<clips>clip.json. The
+config.json holds the backbone's settings and input normalisation as training resolved them, so
+the model and the preprocessing are the ones the run trained with.
 """
 
 from __future__ import annotations

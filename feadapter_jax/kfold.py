@@ -4,7 +4,9 @@ r"""K-fold driver: trains every fold of a dataset and prints the table papers re
       [--folds=1,2,3,4,5] [--config.init.checkpoint=BACKBONE_DIR] [--config.x=value ...]
 
 The config file must take a `fold=K` arg: the driver reads it once per fold with the args given
-after ':' plus `fold=K`, and applies the `--config.x` overrides to each. Each fold runs
+after ':' plus `fold=K`, and applies the `--config.x` overrides to each. Every unfinished fold's
+config is resolved against its backbone (`train.resolve_config`) before the first fold trains,
+so a config that does not fit, or a missing backbone, stops the driver at once. Each fold runs
 `train.train_and_evaluate` in DIR/fold<k> (so a killed driver resumes where it stopped: finished
 folds are read back from their results.json). Writes DIR/kfold.md and DIR/kfold.json with UAR/WAR
 per fold and their mean +- std.
@@ -50,14 +52,20 @@ def run(
     )
   from feadapter_jax import train  # pylint: disable=g-import-not-at-top  (after cli.start)
 
+  fold_dirs = {fold: os.path.join(workdir, f'fold{fold}') for fold in folds}
+  done = {fold: os.path.join(d, workdir_lib.RESULTS_FILE) for fold, d in fold_dirs.items()}
+  configs = {
+      fold: train.resolve_config(
+          cli.load_config(cli.with_args(config_spec, f'fold={fold}'), overrides)
+      )
+      for fold in folds
+      if not os.path.exists(done[fold])
+  }
   results = {}
   for fold in folds:
-    fold_dir = os.path.join(workdir, f'fold{fold}')
-    done = os.path.join(fold_dir, workdir_lib.RESULTS_FILE)
-    if not os.path.exists(done):
-      config = cli.load_config(cli.with_args(config_spec, f'fold={fold}'), overrides)
-      train.train_and_evaluate(config, fold_dir)
-    with open(done) as f:
+    if fold in configs:
+      train.train_and_evaluate(configs[fold], fold_dirs[fold])
+    with open(done[fold]) as f:
       results[fold] = json.load(f)
   md = table(results)
   with open(os.path.join(workdir, 'kfold.md'), 'w') as f:

@@ -28,6 +28,7 @@ def main(argv) -> None:
   from feadapter_jax import train  # pylint: disable=g-import-not-at-top
   from feadapter_jax.data import clip_folders  # pylint: disable=g-import-not-at-top
   from feadapter_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from feadapter_jax.models import backbone  # pylint: disable=g-import-not-at-top
 
   logging.info(
       'JAX process %d/%d, devices: %s', jax.process_index(), jax.process_count(), jax.devices()
@@ -39,6 +40,7 @@ def main(argv) -> None:
       clip_folders.DataLayoutError,
       train.NonFiniteLossError,
       checkpoint.CheckpointError,
+      backbone.BackboneError,
       FileNotFoundError,
   ) as e:
     print(f'error: {e}', file=sys.stderr)

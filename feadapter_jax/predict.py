@@ -8,9 +8,9 @@ An input is a video file (mp4, avi, mov, webm: whatever ffmpeg decodes) or a fol
 `--window_seconds` every `--stride_seconds` (a shorter input is one window; a last window ends at
 the last frame, so the whole input is covered). Each window goes through the evaluation
 preprocessing (`pipeline.eval_clip`: T segment-centred frames per temporal view, resized and
-normalised) and the evaluation step (`step.make_eval_step`), so a window holding a whole dataset
-clip gets exactly the probabilities evaluation gives that clip. The input's prediction is the
-mean of its windows' probabilities.
+normalised with config.json's `data.mean/std`, the backbone's) and the evaluation step
+(`step.make_eval_step`), so a window holding a whole dataset clip gets exactly the probabilities
+evaluation gives that clip. The input's prediction is the mean of its windows' probabilities.
 
 `--faces=detect` first crops every frame to its largest face (`faces.py`: OpenCV Haar cascade, box
 smoothed over time), as the datasets' frames are cropped; `--faces=none` takes frames as they are.

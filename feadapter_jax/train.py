@@ -1,8 +1,10 @@
 """The training loop: set up, resume, train, evaluate, checkpoint, export.
 
-`train_and_evaluate(config, workdir)` is what `python -m feadapter_jax.main` runs. The jitted
-steps are pure (`step.py`); everything with a side effect (data, logging, checkpoints, signals)
-lives here.
+`train_and_evaluate(config, workdir)` is what `python -m feadapter_jax.main` runs. It first
+resolves the config against its backbone (`resolve_config`), so a config that does not fit its
+backbone, or a frozen backbone that would be random, stops the run before any data is prepared.
+The jitted steps are pure (`step.py`); everything with a side effect (data, logging,
+checkpoints, signals) lives here.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from feadapter_jax import sharding
 from feadapter_jax import step as step_lib
 from feadapter_jax import workdir as workdir_lib
 from feadapter_jax.data import pipeline
+from feadapter_jax.models import backbone
 from feadapter_jax.models import builder
 
 
@@ -119,8 +122,27 @@ def compiler_options(config: ml_collections.ConfigDict) -> dict[str, Any] | None
   return dict(config.get('cpu_compiler_options') or {}) or None
 
 
+def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The config a run trains with: the backbone's settings filled in (`backbone.resolve`), and a
+  frozen backbone required to come from `config.init.checkpoint`. Cheap: shapes only.
+
+  Raises:
+    backbone.BackboneError: the config contradicts its backbone, or its frozen backbone would be
+      random without `config.init.random_backbone`.
+    FileNotFoundError: `config.init.checkpoint` is not a backbone directory.
+  """
+  config = backbone.resolve(config)
+  shapes = builder.param_shapes(builder.build_model(config), builder.clip_shape(config))
+  backbone.require_checkpoint(config, partition.trainable_mask(shapes, config.trainable))
+  return config
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains (resuming from workdir if it holds checkpoints), evaluates, exports. Returns results."""
+  """Trains (resuming from workdir if it holds checkpoints), evaluates, exports. Returns results.
+
+  The run's config.json records `config` as resolved by `resolve_config`.
+  """
+  config = resolve_config(config)
   # ---------------------------------------------------------------- Set up logging, mesh
   os.makedirs(workdir, exist_ok=True)
   is_chief = jax.process_index() == 0
@@ -300,7 +322,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       checkpoint.save_params(
           export,
           jax.device_get(partition.subtree(state['params'], mask)),
-          builder.model_config(config),
+          backbone.directory_config(config),
       )
       with open(os.path.join(export, workdir_lib.INIT_FILE), 'w') as f:
         json.dump(

@@ -1,13 +1,16 @@
 """The files of a training run's workdir, and reading them back.
 
 WORKDIR/
-  config.json            the run's config, paths made absolute (`write_config`, `load_config`)
+  config.json            the run's config, resolved against its backbone (`models/backbone.py`:
+                         architecture, family options, input normalisation), paths made
+                         absolute (`write_config`, `load_config`)
   checkpoints/<step>/    orbax checkpoints of the trainable state (`checkpoint.Checkpoints`)
   results.json           final metrics, class names and sizes; written last, so its presence
                          means the run finished
   confusion_matrix.png   the final evaluation's confusion matrix
-  export/                trainable parameters + model_config.json (`checkpoint.save_params`),
-                         and init.json: the backbone, seed and trainable patterns they go with
+  export/                trainable parameters + model_config.json (`checkpoint.save_params`:
+                         the model config and the input normalisation), and init.json: the
+                         backbone, seed and trainable patterns they go with
   results_<split>_<n>clip.json   written by `python -m feadapter_jax.evaluate`
   events.out.tfevents.*  TensorBoard scalars
 """

@@ -19,7 +19,7 @@ def test_load_config_takes_args_and_overrides_and_rejects_unknown_fields():
       {'model.adapter.width': 8, 'data.data_dir': '/tmp/x y', 'data.crop_scale': (0.5, 1.0)},
   )
   assert config.method == 'aim' and config.model.adapter.kind == 'aim'
-  assert config.init.checkpoint == ''  # quick: a random backbone, asked for by the config
+  assert config.init.checkpoint == '' and config.init.random_backbone  # quick: asked for
   assert config.model.adapter.width == 8 and config.data.data_dir == '/tmp/x y'
   assert tuple(config.data.crop_scale) == (0.5, 1.0)
   for typo in ('model.widht', 'modle.adapter.width'):

@@ -109,3 +109,26 @@ def test_tiny_comparison_writes_table_and_figure_and_resumes(tmp_path):
   # A changed budget is refused rather than mixed with the finished runs.
   with pytest.raises(ValueError, match='another config'):
     compare.run(compare.dataclasses.replace(plan, budget_steps=4))
+
+
+def test_a_given_backbone_is_adapted_and_not_pretrained(tmp_path, monkeypatch):
+  given = str(tmp_path / 'converted')
+  plan = compare.Plan(
+      config=os.path.join(ROOT, 'configs', 'synthetic.py:quick'),
+      workdir=str(tmp_path / 'cmp'),
+      methods=('linear_probe', 'fe_adapter'),
+      seeds=(0,),
+      overrides={'init.checkpoint': given},
+  )
+  assert plan.backbone == given and plan.video_run('fe_adapter', 0).init.checkpoint == given
+  names = list(synth_render.CLASS_NAMES)
+  trained = []
+
+  def train_or_read(config, run_dir):
+    trained.append((config.init.checkpoint, os.path.relpath(run_dir, plan.workdir)))
+    return {'confusion_matrix': np.eye(len(names)).tolist(), 'class_names': names}
+
+  monkeypatch.setattr(compare, 'train_or_read', train_or_read)
+  runs = compare.run_all(plan)
+  assert runs.image is None  # nothing pre-trained
+  assert trained == [(given, 'linear_probe/seed0'), (given, 'fe_adapter/seed0')]

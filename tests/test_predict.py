@@ -1,5 +1,7 @@
 """`python -m feadapter_jax.predict` on generated videos and frame folders, with a tiny trained run:
-agreement with evaluation, windows and timeline, outputs, rendering, faces, and every bad input."""
+agreement with evaluation, windows and timeline, outputs, rendering, faces, and every bad input.
+The run adapts a tiny backbone directory whose settings differ from the defaults, so these tests
+also check that training, evaluation and prediction use the backbone's."""
 
 import csv
 import io
@@ -22,19 +24,20 @@ from feadapter_jax import step as step_lib
 from feadapter_jax.data import pipeline
 from feadapter_jax.data.synth_fer import render as synth_render
 from feadapter_jax.data import video_io
+from tests import tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The architecture comes from the backbone.
 TINY_ARGS = [
-    '--config.model.width=32',
-    '--config.model.depth=2',
-    '--config.model.num_heads=2',
-    '--config.model.mlp_dim=64',
     '--config.model.adapter.width=8',
     '--config.total_steps=4',
     '--config.checkpoint_async=False',
 ]
 FPS = 8
 NONE = predict.Options(faces='none', fps=FPS)
+# The backbone's settings where they differ from the ViT defaults and from SynthFER's configs.
+BACKBONE = dict(layer_norm_eps=1e-12, activation='quick_gelu')
+MEAN, STD = (0.5,) * 3, (0.5,) * 3
 
 
 def _env():
@@ -45,14 +48,16 @@ def _env():
 
 @pytest.fixture(scope='module')
 def workdir(tmp_path_factory):
-  """A finished quick run of a tiny FE-Adapter on SynthFER (32 px, 8 frames, 7 classes)."""
+  """A finished quick run of a tiny FE-Adapter on SynthFER (32 px, 8 frames, 7 classes), adapting
+  a tiny backbone directory (`BACKBONE`, normalised with `MEAN`, `STD`)."""
   root = tmp_path_factory.mktemp('run')
+  tiny.write_backbone(str(root / 'backbone'), MEAN, STD, num_classes=7, **BACKBONE)
   proc = subprocess.run(
       [
           sys.executable,
           '-m',
           'feadapter_jax.main',
-          '--config=configs/synthetic.py:quick',
+          f'--config=configs/synthetic.py:quick,init={root / "backbone"}',
           f'--workdir={root / "wd"}',
           f'--config.data.data_dir={root / "tfds"}',
           *TINY_ARGS,
@@ -95,6 +100,49 @@ def _run(predictor, inputs, options=NONE, **kwargs):
   out, err = io.StringIO(), io.StringIO()
   code = predict.run(predictor, [str(i) for i in inputs], options, out=out, err=err, **kwargs)
   return code, out.getvalue(), err.getvalue()
+
+
+# ----------------------------------------------------------------------------- Backbone.
+
+
+def test_the_run_records_and_exports_its_backbones_settings(workdir):
+  with open(os.path.join(workdir, 'config.json')) as f:
+    config = json.load(f)
+  assert {k: config['model'][k] for k in BACKBONE} == BACKBONE
+  assert [config['model'][k] for k in ('width', 'depth', 'num_heads', 'mlp_dim')] == [32, 2, 2, 64]
+  assert config['data']['mean'] == list(MEAN) and config['data']['std'] == list(STD)
+  # The export hands the normalisation on to a run that adapts it in turn.
+  with open(os.path.join(workdir, 'export', 'model_config.json')) as f:
+    exported = json.load(f)
+  assert exported['mean'] == list(MEAN) and exported['std'] == list(STD)
+  assert exported['layer_norm_eps'] == 1e-12 and exported['activation'] == 'quick_gelu'
+
+
+def test_prediction_uses_the_backbones_model_and_normalisation(predictor, reference, workdir):
+  model, _ = evaluate.load_trained(workdir, predictor.config)
+  assert (model.layer_norm_eps, model.activation) == (1e-12, 'quick_gelu')
+  frames = _clip(6, 8, 32)  # one window of the model's frame count and size: no resampling
+  normalised = (frames / 255.0 - np.asarray(MEAN)) / np.asarray(STD)
+
+  views = predictor.views(frames)
+
+  np.testing.assert_allclose(views, normalised[None], atol=1e-5)
+  np.testing.assert_allclose(
+      predictor.probabilities([views])[0], reference(normalised[None, None])[0], atol=1e-5
+  )
+
+
+def test_evaluation_normalises_with_the_backbones_statistics(workdir, monkeypatch):
+  given = []
+  make_eval_iterator = pipeline.make_eval_iterator
+
+  def recording(data_config, *args, **kwargs):
+    given.append((tuple(data_config.mean), tuple(data_config.std)))
+    return make_eval_iterator(data_config, *args, **kwargs)
+
+  monkeypatch.setattr(evaluate.pipeline, 'make_eval_iterator', recording)
+  results = evaluate.evaluate_workdir(workdir, 'test')
+  assert given == [(MEAN, STD)] and results['num_examples'] == 64
 
 
 # ----------------------------------------------------------------------------- Agreement.

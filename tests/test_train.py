@@ -101,6 +101,11 @@ def test_training_learns_and_writes_results(tmp_path, data_dir):
   assert results['step'] == 60
   for name in ('confusion_matrix.png', 'config.json', 'export/model_config.json'):
     assert os.path.exists(os.path.join(wd, name)), name
+  # The export is the video configs' backbone: it records the normalisation they take from it.
+  with open(os.path.join(wd, 'export', 'model_config.json')) as f:
+    exported = json.load(f)
+  assert exported['mean'] == [0.5] * 3 and exported['std'] == [0.25] * 3
+  assert exported['width'] == 96 and exported['layer_norm_eps'] == 1e-6
   assert any(f.startswith('events.out.tfevents') for f in os.listdir(wd))
 
 
@@ -234,6 +239,7 @@ def test_real_dataset_without_data_stops_with_the_manual_download_message(tmp_pa
           f'--workdir={tmp_path / "dfew"}',
           f'--config.data.data_dir={tmp_path / "tfds"}',
           f'--config.data.manual_dir={tmp_path / "missing"}',
+          '--config.init.random_backbone=True',  # past the backbone check, to the data
       ],
       cwd=ROOT,
       env=env(),
@@ -278,6 +284,8 @@ def test_kfold_driver_trains_each_fold_and_resumes_finished_ones(tmp_path, data_
     assert results['step'] == 4  # the command line's overrides reach every fold
     config = json.load(open(tmp_path / 'k' / f'fold{fold}' / 'config.json'))
     assert config['model']['width'] == 32 and config['data']['synth']['seed'] == fold
+    # Resolved before training: the ViT defaults where the config leaves the backbone's.
+    assert config['model']['layer_norm_eps'] == 1e-6 and config['model']['activation'] == 'gelu'
   with open(tmp_path / 'k' / 'kfold.json') as f:
     first = json.load(f)
   assert set(first) == {'1', '2'} and first['1'] != first['2']  # different data per fold

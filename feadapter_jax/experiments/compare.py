@@ -7,10 +7,13 @@ r"""FE-Adapter against its peers on one frozen image classifier: one table and o
 
 1. Pre-trains the image classifier once (`--image_config`, in WORKDIR/image), or reuses it when
    that run has finished, so every method adapts the SAME frozen backbone (WORKDIR/image/export).
+   `--config.init.checkpoint=DIR` names another backbone directory instead (a converted one, or
+   a training run's export/), and nothing is pre-trained.
 2. Trains every method x seed from the video config read with the args
-   'method=M,seed=S,init=WORKDIR/image/export' added to those after ':', and its
-   `--config.field` overrides, for the same number of steps (`--budget`), evaluating once at the
-   end, in WORKDIR/<method>/seed<S>.
+   'method=M,seed=S,init=BACKBONE' added to those after ':', and its `--config.field`
+   overrides, for the same number of steps (`--budget`), evaluating once at the end, in
+   WORKDIR/<method>/seed<S>. The architecture and the input normalisation come from the
+   backbone (`models/backbone.py`), so `--image_config.model.width=32` narrows every run.
 3. Writes WORKDIR/results.md (table + what it shows, generated from the numbers) and
    WORKDIR/accuracy_vs_params.png (UAR against trainable parameters, the paper's Figure 1), and
    copies both to `--docs_dir` when given.
@@ -48,6 +51,7 @@ from feadapter_jax import methods as methods_lib
 from feadapter_jax import train
 from feadapter_jax import workdir as workdir_lib
 from feadapter_jax.data.synth_fer import render as synth_render
+from feadapter_jax.models import backbone as backbone_lib
 from feadapter_jax.models import builder
 
 METHODS = tuple(methods_lib.METHODS)
@@ -99,7 +103,8 @@ def clips_per_second(run_dir: str, batch_size: int) -> float:
 
 
 def num_params(config: ml_collections.ConfigDict) -> int:
-  """Parameters of the model `config` builds (shapes only, nothing is allocated)."""
+  """Parameters of the model `config` builds on its backbone (shapes only, nothing allocated)."""
+  config = backbone_lib.resolve(config)
   shapes = builder.param_shapes(builder.build_model(config), builder.clip_shape(config))
   return sum(leaf.size for leaf in jax.tree.leaves(shapes))
 
@@ -113,7 +118,8 @@ class Plan:
     workdir: parent directory of every run.
     methods, seeds: the runs, one per pair.
     budget_steps: training steps of every video run.
-    overrides: {'field': value} set in every video config (`--config.field=value`).
+    overrides: {'field': value} set in every video config (`--config.field=value`);
+      'init.checkpoint' names the backbone, which is then not pre-trained.
     image_config: the image pre-training config, 'path.py[:args]'.
     image_overrides: {'field': value} set in the image config (`--image_config.field=value`).
     docs_dir: also copy the table and figure here.
@@ -148,7 +154,14 @@ class Plan:
     return ' '.join(['python -m feadapter_jax.experiments.compare', *flags_])
 
   @property
+  def pretrains(self) -> bool:
+    """Whether the comparison pre-trains its backbone (no `init.checkpoint` override)."""
+    return not self.overrides.get('init.checkpoint')
+
+  @property
   def backbone(self) -> str:
+    if not self.pretrains:
+      return self.overrides['init.checkpoint']
     return os.path.join(self.workdir, IMAGE_DIR, workdir_lib.EXPORT_DIR)
 
   def image_run(self) -> ml_collections.ConfigDict:
@@ -195,9 +208,10 @@ def train_or_read(config: ml_collections.ConfigDict, run_dir: str) -> dict[str, 
 
 @dataclasses.dataclass
 class Runs:
-  """The image pre-training's results and {method: [results per seed]} of the video runs."""
+  """The image pre-training's results (None when the backbone was given) and
+  {method: [results per seed]} of the video runs."""
 
-  image: dict[str, Any]
+  image: dict[str, Any] | None
   video: dict[str, list[dict[str, Any]]]
 
 
@@ -205,9 +219,11 @@ def run_all(plan: Plan) -> Runs | None:
   """Trains (or reads) every run; adds pair accuracy and clips/s. None when preempted."""
   if unknown := sorted(set(plan.methods) - set(METHODS)):
     raise ValueError(f'Unknown methods {unknown}; known: {list(METHODS)}')
-  image = train_or_read(plan.image_run(), os.path.join(plan.workdir, IMAGE_DIR))
-  if image is None:
-    return None
+  image = None
+  if plan.pretrains:
+    image = train_or_read(plan.image_run(), os.path.join(plan.workdir, IMAGE_DIR))
+    if image is None:
+      return None
   video = {}
   for method in plan.methods:
     video[method] = []
@@ -463,15 +479,20 @@ def plot(rows: Sequence[Row], path: str, title: str) -> None:
 def report(plan: Plan, runs: Runs) -> list[Row]:
   """Writes WORKDIR/results.md and WORKDIR/accuracy_vs_params.png; returns the rows."""
   rows = summarize(runs.video, num_params(plan.video_run('full_finetune', plan.seeds[0])))
-  video = plan.video_run(plan.methods[0], plan.seeds[0])
+  video = backbone_lib.resolve(plan.video_run(plan.methods[0], plan.seeds[0]))
   synth = video.data.synth
   pair = '/'.join(synth_render.TIME_REVERSED_PAIR)
+  origin = (
+      f'pre-trained on single apex frames ({100 * runs.image["uar"]:.1f}% UAR on images, '
+      f'where {pair} is ambiguous)'
+      if runs.image
+      else f'from {plan.backbone}'
+  )
   setup = (
       f'SynthFER ({synth.num_train} train / {synth.num_test} test clips of '
       f'{synth.num_frames} frames at {synth.resolution}x{synth.resolution}, 7 classes). '
       f'Every method adapts the same frozen image classifier (ViT width '
-      f'{video.model.width}, depth {video.model.depth}) pre-trained on single apex frames '
-      f'({100 * runs.image["uar"]:.1f}% UAR on images, where {pair} is ambiguous) and '
+      f'{video.model.width}, depth {video.model.depth}) {origin} and '
       f"trains {plan.budget_steps} steps of batch {video.batch_size} with its config's "
       f'learning rate; seeds {", ".join(map(str, plan.seeds))} set the initialisation, '
       'data order and augmentation. Accuracies are on the test split after the last step, '

@@ -1,4 +1,4 @@
-"""configs/dfew.py with the tests' tiny ViT (its B/16 preset has no fields to shrink it by)."""
+"""configs/dfew.py with the tests' tiny ViT, random: these tests are about the data."""
 
 import ml_collections
 
@@ -8,5 +8,6 @@ from tests import tiny
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = dfew.get_config(arg)
-  config.model.update({k: v for k, v in tiny.TINY.items() if k != 'num_classes'}, variant='')
+  config.model.update({k: v for k, v in tiny.TINY.items() if k != 'num_classes'})
+  config.init.random_backbone = True
   return config
