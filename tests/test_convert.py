@@ -29,6 +29,17 @@ from feadapter_jax.convert import posemb  # noqa: E402
 from feadapter_jax.convert import readers  # noqa: E402
 
 TOL = 1e-4
+# The family options of a plain class-token ViT, which model_config.json records explicitly.
+PLAIN = dict(
+    activation='gelu',
+    pre_norm=False,
+    layer_scale=0.0,
+    num_registers=0,
+    class_token=True,
+    class_pos_embed=True,
+    global_pool='token',
+    fc_norm=False,
+)
 
 
 @pytest.fixture(autouse=True, scope='module')
@@ -97,6 +108,7 @@ def test_timm_logits_match(name, num_classes, width, num_heads):
       image_size=224,
       num_classes=num_classes,
       layer_norm_eps=1e-6,
+      **PLAIN,
   )
   x = images(2, 224)
   diff = max_diff(flax_logits(params, model_config, x), torch_logits(model, x))
@@ -195,6 +207,7 @@ def test_torchvision_vit_b_16_logits_match():
       image_size=224,
       num_classes=1000,
       layer_norm_eps=1e-6,
+      **PLAIN,
   )
   assert conversion.metadata['mean'] == [0.485, 0.456, 0.406]
   assert 'parameters: 86,567,656' in conversion.report()
@@ -259,11 +272,11 @@ def test_cli_safetensors_round_trip_with_verify(tmp_path, capsys):
       'heads 3 (standard for width 192)',
       'resampled 4x4 (32 px) -> 6x6 (48 px)',
       'head: kept, 5 classes',
-      'verify: max |logit difference|',
+      'verify: max |output difference|',
       f'wrote {out_dir}',
   ):
     assert line in out
-  diff = float(out.split('verify: max |logit difference| ')[1].split()[0])
+  diff = float(out.split('verify: max |output difference| ')[1].split()[0])
   assert diff <= TOL
   params, model_config = convert.load(out_dir)
   assert model_config == dict(
@@ -275,6 +288,7 @@ def test_cli_safetensors_round_trip_with_verify(tmp_path, capsys):
       image_size=48,
       num_classes=5,
       layer_norm_eps=1e-6,
+      **PLAIN,
   )
   assert convert.read_metadata(out_dir) == dict(
       source='timm', checkpoint=str(path), mean=None, std=None
@@ -326,7 +340,7 @@ def test_cli_reads_hub_directory_metadata(tmp_path, capsys):
   assert code == 0, err
   assert 'normalisation: mean [0.5, 0.5, 0.5], std [0.5, 0.5, 0.5]' in out
   assert 'heads 4 (given)' in out and 'LayerNorm eps 1e-06' in out
-  assert float(out.split('verify: max |logit difference| ')[1].split()[0]) <= TOL
+  assert float(out.split('verify: max |output difference| ')[1].split()[0]) <= TOL
   assert convert.read_metadata(tmp_path / 'bb')['source'] == 'hf'
 
 
@@ -353,7 +367,7 @@ def test_cli_failed_verification_writes_nothing(tmp_path, capsys, monkeypatch):
   monkeypatch.setattr(convert_cli.verify, 'max_logit_difference', lambda *_: (0.5, 'simulated bug'))
   code, out, err = run_cli(capsys, '--checkpoint', path, '--out', tmp_path / 'bb', '--verify')
   assert code == 2 and 'Verification failed: difference 0.5' in err
-  assert 'verify: max |logit difference| 0.5' in out and not (tmp_path / 'bb').exists()
+  assert 'verify: max |output difference| 0.5' in out and not (tmp_path / 'bb').exists()
 
 
 @pytest.fixture(scope='module')
@@ -394,18 +408,37 @@ ERRORS = [
         r'blocks.0.norm1.weight has shape \(192, 1\), expected a 1-D array',
     ),
     (
-        'register tokens',
+        'register tokens without their position entries',
         lambda s: edited(s, put={'reg_token': TOKEN}),
         {},
-        r'Unsupported architecture: .*register tokens \(reg_token\)',
+        r'pos_embed has 17 tokens, neither 2 prefix .* nor a square grid alone',
     ),
     ('distillation', lambda s: edited(s, put={'dist_token': TOKEN}), {}, 'distillation token'),
-    ('no class token', lambda s: edited(s, drop=('cls_token',)), {}, 'no class token'),
     (
-        'no_embed_class',
-        lambda s: edited(s, put={'pos_embed': s['pos_embed'][:, 1:]}),
+        'class token entry without a class token',
+        lambda s: edited(s, drop=('cls_token',)),
         {},
-        'no_embed_class',
+        'pos_embed has 17 tokens, not a square patch grid',
+    ),
+    (
+        'two final norms',
+        lambda s: edited(
+            s, put={'fc_norm.weight': s['norm.weight'], 'fc_norm.bias': s['norm.bias']}
+        ),
+        {},
+        'one final LayerNorm, before pooling .* the checkpoint has both',
+    ),
+    (
+        'partial LayerScale',
+        lambda s: edited(s, put={'blocks.0.ls1.gamma': np.ones(192, np.float32)}),
+        {},
+        r"missing keys: 'blocks.0.ls2.gamma', 'blocks.1.ls1.gamma'",
+    ),
+    (
+        'token pooling without a class token',
+        lambda s: edited(s, drop=('cls_token',), put={'pos_embed': s['pos_embed'][:, 1:]}),
+        dict(global_pool='token'),
+        "global_pool='token' needs a class token",
     ),
     ('wrong heads', lambda s: s, dict(num_heads=5), 'num_heads=5 does not divide the width 192'),
     ('bad image size', lambda s: s, dict(image_size=36), 'not a positive multiple of the patch'),
@@ -435,10 +468,9 @@ def test_errors_name_the_problem(tiny_state, name, make, kwargs, message):
 @pytest.mark.parametrize(
     'kwargs, message',
     [
-        (dict(reg_tokens=4), 'register tokens'),
-        (dict(global_pool='avg', class_token=False), 'fc_norm'),
-        (dict(init_values=1e-5), 'LayerScale'),
         (dict(qk_norm=True), 'qk_norm'),
+        (dict(global_pool='map'), 'attention pooling'),
+        (dict(scale_attn_norm=True), 'LayerNorms inside attention'),
     ],
 )
 def test_unsupported_timm_variants_are_refused(kwargs, message):
@@ -515,8 +547,11 @@ def test_reader_errors(tmp_path, monkeypatch):
   bf16 = tmp_path / 'bf16.safetensors'
   safetensors.torch.save_file({'w': torch.ones(2, dtype=torch.bfloat16)}, str(bf16))
   assert convert.read_checkpoint(bf16)['w'].dtype == np.float32
+  (tmp_path / 'x.ckpt2').touch()
+  with pytest.raises(ValueError, match="unknown extension '.ckpt2'"):
+    convert.read_checkpoint(tmp_path / 'x.ckpt2')
   (tmp_path / 'x.npz').touch()
-  with pytest.raises(ValueError, match="unknown extension '.npz'"):
+  with pytest.raises(ValueError, match='not a readable .npz of plain arrays'):
     convert.read_checkpoint(tmp_path / 'x.npz')
   with pytest.raises(FileNotFoundError, match='without a weights file'):
     convert.read_checkpoint(tmp_path)

@@ -1,18 +1,23 @@
-"""PyTorch ViT checkpoints (timm, torchvision, Hugging Face) -> Flax ViT backbone directories.
+"""ViT checkpoints -> Flax ViT backbone directories.
+
+Sources, recognised from the names: timm VisionTransformer (CLIP-style pre-norm, DINOv2
+LayerScale and registers, MAE/BEiT average pooling with fc_norm, DeiT-III no_embed_class),
+torchvision, Hugging Face (ViT, CLIP vision tower, Dinov2, Dinov2WithRegisters), OpenAI /
+open_clip / FaRL CLIP state dicts, and Flax .npz files (AugReg, big_vision).
 
     python -m feadapter_jax.convert --checkpoint vit.safetensors --out backbones/vit_s16 \
         --image_size 224 --num_classes 7 --verify
 
 writes `backbones/vit_s16/{params/, model_config.json}`; name it in a training config as
-`config.init.checkpoint` and copy the architecture from its model_config.json. In Python:
+`config.init.checkpoint`; model_config.json records the whole architecture. In Python:
 
     params, model_config = convert.convert_state_dict(torch_model.state_dict(), num_classes=7)
     convert.save(directory, params, model_config)
     params, model_config = convert.load(directory)
 
-Modules: `readers` (files -> numpy, safely), `keymaps` (name maps per source), `posemb`
+Modules: `readers` (files -> numpy, safely), `keymaps` (name maps per source layout), `posemb`
 (timm-equal position-embedding resampling), `converter` (mapping, inference, validation),
-`store` (the directory format), `verify` (PyTorch-vs-Flax logits).
+`store` (the directory format), `verify` (outputs against an independent PyTorch model).
 """
 
 from feadapter_jax.convert.converter import Conversion, convert, convert_state_dict

@@ -1,12 +1,18 @@
-"""Command line: convert a PyTorch ViT checkpoint into a backbone directory for training.
+"""Command line: convert a ViT checkpoint into a backbone directory for training.
 
-    python -m feadapter_jax.convert --checkpoint=PATH --out=DIR [--source=auto|timm|torchvision|hf]
-        [--image_size=N] [--num_classes=K] [--num_heads=H] [--verify]
+    python -m feadapter_jax.convert --checkpoint=PATH --out=DIR
+        [--source=auto|timm|torchvision|hf|clip|big_vision] [--image_size=N] [--num_classes=K]
+        [--num_heads=H] [--activation=gelu|quick_gelu] [--global_pool=token|avg]
+        [--mean=R,G,B --std=R,G,B] [--rename=REGEX=REPLACEMENT ...] [--ignore=REGEX ...]
+        [--verify]
 
-PATH is a .safetensors / .pth / .pt / .bin file or a hub snapshot directory (its config.json and
-preprocessor_config.json supply heads, LayerNorm eps and normalisation when present). Prints a
-report, and with --verify the max |logit difference| against the PyTorch model; a difference
-above VERIFY_TOLERANCE writes nothing. Exit status 2 on any error, with the reason.
+PATH is a .safetensors / .npz / .pth / .pt / .bin file or a hub snapshot directory (its
+config.json and preprocessor_config.json supply heads, LayerNorm eps, activation and
+normalisation when present; flags win). CLIP-style checkpoints need --activation unless a config
+says it. Research checkpoints with their own names: --rename (re.sub on every name, in order)
+then --ignore (names, after renaming, to leave out; listed in the report). Prints a report, and
+with --verify the max |output difference| against the PyTorch model; a difference above
+VERIFY_TOLERANCE writes nothing. Exit status 2 on any error, with the reason.
 """
 
 from __future__ import annotations
@@ -25,9 +31,10 @@ from feadapter_jax.convert import keymaps
 from feadapter_jax.convert import readers
 from feadapter_jax.convert import store
 from feadapter_jax.convert import verify
+from feadapter_jax.models import vit
 
 # fp32 on CPU gives ~1e-5 for ViT-B; a wrong map gives differences of order one.
-VERIFY_TOLERANCE = 1e-3
+VERIFY_TOLERANCE = 1e-4
 
 
 def parse(argv: Sequence[str]) -> flags.FlagValues:
@@ -65,10 +72,53 @@ def parse(argv: Sequence[str]) -> flags.FlagValues:
       f'standard width table {converter.HEADS_BY_WIDTH}).',
       flag_values=fv,
   )
+  flags.DEFINE_enum(
+      'activation',
+      None,
+      vit.ACTIVATIONS,
+      'MLP activation; required for CLIP-style checkpoints without a config saying it '
+      "(OpenAI's weights: quick_gelu, open_clip's LAION towers: gelu).",
+      flag_values=fv,
+  )
+  flags.DEFINE_enum(
+      'global_pool',
+      None,
+      vit.POOLS,
+      "Features of a model with a class token: 'token' or 'avg' of the patch tokens (default: "
+      "'avg' with an fc_norm, else 'token').",
+      flag_values=fv,
+  )
+  flags.DEFINE_list('mean', None, 'Input normalisation mean, R,G,B.', flag_values=fv)
+  flags.DEFINE_list('std', None, 'Input normalisation std, R,G,B.', flag_values=fv)
+  flags.DEFINE_multi_string(
+      'rename',
+      [],
+      'REGEX=REPLACEMENT: re.sub on every name, before detection; repeatable, in order.',
+      flag_values=fv,
+  )
+  flags.DEFINE_multi_string(
+      'ignore',
+      [],
+      'REGEX: names (after --rename) to leave out, e.g. prompts or extra heads; repeatable.',
+      flag_values=fv,
+  )
   flags.DEFINE_bool(
       'verify',
       False,
-      'Compare logits with the PyTorch model (needs torch and ' 'its library).',
+      'Compare outputs with the PyTorch model (needs torch and its library).',
+      flag_values=fv,
+  )
+  for name in ('mean', 'std'):
+    flags.register_validator(
+        name,
+        lambda v: v is None or (len(v) == 3 and all(_is_float(x) for x in v)),
+        f'--{name} takes 3 comma-separated numbers, R,G,B.',
+        flag_values=fv,
+    )
+  flags.register_validator(
+      'rename',
+      lambda v: all('=' in r for r in v),
+      '--rename takes REGEX=REPLACEMENT.',
       flag_values=fv,
   )
   fv(['convert', *argv])
@@ -76,20 +126,35 @@ def parse(argv: Sequence[str]) -> flags.FlagValues:
   return fv
 
 
+def _is_float(text: str) -> bool:
+  try:
+    float(text)
+  except ValueError:
+    return False
+  return True
+
+
 def run(args: flags.FlagValues) -> None:
   if os.path.exists(args.out):
     raise FileExistsError(f'--out {args.out} already exists: remove it or choose another.')
   state = readers.read_checkpoint(args.checkpoint)
   hub = readers.read_sidecar(args.checkpoint)
+  given = dict(
+      num_heads=args.num_heads,
+      activation=args.activation,
+      global_pool=args.global_pool,
+      mean=args.mean and [float(m) for m in args.mean],
+      std=args.std and [float(s) for s in args.std],
+  )
   conversion = converter.convert(
       state,
       args.source,
       args.image_size,
       args.num_classes,
-      num_heads=args.num_heads if args.num_heads is not None else hub.get('num_heads'),
-      layer_norm_eps=hub.get('layer_norm_eps'),
-      mean=hub.get('mean'),
-      std=hub.get('std'),
+      # Split at the last '=': names never hold one, a regex may (a lookahead).
+      rename=[tuple(r.rsplit('=', 1)) for r in args.rename],
+      ignore=args.ignore,
+      **{**hub, **{k: v for k, v in given.items() if v is not None}},
   )
   print(f'checkpoint: {os.path.abspath(args.checkpoint)}')
   if hub:
@@ -101,7 +166,7 @@ def run(args: flags.FlagValues) -> None:
     except ImportError as e:
       print(f'verify: skipped, {e.name or e} is not installed (requirements-test.txt)')
     else:
-      print(f'verify: max |logit difference| {diff:.3g} ({what})')
+      print(f'verify: max |output difference| {diff:.3g} ({what})')
       if not diff <= VERIFY_TOLERANCE:
         raise ValueError(
             f'Verification failed: difference {diff:.3g} > {VERIFY_TOLERANCE}; '

@@ -2,8 +2,9 @@
 
 timm resizes the patch-grid part of a ViT position embedding with
 `torch.nn.functional.interpolate(mode='bicubic', align_corners=False, antialias=True)` and keeps
-the class token's embedding. PyTorch has two different bicubic filters, so both are written
-here as separable weight matrices:
+the entries of the prefix tokens it covers (class and register tokens; none for timm's
+`no_embed_class`, DINOv2 with registers and big_vision). PyTorch has two different bicubic
+filters, so both are written here as separable weight matrices:
 - `antialias=False`: Keys' cubic convolution with a=-0.75, 4 taps at `(i + 0.5) * scale - 0.5`,
   edge pixels replicated (`upsample_bicubic2d`). `jax.image.resize` uses a=-0.5 and differs.
 - `antialias=True` (timm's default): the a=-0.5 cubic stretched by the scale when shrinking,
@@ -81,7 +82,8 @@ def resample_pos_embed(
   Args:
     pos_embed: the source position embedding, prefix (class) tokens first.
     new_grid: the target patch grid (H, W).
-    num_prefix_tokens: leading tokens copied unchanged (the class token).
+    num_prefix_tokens: leading entries copied unchanged (class / register tokens), 0 when the
+      embedding covers the patches only.
     antialias: torch's antialiased bicubic (timm's default) or the plain one.
 
   Returns:

@@ -2,8 +2,9 @@
 
 The format is the project's parameter directory (`feadapter_jax.checkpoint.save_params`), which
 training reads through `config.init.checkpoint`. `model_config.json` holds the `models.build`
-config plus where the weights came from and the input normalisation they expect
-(`METADATA_KEYS`), so the user copies the architecture instead of guessing it.
+config with every architecture key explicit (`ARCHITECTURE_KEYS`, so no default of the Flax ViT
+decides what a checkpoint means), plus where the weights came from and the input normalisation
+they expect (`METADATA_KEYS`, None when unknown).
 """
 
 from __future__ import annotations
@@ -14,6 +15,24 @@ from typing import Any, Mapping
 
 from feadapter_jax import checkpoint
 
+ARCHITECTURE_KEYS = (
+    'width',
+    'depth',
+    'num_heads',
+    'mlp_dim',
+    'patch_size',
+    'image_size',
+    'num_classes',
+    'layer_norm_eps',
+    'activation',
+    'pre_norm',
+    'layer_scale',
+    'num_registers',
+    'class_token',
+    'class_pos_embed',
+    'global_pool',
+    'fc_norm',
+)
 METADATA_KEYS = ('source', 'checkpoint', 'mean', 'std')
 
 
@@ -29,13 +48,16 @@ def save(
   Args:
     directory: where to write; must not exist unless `overwrite`.
     params: the Flax parameter tree.
-    model_config: its `models.build` config.
+    model_config: its `models.build` config, with every `ARCHITECTURE_KEYS` entry.
     metadata: provenance and normalisation (`METADATA_KEYS`), stored in model_config.json.
     overwrite: replace an existing directory.
   """
   directory = os.fspath(directory)
   if os.path.exists(directory) and not overwrite:
     raise FileExistsError(f'{directory} already exists: remove it or choose another --out.')
+  absent = [k for k in ARCHITECTURE_KEYS if k not in model_config]
+  if absent:
+    raise ValueError(f'model_config lacks the architecture keys {absent}.')
   metadata = dict(metadata or {})
   unknown = set(metadata) - set(METADATA_KEYS)
   if unknown:
