@@ -66,7 +66,7 @@ def test_the_backbones_settings_fill_the_config(tmp_path, backbone_dir):
         (
             {'model.layer_norm_eps': 1e-6},
             r'config.model.layer_norm_eps=1e-06 but the backbone .*/model_config.json has 1e-12: '
-            'drop the override',
+            r'leave it unset \(the backbone sets it\)',
         ),
         ({'model.activation': 'gelu'}, "config.model.activation='gelu' but .* has 'quick_gelu'"),
         ({'model.depth': 12}, 'config.model.depth=12 but .* has 2'),

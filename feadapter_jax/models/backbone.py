@@ -149,16 +149,16 @@ def _fill(config: ml_collections.ConfigDict) -> None:
       model[key] = found[key]
     elif not _agree(model[key], found[key]):
       problems.append(
-          f'config.model.{key}={_show(model[key])} but {where} has {_show(found[key])}: drop '
-          'the override'
+          f'config.model.{key}={_show(model[key])} but {where} has {_show(found[key])}: leave '
+          'it unset (the backbone sets it), in the config file and on the command line'
       )
   for key in NORMALISATION:
     if data.get(key) is None:
       data[key] = found[key]
     elif found[key] is not None and not _agree(data[key], found[key]):
       problems.append(
-          f'config.data.{key}={_show(data[key])} but {where} has {_show(found[key])}: drop '
-          'the override'
+          f'config.data.{key}={_show(data[key])} but {where} has {_show(found[key])}: leave '
+          'it unset (the backbone sets it), in the config file and on the command line'
       )
   if data.mean is None or data.std is None:
     problems.append(
