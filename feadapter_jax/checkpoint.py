@@ -4,9 +4,15 @@ Train state checkpoints (`Checkpoints`) hold what a resumed run cannot rebuild: 
 parameters, the optimizer state, the step and the RNG; the frozen backbone comes back from
 `config.init`. Orbax writes each step to a temporary directory and renames it when complete, so
 a killed save never leaves a step that looks whole (the partial one is reported and removed).
-Each step also holds a checksum of every array, because orbax's compressed chunks do not detect
-a changed byte; a step that fails to restore (truncated, tampered, checksum mismatch) is skipped
-with a warning and the previous one is used. docs/reliability.md lists the faults this handles.
+Each step holds two kinds of checksums: `SHA256SUMS`, the SHA-256 of every file of the step as
+written, added before the step directory appears; and the item `checksums`, one per array as it
+was in memory, compared with the arrays restored. Orbax keeps no checksums: a damaged metrics
+file crashes its CheckpointManager, a changed byte of a compressed chunk restores as a different
+value, and nothing compares what it wrote with what it was given. A step whose files differ from
+`SHA256SUMS` is reported in one line and moved aside to `<step>.damaged` before orbax reads any
+of it (unless every step is damaged: then nothing moves and opening fails); a newer step that
+fails to restore is moved aside the same way once an older one restores. docs/reliability.md
+lists the faults this handles.
 
 Parameter directories (`save_params` / `load_params`): `params/` (orbax) + `model_config.json`;
 the format of converted backbones and of exported adapters.
@@ -14,12 +20,16 @@ the format of converted backbones and of exported adapters.
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
 import os
+import re
 import shutil
 from typing import Any, Mapping
 
 from absl import logging
+from etils import epath
 import jax
 from jax.experimental import multihost_utils
 import jax.numpy as jnp
@@ -33,6 +43,12 @@ MODEL_CONFIG = 'model_config.json'
 PARAMS = 'params'
 # The items of a train state checkpoint step.
 STATE, CHECKSUMS = 'state', 'checksums'
+# The SHA-256 of every other file of a step, in `sha256sum` format (`sha256sum -c` checks it).
+FILE_CHECKSUMS = 'SHA256SUMS'
+# The tag of a step moved aside because it is damaged.
+DAMAGED = 'damaged'
+_TMP = ocp.path.atomicity.TMP_DIR_SUFFIX
+_CHECKSUM_LINE = re.compile(r'([0-9a-f]{64})  (.+)')
 _UINT_OF_SIZE = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}
 
 
@@ -77,6 +93,149 @@ def _brief(error: Exception) -> str:
   return f'{type(error).__name__}: {str(error).split(" [tensorstore_spec")[0]}'
 
 
+def _sha256(path: str) -> str:
+  digest = hashlib.sha256()
+  with open(path, 'rb') as f:
+    for block in iter(lambda: f.read(1 << 20), b''):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def _file_digests(step_dir: str) -> dict[str, str]:
+  """{path relative to `step_dir`: SHA-256} of every file under it."""
+  return {
+      os.path.relpath(os.path.join(root, name), step_dir): _sha256(os.path.join(root, name))
+      for root, _, names in os.walk(step_dir)
+      for name in names
+  }
+
+
+def _seal(staging: str, step_dir: str) -> None:
+  """Writes the SHA256SUMS of `staging`, then renames it to `step_dir`."""
+  digests = sorted(_file_digests(staging).items())
+  with open(os.path.join(staging, FILE_CHECKSUMS), 'w') as f:
+    f.writelines(f'{digest}  {path}\n' for path, digest in digests)
+  os.rename(staging, step_dir)
+
+
+def _damage(step_dir: str) -> str | None:
+  """What is wrong with the files of a step, None if each is as its SHA256SUMS says.
+
+  Names the first wrong file and how it is wrong, and how many more are.
+  """
+  try:
+    with open(os.path.join(step_dir, FILE_CHECKSUMS), 'rb') as f:
+      listing = f.read().decode('utf-8', 'replace')
+    actual = _file_digests(step_dir)
+  except OSError as e:
+    return f'{os.path.relpath(e.filename, step_dir)}: {e.strerror}'
+  if not listing.endswith('\n'):  # an empty or cut listing would hide the files it lost
+    return f'{FILE_CHECKSUMS} is {"cut short" if listing else "empty"}'
+  expected = {}
+  for number, line in enumerate(listing[:-1].split('\n'), 1):
+    if not (match := _CHECKSUM_LINE.fullmatch(line)):
+      return f'{FILE_CHECKSUMS} line {number} is malformed'
+    expected[match[2]] = match[1]
+  del actual[FILE_CHECKSUMS]
+  problems = sorted(
+      [(path, 'is missing') for path in expected.keys() - actual.keys()]
+      + [(path, f'is not listed in {FILE_CHECKSUMS}') for path in actual.keys() - expected.keys()]
+      + [
+          (path, f'differs from its SHA-256 in {FILE_CHECKSUMS}')
+          for path in expected.keys() & actual.keys()
+          if expected[path] != actual[path]
+      ]
+  )
+  if not problems:
+    return None
+  (path, how), more = problems[0], len(problems) - 1
+  return f'{path} {how}' + (f' (and {more} more)' if more else '')
+
+
+class _ChecksummedStep(ocp.path.atomicity.AtomicRenameTemporaryPath):
+  """Orbax's atomic rename of a step directory, with its SHA256SUMS written before it appears.
+
+  Orbax's own finalization writes the step's last files (the commit time in
+  `_CHECKPOINT_METADATA`, `commit_success.txt`, which names the directory it renames to) and
+  renames; here it renames to a staging directory, still temporary by its name (a kill there
+  leaves a partial step, removed at the next start), where SHA256SUMS covers those files too
+  before the rename to the step.
+  """
+
+  def __init__(self, temporary_path: epath.Path | None, final_path: epath.Path, **kwargs: Any):
+    super().__init__(
+        temporary_path, final_path.parent / f'{final_path.name}{_TMP}.sealing', **kwargs
+    )
+    self._step_dir = final_path
+
+  @classmethod
+  def from_final(
+      cls, final_path: epath.Path, **kwargs: Any
+  ) -> ocp.path.atomicity.AtomicRenameTemporaryPath:
+    if _TMP in final_path.parent.name:
+      # An item, renamed inside its step's temporary directory: the step's SHA256SUMS covers it.
+      return ocp.path.atomicity.AtomicRenameTemporaryPath.from_final(final_path, **kwargs)
+    return super().from_final(final_path, **kwargs)
+
+  def get_final(self) -> epath.Path:
+    return self._step_dir
+
+  async def finalize(self) -> None:
+    await super().finalize()  # to the staging directory, orbax's final path
+    await asyncio.to_thread(_seal, os.fspath(super().get_final()), os.fspath(self._step_dir))
+
+
+def _move_aside(directory: str, step: int, tag: str) -> str:
+  """Renames step `step` of `directory` to '<step>.<tag>' (kept for inspection)."""
+  source = os.path.join(directory, str(step))
+  kept = f'{source}.{tag}'
+  if jax.process_index() == 0:  # one shared directory: one process renames
+    shutil.rmtree(kept, ignore_errors=True)  # the same step set aside by an earlier attempt
+    os.replace(source, kept)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(f'checkpoint step {step} set aside')
+  return kept
+
+
+def _none_restores(directory: str, failures: list[str]) -> CheckpointError:
+  return CheckpointError(
+      f'No checkpoint in {directory} restores:\n  '
+      + '\n  '.join(failures)
+      + '\nIf the config changed since they were written, restore it or use a new workdir; '
+      'to start this run over, delete that directory.'
+  )
+
+
+def _report_damaged(directory: str, step: int, reason: str, kept: str) -> None:
+  logging.warning(
+      'Checkpoint step %d in %s cannot be restored (%s); moved it to %s.',
+      step,
+      directory,
+      reason,
+      kept,
+  )
+
+
+def _set_aside_damaged_steps(directory: str) -> None:
+  """Moves aside the steps whose files differ from their SHA256SUMS, unless all do.
+
+  Runs before the CheckpointManager exists: it reads every step's metrics when created.
+
+  Raises:
+    CheckpointError: every step is damaged (they stay where they are: never a silent restart).
+  """
+  steps = sorted(
+      int(name)
+      for name in os.listdir(directory)
+      if name.isdigit() and os.path.isdir(os.path.join(directory, name))
+  )
+  damaged = {s: reason for s in steps if (reason := _damage(os.path.join(directory, str(s))))}
+  if damaged and len(damaged) == len(steps):
+    raise _none_restores(directory, [f'step {s}: {damaged[s]}' for s in reversed(steps)])
+  for step, reason in damaged.items():
+    _report_damaged(directory, step, reason, _move_aside(directory, step, DAMAGED))
+
+
 class Checkpoints:
   """The last `keep_last` steps plus the best by `best_metric`, written atomically."""
 
@@ -93,6 +252,7 @@ class Checkpoints:
             sorted(partial),
             directory,
         )
+      _set_aside_damaged_steps(directory)
     score = lambda m: m[best_metric] if m else float('-inf')  # steps saved without an eval
     policy = policies.AnyPreservationPolicy(
         [
@@ -109,24 +269,23 @@ class Checkpoints:
             best_fn=score,
             best_mode='max',
             enable_async_checkpointing=asynchronous,
+            # Deprecated in favour of atomicity_options, which only picks one of orbax's own.
+            temporary_path_class=_ChecksummedStep,
         ),
     )
+    self._directory = directory
     self._writing: int | None = None  # the step of a write that may still be in progress
-    self._unrestorable: set[int] = set()
 
   def steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
 
   def save(self, step: int, saved_state: Any, metrics: Mapping[str, float] | None = None) -> None:
-    """Writes `step` (in the background if asynchronous), replacing it if it did not restore.
+    """Writes `step` (in the background if asynchronous).
 
     Raises:
       CheckpointError: this write or the previous asynchronous one failed (e.g. disk full).
     """
     self.wait()
-    if step in self._unrestorable:
-      self.manager.delete(step)
-      self._unrestorable.discard(step)
     args = ocp.args.Composite(
         **{
             STATE: ocp.args.StandardSave(saved_state),
@@ -182,43 +341,31 @@ class Checkpoints:
     return restored[STATE]
 
   def restore_latest(self, abstract_saved_state: Any) -> Any | None:
-    """The newest step that restores intact, None if there is no step; broken ones are reported.
+    """The newest step that restores intact, None if there is no step.
+
+    Newer steps that fail to restore are reported and moved aside once an older one restores.
 
     Raises:
-      CheckpointError: steps exist but none restores (never silently starts over).
+      CheckpointError: steps exist but none restores (never silently starts over); they stay.
     """
-    failures = []
+    failures: list[tuple[int, str]] = []
     for step in reversed(self.steps()):
       try:
-        return self.restore(step, abstract_saved_state)
+        restored = self.restore(step, abstract_saved_state)
       except Exception as e:  # pylint: disable=broad-except  (any damage: fall back)
-        failures.append(f'step {step}: {_brief(e)}')
-        self._unrestorable.add(step)
-        logging.warning(
-            'Checkpoint step %d in %s cannot be restored (%s); trying the previous ' 'one.',
-            step,
-            self.manager.directory,
-            _brief(e),
-        )
+        failures.append((step, _brief(e)))
+        continue
+      for failed, reason in failures:
+        _report_damaged(self._directory, failed, reason, self.set_aside(failed, DAMAGED))
+      return restored
     if failures:
-      raise CheckpointError(
-          f'No checkpoint in {self.manager.directory} restores:\n  '
-          + '\n  '.join(failures)
-          + '\nIf the config changed since they were written, restore it or use a new workdir; '
-          'to start this run over, delete that directory.'
-      )
+      raise _none_restores(self._directory, [f'step {s}: {reason}' for s, reason in failures])
     return None
 
   def set_aside(self, step: int, tag: str) -> str:
     """Moves `step` out of the resumable steps, kept for inspection as '<step>.<tag>'."""
     self.wait()
-    source = os.path.join(self.manager.directory, str(step))
-    kept = f'{source}.{tag}'
-    if jax.process_index() == 0:  # one shared directory: one process renames
-      shutil.rmtree(kept, ignore_errors=True)  # the same step set aside by an earlier attempt
-      os.replace(source, kept)
-    if jax.process_count() > 1:
-      multihost_utils.sync_global_devices(f'checkpoint step {step} set aside')
+    kept = _move_aside(self._directory, step, tag)
     self.manager.reload()
     return kept
 

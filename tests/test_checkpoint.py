@@ -1,5 +1,7 @@
-"""Checkpoint retention (last N + best UAR), restore, and parameter directories."""
+"""Checkpoint retention (last N + best UAR), file checksums, restore, and parameter
+directories."""
 
+import hashlib
 import os
 
 import numpy as np
@@ -23,6 +25,25 @@ def test_keeps_the_last_n_and_the_best_by_uar(tmp_path):
   restored = ckpts.restore_latest(state(0))
   np.testing.assert_array_equal(restored['params']['w'], np.full((3,), 5.0))
   ckpts.close()
+
+
+@pytest.mark.parametrize('asynchronous', [False, True])
+def test_sha256sums_of_a_step_cover_every_other_file(tmp_path, asynchronous):
+  ckpts = checkpoint.Checkpoints(str(tmp_path), keep_last=1, asynchronous=asynchronous)
+  ckpts.save(1, state(1), {'uar': 0.5, 'war': 0.5})
+  ckpts.wait()
+  ckpts.close()
+  assert os.listdir(tmp_path) == ['1']  # no temporary directory left
+  step_dir = tmp_path / '1'
+  listed = dict(
+      reversed(line.split('  ', 1))
+      for line in (step_dir / checkpoint.FILE_CHECKSUMS).read_text().splitlines()
+  )
+  files = {str(p.relative_to(step_dir)) for p in step_dir.rglob('*') if p.is_file()}
+  assert set(listed) == files - {checkpoint.FILE_CHECKSUMS}
+  assert {'_CHECKPOINT_METADATA', 'commit_success.txt', 'metrics/metrics'} <= set(listed)
+  for name, digest in listed.items():
+    assert hashlib.sha256((step_dir / name).read_bytes()).hexdigest() == digest, name
 
 
 def test_restore_latest_with_no_checkpoint_is_none(tmp_path):
