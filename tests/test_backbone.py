@@ -11,11 +11,13 @@ import sys
 
 import pytest
 
+from configs import common
 from feadapter_jax import cli
 from feadapter_jax import train
 from feadapter_jax import workdir as workdir_lib
 from feadapter_jax.models import backbone
 from feadapter_jax.models import builder
+from feadapter_jax.models import vit
 from tests import test_train
 from tests import tiny
 
@@ -44,12 +46,17 @@ def test_the_backbones_settings_fill_the_config(tmp_path, backbone_dir):
   config = backbone.resolve(video_config(backbone_dir))
 
   model = config.model
-  assert [model[k] for k in backbone.ARCHITECTURE] == [32, 2, 2, 64, 8]
+  assert [model[k] for k in vit.ARCHITECTURE] == [32, 2, 2, 64, 8]
   assert model.layer_norm_eps == EPS and model.activation == ACTIVATION
   assert (model.pre_norm, model.layer_scale, model.global_pool) == (False, 0.0, 'token')
   assert tuple(config.data.mean) == MEAN and tuple(config.data.std) == STD
-  vit = builder.build_model(config)
-  assert (vit.layer_norm_eps, vit.activation, vit.width, vit.depth) == (EPS, ACTIVATION, 32, 2)
+  built = builder.build_model(config)
+  assert (built.layer_norm_eps, built.activation, built.width, built.depth) == (
+      EPS,
+      ACTIVATION,
+      32,
+      2,
+  )
   # The run's config.json holds the resolved values; resolving them again changes nothing.
   workdir_lib.write_config(str(tmp_path), config)
   written = workdir_lib.load_config(str(tmp_path))
@@ -178,3 +185,10 @@ def test_kfold_stops_before_the_first_fold_without_a_backbone(tmp_path):
   assert proc.stderr.startswith('error: config.init.checkpoint is empty'), proc.stderr[-2000:]
   assert 'feadapter_jax.convert --checkpoint=PYTORCH_FILE' in proc.stderr
   assert not (tmp_path / 'k' / 'fold1').exists() and not (tmp_path / 'tfds').exists()
+
+
+def test_configs_leave_every_backbone_field_to_the_backbone():
+  # configs/common.py lists the fields with their types (configs import no JAX): the same set.
+  fields = common.base_config('fe_adapter').model
+  assert set(common.backbone_fields()) - {'variant'} == set(vit.BACKBONE_FIELDS)
+  assert all(fields[name] is None for name in common.backbone_fields())

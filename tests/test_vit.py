@@ -222,7 +222,9 @@ def test_fe_adapter_on_every_family_starts_as_the_image_model_and_then_acts(fami
   params = adapted.init(jax.random.key(0), clip)['params']
   backbone = {n: v for n, v in params.items() if not n.startswith('adapter')}
   backbone = {
-      n: {k: v for k, v in p.items() if not k.startswith('adapter')} if n.startswith('blocks') else p
+      n: {k: v for k, v in p.items() if not k.startswith('adapter')}
+      if n.startswith('blocks')
+      else p
       for n, p in backbone.items()
   }
   image_names = set(partition.flatten(image_model.init(jax.random.key(0), clip)['params']))

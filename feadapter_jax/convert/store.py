@@ -14,25 +14,11 @@ import os
 from typing import Any, Mapping
 
 from feadapter_jax import checkpoint
+from feadapter_jax.models import vit
 
-ARCHITECTURE_KEYS = (
-    'width',
-    'depth',
-    'num_heads',
-    'mlp_dim',
-    'patch_size',
-    'image_size',
-    'num_classes',
-    'layer_norm_eps',
-    'activation',
-    'pre_norm',
-    'layer_scale',
-    'num_registers',
-    'class_token',
-    'class_pos_embed',
-    'global_pool',
-    'fc_norm',
-)
+# What a backbone directory's model_config.json always holds: every field the weights fix, the
+# input size its position embedding is for, and its head's classes.
+ARCHITECTURE_KEYS = (*vit.BACKBONE_FIELDS, 'image_size', 'num_classes')
 METADATA_KEYS = ('source', 'checkpoint', 'mean', 'std')
 
 

@@ -4,7 +4,7 @@ A backbone directory (`python -m feadapter_jax.convert`, or a training run's exp
 `params/` and `model_config.json`. Besides the weights, a ViT is defined by its architecture,
 its family options (LayerNorm epsilon, activation, pooling...) and the input normalisation it
 was trained with; a run that guesses any of them computes something else than the backbone was
-trained to compute, without an error. So the configs leave these fields None (`MODEL_FIELDS` of
+trained to compute, without an error. So the configs leave these fields None (`vit.BACKBONE_FIELDS` of
 `config.model`, `config.model.variant`, and `config.data.mean/std`), and `resolve` fills them
 from the backbone's model_config.json: a value set in the config must agree with it.
 
@@ -28,19 +28,6 @@ from feadapter_jax import partition
 from feadapter_jax.models import builder
 from feadapter_jax.models import vit
 
-ARCHITECTURE = ('width', 'depth', 'num_heads', 'mlp_dim', 'patch_size')
-# Every `ViT` field a backbone's weights fix: the architecture and the family options.
-MODEL_FIELDS = ARCHITECTURE + (
-    'layer_norm_eps',
-    'activation',
-    'pre_norm',
-    'layer_scale',
-    'num_registers',
-    'class_token',
-    'class_pos_embed',
-    'global_pool',
-    'fc_norm',
-)
 NORMALISATION = ('mean', 'std')
 # The normalisation of a run without a backbone (in [0, 1] pixel units).
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -51,8 +38,8 @@ class BackboneError(ValueError):
 
 
 def vit_defaults() -> dict[str, Any]:
-  """`MODEL_FIELDS` as a `ViT` without them is built."""
-  return {k: vit.ViT.__dataclass_fields__[k].default for k in MODEL_FIELDS}
+  """`vit.BACKBONE_FIELDS` as a `ViT` without them is built."""
+  return {k: vit.ViT.__dataclass_fields__[k].default for k in vit.BACKBONE_FIELDS}
 
 
 def _numbers(values: Sequence[float] | None) -> tuple[float, ...] | None:
@@ -60,7 +47,7 @@ def _numbers(values: Sequence[float] | None) -> tuple[float, ...] | None:
 
 
 def settings(directory: str) -> dict[str, Any]:
-  """`MODEL_FIELDS`, mean and std of the backbone in `directory`, from its model_config.json.
+  """`vit.BACKBONE_FIELDS`, mean and std of the backbone in `directory`, from its model_config.json.
 
   A model field it lacks (older directories) is the `ViT` default; mean and std are None when
   it does not record them.
@@ -81,7 +68,7 @@ def settings(directory: str) -> dict[str, Any]:
   # Exports of runs that named a preset record it; explicit fields override it, as in `vit.build`.
   if stored.get('variant'):
     found.update(vit.decode_variant(stored['variant']))
-  found.update({k: stored[k] for k in MODEL_FIELDS if stored.get(k) is not None})
+  found.update({k: stored[k] for k in vit.BACKBONE_FIELDS if stored.get(k) is not None})
   found.update({k: _numbers(stored.get(k)) for k in NORMALISATION})
   return found
 
@@ -124,7 +111,7 @@ def _fill(config: ml_collections.ConfigDict) -> None:
   variant = vit.decode_variant(model.variant) if model.get('variant') else {}
   if not directory:
     source = {**vit_defaults(), **variant, 'mean': IMAGENET_MEAN, 'std': IMAGENET_STD}
-    for key in MODEL_FIELDS:
+    for key in vit.BACKBONE_FIELDS:
       if model.get(key) is None:
         model[key] = source[key]
     for key in NORMALISATION:
@@ -135,7 +122,7 @@ def _fill(config: ml_collections.ConfigDict) -> None:
   found = settings(directory)
   where = f'the backbone {os.path.join(directory, checkpoint.MODEL_CONFIG)}'
   problems = []
-  differ = [k for k in ARCHITECTURE if k in variant and variant[k] != found[k]]
+  differ = [k for k in vit.ARCHITECTURE if k in variant and variant[k] != found[k]]
   if differ:
     problems.append(
         f'config.model.variant={model.variant!r} has '
@@ -144,7 +131,7 @@ def _fill(config: ml_collections.ConfigDict) -> None:
         + ', '.join(f'{k} {found[k]}' for k in differ)
         + ': drop the variant (the architecture comes from the backbone)'
     )
-  for key in MODEL_FIELDS:
+  for key in vit.BACKBONE_FIELDS:
     if model.get(key) is None:
       model[key] = found[key]
     elif not _agree(model[key], found[key]):

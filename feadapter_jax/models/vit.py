@@ -81,6 +81,20 @@ class Attention(nn.Module):
 
 ACTIVATIONS = ('gelu', 'quick_gelu')
 POOLS = ('token', 'avg')
+# The `ViT` fields a backbone's weights fix: its architecture, and the options of its family.
+ARCHITECTURE = ('width', 'depth', 'num_heads', 'mlp_dim', 'patch_size')
+FAMILY_OPTIONS = (
+    'layer_norm_eps',
+    'activation',
+    'pre_norm',
+    'layer_scale',
+    'num_registers',
+    'class_token',
+    'class_pos_embed',
+    'global_pool',
+    'fc_norm',
+)
+BACKBONE_FIELDS = ARCHITECTURE + FAMILY_OPTIONS
 
 
 def quick_gelu(x: jax.Array) -> jax.Array:
@@ -305,7 +319,6 @@ class ViT(nn.Module):
     features = nn.Dropout(self.head_dropout, deterministic=not train)(features)
     return nn.Dense(self.num_classes, name='head')(features)
 
-
   def _embed_tokens(self, patches: jax.Array, n: int) -> jax.Array:
     """Patch tokens `(bt, n, d)` -> `(bt, P + n, d)`: class and register tokens first, position
     embedding added as timm does (over the prefix too unless `class_pos_embed` is False)."""
@@ -314,7 +327,9 @@ class ViT(nn.Module):
     if self.class_token:
       prefix.append(self.param('cls_token', nn.initializers.normal(1e-6), (1, 1, d)))
     if self.num_registers:
-      prefix.append(self.param('reg_token', nn.initializers.normal(1e-6), (1, self.num_registers, d)))
+      prefix.append(
+          self.param('reg_token', nn.initializers.normal(1e-6), (1, self.num_registers, d))
+      )
     prefix = [jnp.broadcast_to(p, (bt, *p.shape[1:])).astype(patches.dtype) for p in prefix]
     covered = sum(p.shape[1] for p in prefix) if self.class_pos_embed else 0
     pos_embed = self.param('pos_embed', nn.initializers.normal(0.02), (1, covered + n, d))
