@@ -565,3 +565,8 @@ def test_reader_errors(tmp_path, monkeypatch):
 def test_cli_names_a_missing_flag(tmp_path, capsys):
   code, _, err = run_cli(capsys, '--out', tmp_path / 'bb')
   assert code == 2 and '--checkpoint' in err and not (tmp_path / 'bb').exists()
+
+
+def test_cli_help_prints_the_usage_and_exits_zero(capsys):
+  assert convert_cli.main(['--help']) == 0
+  assert '--checkpoint=PATH --out=DIR' in capsys.readouterr().out

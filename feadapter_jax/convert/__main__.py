@@ -181,6 +181,9 @@ def run(args: flags.FlagValues) -> None:
 
 def main(argv: Sequence[str]) -> int:
   """Runs the command on `argv` (without the program name); returns the exit status."""
+  if {'--help', '-h', '--helpfull'} & set(argv):
+    print(__doc__)
+    return 0
   cli.start()
   try:
     args = parse(argv)
