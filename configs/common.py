@@ -159,7 +159,10 @@ def base_config(method: str) -> ml_collections.ConfigDict:
           grad_clip_norm=1.0,
       )
   )
-  c.mesh = [('data', -1)]
+  # Strings, so that `--config.mesh=...` and `--config.sharding_rules=...` set them
+  # (feadapter_jax/sharding.py). The mesh: 'axis=size,...' over 'data' and 'fsdp', one size may
+  # be -1 (the devices left); the batch is split over both axes.
+  c.mesh = 'data=-1'
   # XLA options for the train step when it runs on CPU (figures in docs/performance.md): the
   # memory-optimised scheduler lowers a step's scratch memory and time. Disabling
   # `cse_barrier_expander` keeps optimisation barriers, which XLA CPU otherwise drops: remat's
@@ -169,7 +172,9 @@ def base_config(method: str) -> ml_collections.ConfigDict:
       xla_cpu_scheduler_type='CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED',
       xla_disable_hlo_passes='cse_barrier_expander',
   )
-  c.sharding_rules = [('.*', 'replicate')]  # ('.*', 'fsdp') with an 'fsdp' mesh axis for ViT-L
+  # 'regex=strategy,...' over the train state's names, first full match wins: 'replicate', or
+  # 'fsdp' to split leaves over the 'fsdp' mesh axis ('.*=fsdp' with 'data=-1,fsdp=8' for ViT-L).
+  c.sharding_rules = '.*=replicate'
   c.eval_batch_size = 32
   c.log_every_steps = 50
   c.eval_every_steps = 0  # 0: once per epoch

@@ -73,7 +73,7 @@ def evaluate_workdir(workdir: str, split: str, num_clips: int = 0) -> dict[str, 
   if num_clips:
     config.data.num_clips = num_clips
   model, params = load_trained(workdir, config)
-  mesh = sharding.make_mesh([tuple(a) for a in config.mesh])
+  mesh = sharding.make_mesh(config.mesh)
   eval_step = jax.jit(step_lib.make_eval_step(model), out_shardings=sharding.batch_sharding(mesh))
   info = pipeline.dataset_info(config.data)
   results = evaluate(eval_step, params, config, mesh, info.class_names, split)

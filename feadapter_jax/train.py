@@ -151,7 +151,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   )
   if is_chief:
     workdir_lib.write_config(workdir, config)
-  mesh = sharding.make_mesh([tuple(a) for a in config.mesh])
+  mesh = sharding.make_mesh(config.mesh)
+  sharding_rules = sharding.parse_rules(config.sharding_rules)
   n_batch_shards = math.prod(mesh.shape[a] for a in sharding.batch_axes(mesh))
   for name, bs in (('batch_size', config.batch_size), ('eval_batch_size', config.eval_batch_size)):
     if bs % n_batch_shards or bs % (jax.process_count() * config.grad_accum_steps):
@@ -193,7 +194,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     )
 
   state_shapes = jax.eval_shape(init_fn, loaded)
-  state_sh = sharding.state_shardings(state_shapes, mesh, config.sharding_rules)
+  state_sh = sharding.state_shardings(state_shapes, mesh, sharding_rules)
   batch_sh = sharding.batch_sharding(mesh)
   repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   state = jax.jit(init_fn, out_shardings=state_sh)(loaded)

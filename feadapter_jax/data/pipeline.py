@@ -37,6 +37,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from feadapter_jax import sharding
 from feadapter_jax.data.synth_fer import builder as synth_builder
 
 SYNTH_NAME = 'synth_fer'
@@ -518,18 +519,17 @@ def make_eval_iterator(
   )
 
 
-def to_global_arrays(
-    batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh, axis: str = 'data'
-) -> dict[str, jax.Array]:
-  """Assembles each process's batch into global arrays sharded along `axis` (batch dimension).
+def to_global_arrays(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
+  """Assembles each process's batch into global arrays placed with `sharding.batch_sharding`.
+
+  That is the sharding the jitted train and eval steps take batches with, on any mesh.
 
   Args:
     batch: this process's numpy arrays, leading dimension = its share of the global batch.
     mesh: device mesh spanning all processes.
-    axis: mesh axis the batch dimension is split over.
 
   Returns:
     The same keys, as jax.Arrays of global batch size.
   """
-  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(axis))
-  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+  placement = sharding.batch_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(placement, v) for k, v in batch.items()}
