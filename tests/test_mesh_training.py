@@ -14,21 +14,11 @@ import tensorflow as tf
 
 from feadapter_jax import sharding
 from feadapter_jax.data import pipeline
+from tests.test_train import TINY_ARGS  # both batch sizes divide over the 8 devices
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MESHES = ('data=8', 'data=2,fsdp=4', 'fsdp=8')
 STEPS = 4
-# tests/test_train.py's tiny ViT; both batch sizes divide over the 8 devices.
-TINY_ARGS = [
-    '--config.model.width=32',
-    '--config.model.depth=2',
-    '--config.model.num_heads=2',
-    '--config.model.mlp_dim=64',
-    '--config.model.adapter.width=8',
-    '--config.batch_size=16',
-    '--config.eval_batch_size=32',
-    '--config.checkpoint_async=False',
-]
 
 
 @pytest.mark.parametrize('spec', MESHES)
