@@ -16,17 +16,21 @@ lists the faults this handles.
 
 Parameter directories (`save_params` / `load_params`): `params/` (orbax) + `model_config.json`;
 the format of converted backbones and of exported adapters.
+
+Directories may be local or URIs (gs://bucket/run/checkpoints): every file operation goes through
+`etils.epath`, as orbax's own do. A local rename is atomic; a gs:// rename copies and then deletes
+each object, so there a step can appear before it is whole: its SHA256SUMS then tells it apart.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import json
 import os
 import re
-import shutil
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from absl import logging
 from etils import epath
@@ -38,6 +42,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
 from feadapter_jax import partition
+from feadapter_jax import workdir as workdir_lib
 
 MODEL_CONFIG = 'model_config.json'
 PARAMS = 'params'
@@ -93,42 +98,83 @@ def _brief(error: Exception) -> str:
   return f'{type(error).__name__}: {str(error).split(" [tensorstore_spec")[0]}'
 
 
-def _sha256(path: str) -> str:
+def _reason(error: OSError) -> str:
+  # The os backend's errors have a strerror; fsspec's and TensorFlow's a message or a path only.
+  if error.strerror:
+    return error.strerror
+  return os.strerror(errno.ENOENT) if isinstance(error, FileNotFoundError) else str(error)
+
+
+def _naming(error: OSError, name: str) -> OSError:
+  """`error` with `name` (relative to the step) as its filename, whatever the backend set."""
+  return OSError(error.errno, _reason(error), name)
+
+
+def _files(directory: epath.Path, prefix: str = '') -> Iterator[tuple[str, epath.Path]]:
+  """(path relative to `directory`, path) of every file under it.
+
+  Raises:
+    OSError: a directory cannot be listed, named relative to `directory`.
+  """
+  # Listed directory by directory: epath's walk() on its fsspec backend yields gs:// directories
+  # without their scheme.
+  try:
+    children = list(directory.iterdir())
+  except OSError as e:
+    raise _naming(e, prefix.rstrip('/') or '.') from e
+  for child in children:
+    relative = prefix + child.name
+    if child.is_dir():
+      yield from _files(child, f'{relative}/')
+    else:
+      yield relative, child
+
+
+def _sha256(path: epath.Path) -> str:
   digest = hashlib.sha256()
-  with open(path, 'rb') as f:
+  with path.open('rb') as f:
     for block in iter(lambda: f.read(1 << 20), b''):
       digest.update(block)
   return digest.hexdigest()
 
 
-def _file_digests(step_dir: str) -> dict[str, str]:
-  """{path relative to `step_dir`: SHA-256} of every file under it."""
-  return {
-      os.path.relpath(os.path.join(root, name), step_dir): _sha256(os.path.join(root, name))
-      for root, _, names in os.walk(step_dir)
-      for name in names
-  }
+def _file_digests(step_dir: epath.Path) -> dict[str, str]:
+  """{path relative to `step_dir`: SHA-256} of every file under it.
+
+  Raises:
+    OSError: a file or directory cannot be read, named relative to `step_dir`.
+  """
+  digests = {}
+  for relative, path in _files(step_dir):
+    try:
+      digests[relative] = _sha256(path)
+    except OSError as e:
+      raise _naming(e, relative) from e
+  return digests
 
 
-def _seal(staging: str, step_dir: str) -> None:
+def _seal(staging: epath.Path, step_dir: epath.Path) -> None:
   """Writes the SHA256SUMS of `staging`, then renames it to `step_dir`."""
   digests = sorted(_file_digests(staging).items())
-  with open(os.path.join(staging, FILE_CHECKSUMS), 'w') as f:
-    f.writelines(f'{digest}  {path}\n' for path, digest in digests)
-  os.rename(staging, step_dir)
+  (staging / FILE_CHECKSUMS).write_text(''.join(f'{digest}  {path}\n' for path, digest in digests))
+  # On gs:// a copy then delete of each object: a kill during it leaves a `step_dir` without
+  # some of its files or its SHA256SUMS, which `_damage` reports.
+  staging.rename(step_dir)
 
 
-def _damage(step_dir: str) -> str | None:
+def _damage(step_dir: epath.Path) -> str | None:
   """What is wrong with the files of a step, None if each is as its SHA256SUMS says.
 
   Names the first wrong file and how it is wrong, and how many more are.
   """
   try:
-    with open(os.path.join(step_dir, FILE_CHECKSUMS), 'rb') as f:
-      listing = f.read().decode('utf-8', 'replace')
+    listing = (step_dir / FILE_CHECKSUMS).read_bytes().decode('utf-8', 'replace')
+  except OSError as e:
+    return f'{FILE_CHECKSUMS}: {_reason(e)}'
+  try:
     actual = _file_digests(step_dir)
   except OSError as e:
-    return f'{os.path.relpath(e.filename, step_dir)}: {e.strerror}'
+    return f'{e.filename}: {e.strerror}'
   if not listing.endswith('\n'):  # an empty or cut listing would hide the files it lost
     return f'{FILE_CHECKSUMS} is {"cut short" if listing else "empty"}'
   expected = {}
@@ -182,22 +228,21 @@ class _ChecksummedStep(ocp.path.atomicity.AtomicRenameTemporaryPath):
 
   async def finalize(self) -> None:
     await super().finalize()  # to the staging directory, orbax's final path
-    await asyncio.to_thread(_seal, os.fspath(super().get_final()), os.fspath(self._step_dir))
+    await asyncio.to_thread(_seal, super().get_final(), self._step_dir)
 
 
-def _move_aside(directory: str, step: int, tag: str) -> str:
+def _move_aside(directory: epath.Path, step: int, tag: str) -> str:
   """Renames step `step` of `directory` to '<step>.<tag>' (kept for inspection)."""
-  source = os.path.join(directory, str(step))
-  kept = f'{source}.{tag}'
+  source, kept = directory / str(step), directory / f'{step}.{tag}'
   if jax.process_index() == 0:  # one shared directory: one process renames
-    shutil.rmtree(kept, ignore_errors=True)  # the same step set aside by an earlier attempt
-    os.replace(source, kept)
+    kept.rmtree(missing_ok=True)  # the same step set aside by an earlier attempt
+    source.rename(kept)
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices(f'checkpoint step {step} set aside')
-  return kept
+  return os.fspath(kept)
 
 
-def _none_restores(directory: str, failures: list[str]) -> CheckpointError:
+def _none_restores(directory: epath.Path, failures: list[str]) -> CheckpointError:
   return CheckpointError(
       f'No checkpoint in {directory} restores:\n  '
       + '\n  '.join(failures)
@@ -206,7 +251,7 @@ def _none_restores(directory: str, failures: list[str]) -> CheckpointError:
   )
 
 
-def _report_damaged(directory: str, step: int, reason: str, kept: str) -> None:
+def _report_damaged(directory: epath.Path, step: int, reason: str, kept: str) -> None:
   logging.warning(
       'Checkpoint step %d in %s cannot be restored (%s); moved it to %s.',
       step,
@@ -216,7 +261,7 @@ def _report_damaged(directory: str, step: int, reason: str, kept: str) -> None:
   )
 
 
-def _set_aside_damaged_steps(directory: str) -> None:
+def _set_aside_damaged_steps(directory: epath.Path) -> None:
   """Moves aside the steps whose files differ from their SHA256SUMS, unless all do.
 
   Runs before the CheckpointManager exists: it reads every step's metrics when created.
@@ -224,12 +269,8 @@ def _set_aside_damaged_steps(directory: str) -> None:
   Raises:
     CheckpointError: every step is damaged (they stay where they are: never a silent restart).
   """
-  steps = sorted(
-      int(name)
-      for name in os.listdir(directory)
-      if name.isdigit() and os.path.isdir(os.path.join(directory, name))
-  )
-  damaged = {s: reason for s in steps if (reason := _damage(os.path.join(directory, str(s))))}
+  steps = sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir())
+  damaged = {s: reason for s in steps if (reason := _damage(directory / str(s)))}
   if damaged and len(damaged) == len(steps):
     raise _none_restores(directory, [f'step {s}: {damaged[s]}' for s in reversed(steps)])
   for step, reason in damaged.items():
@@ -240,11 +281,18 @@ class Checkpoints:
   """The last `keep_last` steps plus the best by `best_metric`, written atomically."""
 
   def __init__(
-      self, directory: str, *, keep_last: int, best_metric: str = 'uar', asynchronous: bool = True
+      self,
+      directory: str | os.PathLike[str],
+      *,
+      keep_last: int,
+      best_metric: str = 'uar',
+      asynchronous: bool = True,
   ):
-    directory = os.path.abspath(directory)
-    if os.path.isdir(directory):
-      partial = ocp.path.step.tmp_checkpoints(directory)
+    # Absolute: tensorstore's file driver takes no relative path.
+    directory = epath.Path(workdir_lib.resolve_path(directory))
+    if directory.is_dir():
+      # Orbax's default on gs:// tells partial steps by a missing commit file; these are renamed.
+      partial = ocp.path.step.tmp_checkpoints(directory, temporary_path_cls=_ChecksummedStep)
       if partial:
         logging.warning(
             'Removing %s from %s: partially written checkpoints (a run stopped '
@@ -384,41 +432,51 @@ def _process_local_checkpointer() -> ocp.StandardCheckpointer:
   )
 
 
-def save_params(directory: str, params: Any, model_config: Mapping[str, Any]) -> None:
-  """Writes `params` and the model config they fit; the directory appears only when complete.
+def save_params(
+    directory: str | os.PathLike[str], params: Any, model_config: Mapping[str, Any]
+) -> None:
+  """Writes `params` and the model config they fit, to `<directory>.tmp` renamed when complete.
+
+  Locally the directory appears only when complete; on gs:// the rename copies each object, so a
+  reader at that moment may see part of it.
 
   Process-local: call it from one process (e.g. the chief) only.
   """
-  directory = os.path.abspath(directory)
-  tmp = directory + '.tmp'
-  shutil.rmtree(tmp, ignore_errors=True)
-  os.makedirs(tmp)
+  directory = epath.Path(workdir_lib.resolve_path(directory))
+  tmp = directory.parent / f'{directory.name}.tmp'
+  tmp.rmtree(missing_ok=True)
+  tmp.mkdir(parents=True)
   with _process_local_checkpointer() as ckptr:
-    ckptr.save(os.path.join(tmp, PARAMS), jax.tree.map(np.asarray, params))
+    ckptr.save(tmp / PARAMS, jax.tree.map(np.asarray, params))
     ckptr.wait_until_finished()
-  with open(os.path.join(tmp, MODEL_CONFIG), 'w') as f:
+  with (tmp / MODEL_CONFIG).open('w') as f:
     json.dump(dict(model_config), f, indent=2, sort_keys=True)
-  shutil.rmtree(directory, ignore_errors=True)
-  os.replace(tmp, directory)
+  directory.rmtree(missing_ok=True)
+  tmp.rename(directory)
 
 
-def load_params(directory: str) -> tuple[Any, dict[str, Any]]:
+def load_params(directory: str | os.PathLike[str]) -> tuple[Any, dict[str, Any]]:
   """(params as numpy arrays, model config) from a directory written by `save_params`."""
-  config_path = os.path.join(directory, MODEL_CONFIG)
-  if not os.path.exists(config_path):
+  config_path = epath.Path(directory) / MODEL_CONFIG
+  if not config_path.exists():
     raise FileNotFoundError(
-        f'{config_path} not found: {directory} is not a parameter directory. Make one with '
-        '`python -m feadapter_jax.convert --checkpoint PYTORCH_FILE --out DIR`, or point to '
-        "a training workdir's export/ folder."
+        f'{config_path} not found: {os.fspath(directory)} is not a parameter directory. Make '
+        'one with `python -m feadapter_jax.convert --checkpoint PYTORCH_FILE --out DIR`, or '
+        "point to a training workdir's export/ folder."
     )
-  with open(config_path) as f:
-    model_config = json.load(f)
+  model_config = json.loads(config_path.read_text())
   with _process_local_checkpointer() as ckptr:
-    params = ckptr.restore(os.path.join(os.path.abspath(directory), PARAMS))
+    params = ckptr.restore(epath.Path(workdir_lib.resolve_path(directory)) / PARAMS)
   return jax.tree.map(np.asarray, params), model_config
 
 
-def directory_bytes(directory: str) -> int:
-  return sum(
-      os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(directory) for f in files
-  )
+def _size(path: epath.Path) -> int:
+  # The end offset rather than stat(): epath's local stat() fails for a uid with no user name.
+  with path.open('rb') as f:
+    f.seek(0, os.SEEK_END)
+    return f.tell()
+
+
+def directory_bytes(directory: str | os.PathLike[str]) -> int:
+  """The bytes of every file under `directory` (local or a URI)."""
+  return sum(_size(path) for _, path in _files(epath.Path(directory)))

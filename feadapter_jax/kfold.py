@@ -9,7 +9,8 @@ config is resolved against its backbone (`train.resolve_config`) before the firs
 so a config that does not fit, or a missing backbone, stops the driver at once. Each fold runs
 `train.train_and_evaluate` in DIR/fold<k> (so a killed driver resumes where it stopped: finished
 folds are read back from their results.json). Writes DIR/kfold.md and DIR/kfold.json with UAR/WAR
-per fold and their mean +- std.
+per fold and their mean +- std. DIR may be local or a URI (gs://bucket/dfew): it is read and
+written through `etils.epath`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any, Mapping, Sequence
 
 from absl import app
 from absl import flags
+from etils import epath
 import numpy as np
 
 from feadapter_jax import workdir as workdir_lib
@@ -42,7 +44,10 @@ def table(results: dict[int, dict[str, Any]]) -> str:
 
 
 def run(
-    config_spec: str, workdir: str, folds: Sequence[int], overrides: Mapping[str, Any] | None = None
+    config_spec: str,
+    workdir: str | os.PathLike[str],
+    folds: Sequence[int],
+    overrides: Mapping[str, Any] | None = None,
 ) -> str:
   """Trains (or reads back) each fold of `config_spec` ('path.py[:args]'); returns the table."""
   if any(a.partition('=')[0] == 'fold' for a in config_spec.partition(':')[2].split(',')):
@@ -52,26 +57,26 @@ def run(
     )
   from feadapter_jax import train  # pylint: disable=g-import-not-at-top  (after cli.start)
 
-  fold_dirs = {fold: os.path.join(workdir, f'fold{fold}') for fold in folds}
-  done = {fold: os.path.join(d, workdir_lib.RESULTS_FILE) for fold, d in fold_dirs.items()}
+  root = epath.Path(workdir)
+  fold_dirs = {fold: root / f'fold{fold}' for fold in folds}
+  done = {fold: d / workdir_lib.RESULTS_FILE for fold, d in fold_dirs.items()}
   configs = {
       fold: train.resolve_config(
           cli.load_config(cli.with_args(config_spec, f'fold={fold}'), overrides)
       )
       for fold in folds
-      if not os.path.exists(done[fold])
+      if not done[fold].exists()
   }
   results = {}
   for fold in folds:
     if fold in configs:
-      train.train_and_evaluate(configs[fold], fold_dirs[fold])
-    with open(done[fold]) as f:
-      results[fold] = json.load(f)
+      train.train_and_evaluate(configs[fold], os.fspath(fold_dirs[fold]))
+    results[fold] = json.loads(done[fold].read_text())
   md = table(results)
-  with open(os.path.join(workdir, 'kfold.md'), 'w') as f:
-    f.write(md + '\n')
-  with open(os.path.join(workdir, 'kfold.json'), 'w') as f:
-    json.dump({str(k): {'uar': v['uar'], 'war': v['war']} for k, v in results.items()}, f, indent=2)
+  (root / 'kfold.md').write_text(md + '\n')
+  (root / 'kfold.json').write_text(
+      json.dumps({str(k): {'uar': v['uar'], 'war': v['war']} for k, v in results.items()}, indent=2)
+  )
   print(md)
   return md
 

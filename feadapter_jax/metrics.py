@@ -7,7 +7,7 @@ over the classes that have examples (a class absent from the labels has no recal
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import IO, Any, Sequence
 
 import numpy as np
 
@@ -42,8 +42,10 @@ def summarize(cm: np.ndarray, class_names: Sequence[str] | None = None) -> dict[
   }
 
 
-def plot_confusion(cm: np.ndarray, class_names: Sequence[str], path: str, title: str = '') -> None:
-  """Row-normalised confusion matrix as a PNG (counts in the cells)."""
+def plot_confusion(
+    cm: np.ndarray, class_names: Sequence[str], path: str | IO[bytes], title: str = ''
+) -> None:
+  """Row-normalised confusion matrix as a PNG (counts in the cells), to a path or open file."""
   import matplotlib  # pylint: disable=g-import-not-at-top  (plotting is optional at import)
 
   matplotlib.use('Agg')

@@ -13,6 +13,9 @@ WORKDIR/
                          backbone, seed and trainable patterns they go with
   results_<split>_<n>clip.json   written by `python -m feadapter_jax.evaluate`
   events.out.tfevents.*  TensorBoard scalars
+
+WORKDIR may be local or a URI such as gs://bucket/run: every file of it is read and written
+through `etils.epath` (as orbax and TFDS read and write theirs), never `open` or `os.path`.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 
+from etils import epath
 import ml_collections
 
 CONFIG_FILE = 'config.json'
@@ -35,21 +39,31 @@ def evaluation_file(split: str, num_clips: int) -> str:
   return f'results_{split}_{num_clips}clip.json'
 
 
+def resolve_path(location: str | os.PathLike[str]) -> str:
+  """`location` made absolute if it is a local path; a URI (gs://bucket/x) unchanged."""
+  location = os.fspath(location)
+  # A URI has no working directory to resolve against, and abspath would mangle its '//'.
+  return location if '://' in location else os.path.abspath(location)
+
+
+def path(workdir: str | os.PathLike[str], *names: str) -> epath.Path:
+  """`workdir`/`names`, local or a URI, as the `epath.Path` to read or write it with."""
+  return epath.Path(workdir).joinpath(*names)
+
+
 def portable(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The config with absolute paths, so evaluate/predict work from any directory."""
+  """The config with absolute paths (URIs as given), so evaluate/predict work from anywhere."""
   config = config.copy_and_resolve_references()
   for section, key in (('init', 'checkpoint'), ('data', 'data_dir'), ('data', 'manual_dir')):
     if config[section][key]:
-      config[section][key] = os.path.abspath(config[section][key])
+      config[section][key] = resolve_path(config[section][key])
   return config
 
 
-def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
-  with open(os.path.join(workdir, CONFIG_FILE), 'w') as f:
-    f.write(portable(config).to_json_best_effort(indent=2))
+def write_config(workdir: str | os.PathLike[str], config: ml_collections.ConfigDict) -> None:
+  path(workdir, CONFIG_FILE).write_text(portable(config).to_json_best_effort(indent=2))
 
 
-def load_config(workdir: str) -> ml_collections.ConfigDict:
+def load_config(workdir: str | os.PathLike[str]) -> ml_collections.ConfigDict:
   """The config a run in `workdir` was trained with."""
-  with open(os.path.join(workdir, CONFIG_FILE)) as f:
-    return ml_collections.ConfigDict(json.load(f))
+  return ml_collections.ConfigDict(json.loads(path(workdir, CONFIG_FILE).read_text()))

@@ -13,6 +13,9 @@ says it. Research checkpoints with their own names: --rename (re.sub on every na
 then --ignore (names, after renaming, to leave out; listed in the report). Prints a report, and
 with --verify the max |output difference| against the PyTorch model; a difference above
 VERIFY_TOLERANCE writes nothing. Exit status 2 on any error, with the reason.
+
+DIR may be local or a URI (gs://bucket/backbones/vit_b16, through `etils.epath`); PATH is read
+from the local filesystem.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import sys
 from typing import Sequence
 
 from absl import flags
+from etils import epath
 
 from feadapter_jax.convert import converter
 from feadapter_jax.convert import keymaps
@@ -135,7 +139,7 @@ def _is_float(text: str) -> bool:
 
 
 def run(args: flags.FlagValues) -> None:
-  if os.path.exists(args.out):
+  if epath.Path(args.out).exists():
     raise FileExistsError(f'--out {args.out} already exists: remove it or choose another.')
   state = readers.read_checkpoint(args.checkpoint)
   hub = readers.read_sidecar(args.checkpoint)

@@ -4,7 +4,8 @@ The format is the project's parameter directory (`feadapter_jax.checkpoint.save_
 training reads through `config.init.checkpoint`. `model_config.json` holds the `models.build`
 config with every architecture key explicit (`ARCHITECTURE_KEYS`, so no default of the Flax ViT
 decides what a checkpoint means), plus where the weights came from and the input normalisation
-they expect (`METADATA_KEYS`, None when unknown).
+they expect (`METADATA_KEYS`, None when unknown). The directory may be local or a URI
+(gs://bucket/backbones/vit_b16): it is read and written through `etils.epath`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import json
 import os
 from typing import Any, Mapping
+
+from etils import epath
 
 from feadapter_jax import checkpoint
 from feadapter_jax.models import vit
@@ -29,7 +32,7 @@ def save(
     metadata: Mapping[str, Any] | None = None,
     overwrite: bool = False,
 ) -> None:
-  """Writes a converted backbone; the directory appears only once complete (temp + rename).
+  """Writes a converted backbone through a temp + rename (`checkpoint.save_params`).
 
   Args:
     directory: where to write; must not exist unless `overwrite`.
@@ -38,8 +41,7 @@ def save(
     metadata: provenance and normalisation (`METADATA_KEYS`), stored in model_config.json.
     overwrite: replace an existing directory.
   """
-  directory = os.fspath(directory)
-  if os.path.exists(directory) and not overwrite:
+  if epath.Path(directory).exists() and not overwrite:
     raise FileExistsError(f'{directory} already exists: remove it or choose another --out.')
   absent = [k for k in ARCHITECTURE_KEYS if k not in model_config]
   if absent:
@@ -53,12 +55,11 @@ def save(
 
 def read_metadata(directory: str | os.PathLike[str]) -> dict[str, Any]:
   """Source, original checkpoint and normalisation recorded by `save` (None when unknown)."""
-  with open(os.path.join(os.fspath(directory), checkpoint.MODEL_CONFIG)) as f:
-    stored = json.load(f)
+  stored = json.loads((epath.Path(directory) / checkpoint.MODEL_CONFIG).read_text())
   return {k: stored.get(k) for k in METADATA_KEYS}
 
 
 def load(directory: str | os.PathLike[str]) -> tuple[Any, dict[str, Any]]:
   """(params as numpy arrays, the `models.build` config) of a converted backbone."""
-  params, stored = checkpoint.load_params(os.fspath(directory))
+  params, stored = checkpoint.load_params(directory)
   return params, {k: v for k, v in stored.items() if k not in METADATA_KEYS}

@@ -18,6 +18,9 @@ r"""FE-Adapter against its peers on one frozen image classifier: one table and o
    WORKDIR/accuracy_vs_params.png (UAR against trainable parameters, the paper's Figure 1), and
    copies both to `--docs_dir` when given.
 
+WORKDIR and `--docs_dir` may be local or URIs (gs://bucket/compare): they are read and written
+through `etils.epath`.
+
 Resumable: a killed comparison, rerun with the same flags, reads finished runs from their
 results.json and lets `train.train_and_evaluate` resume the unfinished one from its checkpoint.
 
@@ -31,14 +34,13 @@ from __future__ import annotations
 from feadapter_jax import cli  # pylint: disable=g-bad-import-order  (first: quiets TensorFlow)
 
 import dataclasses  # pylint: disable=g-import-not-at-top,g-bad-import-order
-import glob
 import json
 import os
-import shutil
 from typing import Any, Mapping, Sequence
 
 from absl import app
 from absl import flags
+from etils import epath
 import jax
 import matplotlib
 import matplotlib.transforms
@@ -90,11 +92,11 @@ def pair_accuracy(
   return float(sum(cm[i, i] for i in idx) / cm[idx].sum())
 
 
-def clips_per_second(run_dir: str, batch_size: int) -> float:
+def clips_per_second(run_dir: str | os.PathLike[str], batch_size: int) -> float:
   """`batch_size` x the median logged steps/s over the run's event files (NaN if none)."""
   steps_per_s = []
-  for path in glob.glob(os.path.join(run_dir, 'events.out.tfevents.*')):
-    for record in tf.data.TFRecordDataset(path):
+  for path in epath.Path(run_dir).glob('events.out.tfevents.*'):
+    for record in tf.data.TFRecordDataset(os.fspath(path)):
       event = event_pb2.Event.FromString(record.numpy())
       steps_per_s += [
           float(tf.make_ndarray(v.tensor)) for v in event.summary.value if v.tag == 'steps_per_sec'
@@ -162,7 +164,7 @@ class Plan:
   def backbone(self) -> str:
     if not self.pretrains:
       return self.overrides['init.checkpoint']
-    return os.path.join(self.workdir, IMAGE_DIR, workdir_lib.EXPORT_DIR)
+    return os.fspath(epath.Path(self.workdir) / IMAGE_DIR / workdir_lib.EXPORT_DIR)
 
   def image_run(self) -> ml_collections.ConfigDict:
     return cli.load_config(self.image_config, self.image_overrides)
@@ -176,34 +178,34 @@ class Plan:
     return config
 
 
-def train_or_read(config: ml_collections.ConfigDict, run_dir: str) -> dict[str, Any] | None:
+def train_or_read(
+    config: ml_collections.ConfigDict, run_dir: str | os.PathLike[str]
+) -> dict[str, Any] | None:
   """The run's results: read when finished, else trained (resuming); None when preempted.
 
   Raises:
     ValueError: run_dir holds a run of another config (a changed budget, override or arg).
   """
   # The config as this comparison asks for it (the trainer's own config.json rewrites paths).
-  requested = os.path.join(run_dir, REQUEST_FILE)
+  directory = epath.Path(run_dir)
+  requested = directory / REQUEST_FILE
   wanted = json.loads(config.to_json_best_effort())
-  if os.path.exists(requested):
-    with open(requested) as f:
-      if json.load(f) != wanted:
-        raise ValueError(
-            f"{run_dir} holds a run of another config than this comparison's "
-            f'(compare {requested}): rerun with the flags it was started with, or '
-            'use a new --workdir.'
-        )
+  if requested.exists():
+    if json.loads(requested.read_text()) != wanted:
+      raise ValueError(
+          f"{run_dir} holds a run of another config than this comparison's "
+          f'(compare {requested}): rerun with the flags it was started with, or '
+          'use a new --workdir.'
+      )
   else:
-    os.makedirs(run_dir, exist_ok=True)
-    with open(requested, 'w') as f:
-      json.dump(wanted, f, indent=2)
-  done = os.path.join(run_dir, workdir_lib.RESULTS_FILE)
-  if not os.path.exists(done):
+    directory.mkdir(parents=True, exist_ok=True)
+    requested.write_text(json.dumps(wanted, indent=2))
+  done = directory / workdir_lib.RESULTS_FILE
+  if not done.exists():
     print(f'== {config.method} seed {config.seed} -> {run_dir}', flush=True)
-    if train.train_and_evaluate(config, run_dir).get('preempted'):
+    if train.train_and_evaluate(config, os.fspath(directory)).get('preempted'):
       return None
-  with open(done) as f:
-    return json.load(f)
+  return json.loads(done.read_text())
 
 
 @dataclasses.dataclass
@@ -221,7 +223,7 @@ def run_all(plan: Plan) -> Runs | None:
     raise ValueError(f'Unknown methods {unknown}; known: {list(METHODS)}')
   image = None
   if plan.pretrains:
-    image = train_or_read(plan.image_run(), os.path.join(plan.workdir, IMAGE_DIR))
+    image = train_or_read(plan.image_run(), epath.Path(plan.workdir) / IMAGE_DIR)
     if image is None:
       return None
   video = {}
@@ -229,7 +231,7 @@ def run_all(plan: Plan) -> Runs | None:
     video[method] = []
     for seed in plan.seeds:
       config = plan.video_run(method, seed)
-      run_dir = os.path.join(plan.workdir, method, f'seed{seed}')
+      run_dir = epath.Path(plan.workdir) / method / f'seed{seed}'
       results = train_or_read(config, run_dir)
       if results is None:
         return None
@@ -444,7 +446,7 @@ def _place_labels(
       )
 
 
-def plot(rows: Sequence[Row], path: str, title: str) -> None:
+def plot(rows: Sequence[Row], path: str | os.PathLike[str], title: str) -> None:
   """Bubble chart: x = trainable parameters (log), y = UAR +- seed std, area ~ parameters."""
   matplotlib.use('Agg')  # files only, also without a display
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top  (after the backend)
@@ -472,7 +474,9 @@ def plot(rows: Sequence[Row], path: str, title: str) -> None:
       np.sqrt(area / np.pi),
       [f'{method_label(r.method)} ({r.trainable_params:,})' for r in rows],
   )
-  fig.savefig(path, dpi=120)
+  # Through epath, which matplotlib does not know: a PNG into the opened file.
+  with epath.Path(path).open('wb') as f:
+    fig.savefig(f, format='png', dpi=120)
   plt.close(fig)
 
 
@@ -514,12 +518,12 @@ def report(plan: Plan, runs: Runs) -> list[Row]:
           f'Generated by `{plan.command()}`.',
       ]
   )
-  with open(os.path.join(plan.workdir, TABLE_FILE), 'w') as f:
-    f.write(text + '\n')
+  workdir = epath.Path(plan.workdir)
+  (workdir / TABLE_FILE).write_text(text + '\n')
   seeds = f'{len(plan.seeds)} seed{"s" if len(plan.seeds) > 1 else ""}'
   plot(
       rows,
-      os.path.join(plan.workdir, FIGURE_FILE),
+      workdir / FIGURE_FILE,
       f'SynthFER: UAR against trainable parameters ({seeds}, {plan.budget_steps} steps each)',
   )
   return rows
@@ -534,9 +538,10 @@ def run(plan: Plan) -> list[Row] | None:
   rows = report(plan, runs)
   print(table(rows) + '\n\n' + findings(rows), flush=True)
   if plan.docs_dir:
-    os.makedirs(plan.docs_dir, exist_ok=True)
+    docs_dir = epath.Path(plan.docs_dir)
+    docs_dir.mkdir(parents=True, exist_ok=True)
     for name in (TABLE_FILE, FIGURE_FILE):
-      shutil.copy(os.path.join(plan.workdir, name), os.path.join(plan.docs_dir, name))
+      (epath.Path(plan.workdir) / name).copy(docs_dir / name, overwrite=True)
   return rows
 
 

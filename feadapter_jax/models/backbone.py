@@ -21,6 +21,7 @@ import math
 import os
 from typing import Any, Sequence
 
+from etils import epath
 import ml_collections
 
 from feadapter_jax import checkpoint
@@ -46,8 +47,9 @@ def _numbers(values: Sequence[float] | None) -> tuple[float, ...] | None:
   return None if values is None else tuple(float(v) for v in values)
 
 
-def settings(directory: str) -> dict[str, Any]:
-  """`vit.BACKBONE_FIELDS`, mean and std of the backbone in `directory`, from its model_config.json.
+def settings(directory: str | os.PathLike[str]) -> dict[str, Any]:
+  """`vit.BACKBONE_FIELDS`, mean and std of the backbone in `directory` (local or a URI such as
+  gs://bucket/backbone), from its model_config.json.
 
   A model field it lacks (older directories) is the `ViT` default; mean and std are None when
   it does not record them.
@@ -55,15 +57,14 @@ def settings(directory: str) -> dict[str, Any]:
   Raises:
     FileNotFoundError: `directory` has no model_config.json.
   """
-  path = os.path.join(directory, checkpoint.MODEL_CONFIG)
-  if not os.path.exists(path):
+  path = epath.Path(directory) / checkpoint.MODEL_CONFIG
+  if not path.exists():
     raise FileNotFoundError(
-        f'{path} not found: config.init.checkpoint={directory} is not a backbone directory. '
-        'Make one with `python -m feadapter_jax.convert --checkpoint=PYTORCH_FILE --out=DIR`, '
-        "or use a training run's export/ folder."
+        f'{path} not found: config.init.checkpoint={os.fspath(directory)} is not a backbone '
+        'directory. Make one with `python -m feadapter_jax.convert '
+        "--checkpoint=PYTORCH_FILE --out=DIR`, or use a training run's export/ folder."
     )
-  with open(path) as f:
-    stored = json.load(f)
+  stored = json.loads(path.read_text())
   found = vit_defaults()
   # Exports of runs that named a preset record it; explicit fields override it, as in `vit.build`.
   if stored.get('variant'):
@@ -120,7 +121,7 @@ def _fill(config: ml_collections.ConfigDict) -> None:
     return
 
   found = settings(directory)
-  where = f'the backbone {os.path.join(directory, checkpoint.MODEL_CONFIG)}'
+  where = f'the backbone {epath.Path(directory) / checkpoint.MODEL_CONFIG}'
   problems = []
   differ = [k for k in vit.ARCHITECTURE if k in variant and variant[k] != found[k]]
   if differ:
