@@ -1,8 +1,11 @@
-# Two commands on a fresh machine (Python 3.10+ with venv):
+# Two commands on a fresh machine (Python 3.11+ with venv):
 #   make demo   installs the runtime into .venv and runs the main job on SynthFER
 #   make test   installs runtime + test extras (torch CPU, timm, transformers), checks the
 #               formatting (pyink) and runs the tests
 #   make format applies the formatter (pyink, configured in pyproject.toml)
+# Both installs take pyproject.toml's ranges under the constraints of requirements.txt (the exact
+# tested runtime set); the test tools are pinned in requirements-test.txt. On GPU/TPU hosts, see
+# README.md "On GPU / TPU" (`pip install -c requirements.txt -e .[gpu]`).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
@@ -13,12 +16,11 @@ WORKDIRS ?= workdirs
 $(VENV)/.runtime: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.txt
-	$(PY) -m pip install -q --no-deps --no-build-isolation -e . || $(PY) -m pip install -q --no-deps -e .
+	$(PY) -m pip install -q -c requirements.txt -e .
 	touch $@
 
 $(VENV)/.test: requirements-test.txt $(VENV)/.runtime
-	$(PY) -m pip install -q -r requirements-test.txt
+	$(PY) -m pip install -q -c requirements.txt -r requirements-test.txt
 	touch $@
 
 install: $(VENV)/.runtime
@@ -31,7 +33,7 @@ demo: $(VENV)/.runtime
 
 test: $(VENV)/.test
 	$(PY) -m pyink --check --quiet .
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 format: $(VENV)/.test
 	$(PY) -m pyink --quiet .
