@@ -70,9 +70,7 @@ def time_convs(size: str, repeats: int, kernels: str = 'auto') -> dict:
     compiled = (
         jax.jit(forward_backward)
         .lower(params, x, cotangent)
-        .compile(
-            compiler_options=sp['cpu_compiler_options'] if jax.default_backend() == 'cpu' else None
-        )
+        .compile(compiler_options=kernels_lib.compiler_options(sp['cpu_compiler_options']))
     )
     steps[name] = (compiled, params)
   best = {name: float('inf') for name in steps}

@@ -1,10 +1,10 @@
 """Input pipeline throughput: training clips per second, per CPU core.
 
 Renders a SynthFER dataset of 224x224 JPEG frames (16 per clip) into a temporary data_dir, then
-runs the training pipeline (decode of the sampled frames, random resized crop, flip, resize,
-normalise) with 1 core and with every core this process may use. Each setting runs in its own
-process pinned to that many cores (before TensorFlow starts its threads), with a tf.data
-threadpool of the same size.
+runs the training pipeline (decode of the sampled frames, random resized crop, flip, resize to
+uint8 batches, which the train step normalises on the device) with 1 core and with every core
+this process may use. Each setting runs in its own process pinned to that many cores (before
+TensorFlow starts its threads), with a tf.data threadpool of the same size.
 
   python benchmarks/input_pipeline.py            # table
   python benchmarks/input_pipeline.py --json     # one JSON object per row

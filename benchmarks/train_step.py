@@ -113,6 +113,8 @@ def spec(
       optim=config.optim.to_dict(),
       label_smoothing=config.label_smoothing,
       batch=batch or SIZES[size]['batch'],
+      mean=list(config.data.mean),
+      std=list(config.data.std),
       cpu_compiler_options=dict(config.cpu_compiler_options),
       frames=SIZES[size]['frames'],
   )
@@ -162,28 +164,62 @@ def _report(result: dict) -> None:
   print(MARK + json.dumps(result), flush=True)
 
 
-def build_jax(sp: dict, compiler_options: dict | None, with_hlo: bool = False) -> tuple[dict, Any]:
+def clip_batch(sp: dict, seed: int = 0) -> dict:
+  """A fixed batch for `sp`, as the input pipeline makes it: {'video': (b, t, S, S, 3) uint8,
+  'label': (b,) int32}, on the default device."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  b, t, s = sp['batch'], sp['frames'], sp['model']['image_size']
+  rng = np.random.default_rng(seed)
+  return {
+      'video': jnp.asarray(rng.integers(0, 256, (b, t, s, s, 3), np.uint8)),
+      'label': jnp.asarray(rng.integers(0, sp['model']['num_classes'], b), jnp.int32),
+  }
+
+
+def program_bytes(memory: Any) -> int | None:
+  """Device bytes a compiled program needs while it runs, from its `memory_analysis()`:
+  arguments + outputs + scratch, less the outputs that reuse donated arguments; None if unknown."""
+  if memory is None:
+    return None
+  fields = ('argument', 'output', 'temp', 'alias')
+  sizes = {f: int(getattr(memory, f'{f}_size_in_bytes', 0) or 0) for f in fields}
+  return sizes['argument'] + sizes['output'] + sizes['temp'] - sizes['alias']
+
+
+def init_params(sp: dict) -> Any:
+  """The random initial (float32) parameters of `sp`'s model, the same for every batch size and
+  compute dtype."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from feadapter_jax import models  # pylint: disable=g-import-not-at-top
+
+  model = models.build(sp['model'])
+  t, s = sp['frames'], sp['model']['image_size']
+  # AIM's time embedding depends on the frame count.
+  return jax.jit(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, t, s, s, 3))))()['params']
+
+
+def build_jax(
+    sp: dict, compiler_options: dict | None, with_hlo: bool = False, params: Any = None
+) -> tuple[dict, Any]:
   """The trainer's model, optimizer and jitted (donating) train step for `sp`, compiled.
 
-  Returns (facts: compile time, XLA FLOPs and temp bytes, the HLO text if `with_hlo`; a
-  function that runs one step and blocks).
+  The batch is `clip_batch(sp)`; the config's CPU compiler options apply on CPU only; `params`:
+  the initial parameters (default `init_params(sp)`, whose compilation takes a while). Returns
+  (facts: compile time, XLA FLOPs, temp, program and donated bytes, the HLO text if `with_hlo`;
+  a function that runs one step, blocks and returns its metrics).
   """
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
   from feadapter_jax import models, optim, partition, step  # pylint: disable=g-import-not-at-top
+  from feadapter_jax.models import kernels  # pylint: disable=g-import-not-at-top
 
   model = models.build(sp['model'])
-  b, t, s = sp['batch'], sp['frames'], sp['model']['image_size']
-  rng = np.random.default_rng(0)
-  batch = {
-      'video': jnp.asarray(rng.standard_normal((b, t, s, s, 3), np.float32)),
-      'label': jnp.asarray(rng.integers(0, sp['model']['num_classes'], b), jnp.int32),
-  }
-  params = jax.jit(lambda v: model.init(jax.random.PRNGKey(0), v))(batch['video'][:1])[
-      'params'
-  ]  # AIM's time embedding depends on the frames
+  batch = clip_batch(sp)
+  params = init_params(sp) if params is None else params
   mask = partition.trainable_mask(params, sp['trainable'])
   tx = optim.make(
       ml_collections.ConfigDict(sp['optim']), mask, total_steps=10_000, warmup_steps=100
@@ -192,14 +228,21 @@ def build_jax(sp: dict, compiler_options: dict | None, with_hlo: bool = False) -
   forward_flops = None
   if sp.get('forward_flops'):
     forward = jax.jit(lambda p, v: model.apply({'params': p}, v))
-    forward_flops = forward.lower(params, batch['video']).compile().cost_analysis()['flops']
+    video = jnp.zeros(batch['video'].shape, model.dtype)  # normalised pixels
+    forward_flops = forward.lower(params, video).compile().cost_analysis()['flops']
   del params
   train_step = jax.jit(
-      step.make_train_step(model, tx, mask, label_smoothing=sp['label_smoothing']), donate_argnums=0
+      step.make_train_step(
+          model, tx, mask, mean=sp['mean'], std=sp['std'], label_smoothing=sp['label_smoothing']
+      ),
+      donate_argnums=0,
   )
   start = time.perf_counter()
-  # The config's CPU options (as the trainer uses them), then the command line's.
-  options = {**(sp.get('cpu_compiler_options') or {}), **(compiler_options or {})}
+  # The config's CPU options on CPU only (as the trainer uses them), then the command line's.
+  options = {
+      **(kernels.compiler_options(sp.get('cpu_compiler_options')) or {}),
+      **(compiler_options or {}),
+  }
   compiled = train_step.lower(state, batch).compile(compiler_options=options or None)
   compile_s = time.perf_counter() - start
   cost = compiled.cost_analysis()
@@ -210,6 +253,8 @@ def build_jax(sp: dict, compiler_options: dict | None, with_hlo: bool = False) -
       xla_flops=float(cost['flops']),
       forward_flops=forward_flops,
       temp_bytes=int(getattr(memory, 'temp_size_in_bytes', 0) or 0),
+      program_bytes=program_bytes(memory),
+      donated_bytes=int(getattr(memory, 'alias_size_in_bytes', 0) or 0),
   )
   if with_hlo:
     run['hlo'] = compiled.as_text()
@@ -217,7 +262,7 @@ def build_jax(sp: dict, compiler_options: dict | None, with_hlo: bool = False) -
 
   def step_fn():
     box['state'], metrics = compiled(box['state'], batch)
-    jax.block_until_ready((box['state'], metrics))
+    return jax.block_until_ready((box['state'], metrics))[1]
 
   return run, step_fn
 
@@ -291,14 +336,16 @@ def spec_child(
 
 
 def probe_child() -> dict:
-  """The backend and device the JAX children will run on."""
+  """The backend and device the JAX children will run on, and its default compute dtype."""
   import jax  # pylint: disable=g-import-not-at-top
+  from feadapter_jax.models import kernels  # pylint: disable=g-import-not-at-top
 
   device = jax.local_devices()[0]
   return {
       'backend': jax.default_backend(),
       'device': device.device_kind,
       'devices': jax.local_device_count(),
+      'default_dtype': kernels.resolve_dtype('auto'),
   }
 
 
@@ -627,7 +674,7 @@ def main() -> None:
   # The parent never touches a device: a probe child says where the steps will run.
   target = run_child(['--child', 'probe'])
   on_cpu = target['backend'] == 'cpu'
-  dtype = args.dtype if args.dtype != 'auto' else 'float32' if on_cpu else 'bfloat16'
+  dtype = args.dtype if args.dtype != 'auto' else target['default_dtype']
   peak_sizes = args.peak_sizes or ('2048,4096' if on_cpu else '4096,8192')
   options = [*(f'--xla_option={o}' for o in args.xla_option), '--size', args.size]
 
@@ -726,7 +773,11 @@ def main() -> None:
       **target,
       'load_start': load_start,
       'load_end': common.load_average(),
-      'xla_options': {**specs[0].get('cpu_compiler_options', {}), **_xla_options(args.xla_option)},
+      # As `kernels.compiler_options` applies them: the config's CPU options on CPU only.
+      'xla_options': {
+          **(specs[0].get('cpu_compiler_options', {}) if on_cpu else {}),
+          **_xla_options(args.xla_option),
+      },
   }
   if args.input_pipeline:
     log('input pipeline')

@@ -76,9 +76,9 @@ def data_defaults() -> ml_collections.ConfigDict:
           'crop_scale': (0.7, 1.0),  # random resized crop: area fraction range (train).
           'crop_ratio': (3 / 4, 4 / 3),  # random resized crop: aspect-ratio range (train).
           'flip': True,  # random horizontal flip (train).
-          'mean': IMAGENET_MEAN,  # in [0, 1] pixel units.
+          # The steps normalise the uint8 batches with these, on the device; [0, 1] pixel units.
+          'mean': IMAGENET_MEAN,
           'std': IMAGENET_STD,
-          'dtype': 'float32',  # 'float32' | 'bfloat16' video output.
           'shuffle_buffer': 1024,  # clips (their JPEG bytes) held for the epoch shuffle.
           'num_threads': 0,  # tf.data private threadpool; 0: the CPUs this process may use.
           'num_parallel_calls': -1,  # parallel decode/augment calls; -1: AUTOTUNE.
@@ -129,7 +129,8 @@ def base_config(method: str) -> ml_collections.ConfigDict:
           adapter=dict(adapter),
           drop_path_rate=0.1,
           head_dropout=0.5,
-          dtype='float32',
+          # Compute dtype, parameters float32: 'auto' is float32 on CPU, bfloat16 on GPU/TPU.
+          dtype='auto',
           remat=False,
           # 'auto': the CPU kernels on CPU, XLA's own convolutions and attention elsewhere.
           kernels='auto',
@@ -163,8 +164,9 @@ def base_config(method: str) -> ml_collections.ConfigDict:
   # (feadapter_jax/sharding.py). The mesh: 'axis=size,...' over 'data' and 'fsdp', one size may
   # be -1 (the devices left); the batch is split over both axes.
   c.mesh = 'data=-1'
-  # XLA options for the train step when it runs on CPU (figures in docs/performance.md): the
-  # memory-optimised scheduler lowers a step's scratch memory and time. Disabling
+  # XLA options for the train step on the CPU backend, and only there (`kernels.compiler_options`;
+  # figures in docs/performance.md): the memory-optimised scheduler lowers a step's scratch
+  # memory and time. Disabling
   # `cse_barrier_expander` keeps optimisation barriers, which XLA CPU otherwise drops: remat's
   # (without them CSE merges the recomputation into the forward pass, and `model.remat` saves
   # little) and the CPU kernels' (`model.kernels`).

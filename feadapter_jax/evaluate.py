@@ -13,7 +13,7 @@ from __future__ import annotations
 from feadapter_jax import cli  # pylint: disable=g-bad-import-order  (first: quiets TensorFlow)
 
 import json  # pylint: disable=g-import-not-at-top,g-bad-import-order
-import os
+import sys
 from typing import Any
 
 from absl import app
@@ -59,7 +59,7 @@ def evaluate(
 
 def load_trained(workdir: str, config: ml_collections.ConfigDict) -> tuple[Any, Any]:
   """(model, params): the run's initial parameters with its exported trainable ones on top."""
-  trained, _ = checkpoint.load_params(os.path.join(workdir, workdir_lib.EXPORT_DIR))
+  trained, _ = checkpoint.load_params(workdir_lib.path(workdir, workdir_lib.EXPORT_DIR))
   model = builder.build_model(config)
   shapes = builder.param_shapes(model, builder.clip_shape(config))
   initial = builder.initial_params(model, config, builder.load_backbone(config, shapes))
@@ -74,13 +74,21 @@ def evaluate_workdir(workdir: str, split: str, num_clips: int = 0) -> dict[str, 
     config.data.num_clips = num_clips
   model, params = load_trained(workdir, config)
   mesh = sharding.make_mesh(config.mesh)
-  eval_step = jax.jit(step_lib.make_eval_step(model), out_shardings=sharding.batch_sharding(mesh))
+  # The parameters are laid out as in training (`config.sharding_rules`), so a model trained
+  # with FSDP fits the same devices here.
+  params_sh = sharding.params_shardings(params, mesh, config.sharding_rules)
+  params = jax.device_put(params, params_sh)
+  batch_sh = sharding.batch_sharding(mesh)
+  eval_step = jax.jit(
+      step_lib.make_eval_step(model, mean=config.data.mean, std=config.data.std),
+      in_shardings=(params_sh, batch_sh),
+      out_shardings=batch_sh,
+  )
   info = pipeline.dataset_info(config.data)
   results = evaluate(eval_step, params, config, mesh, info.class_names, split)
   results.update(split=split, num_clips=config.data.num_clips)
-  path = os.path.join(workdir, workdir_lib.evaluation_file(split, config.data.num_clips))
-  with open(path, 'w') as f:
-    json.dump(results, f, indent=2)
+  path = workdir_lib.path(workdir, workdir_lib.evaluation_file(split, config.data.num_clips))
+  path.write_text(json.dumps(results, indent=2))
   print(
       f'{workdir} {split} ({config.data.num_clips} clip): UAR {results["uar"]:.4f} '
       f'WAR {results["war"]:.4f} ({results["num_examples"]} clips) -> {path}'
@@ -91,7 +99,16 @@ def evaluate_workdir(workdir: str, split: str, num_clips: int = 0) -> dict[str, 
 def main(argv) -> None:
   del argv
   cli.start()
-  evaluate_workdir(flags.FLAGS.workdir, flags.FLAGS.split, flags.FLAGS.num_clips)
+  try:
+    evaluate_workdir(flags.FLAGS.workdir, flags.FLAGS.split, flags.FLAGS.num_clips)
+  except (
+      pipeline.DatasetNotFoundError,
+      checkpoint.CheckpointError,
+      sharding.ShardingConfigError,
+      FileNotFoundError,
+  ) as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
 
 
 if __name__ == '__main__':

@@ -7,10 +7,11 @@ An input is a video file (mp4, avi, mov, webm: whatever ffmpeg decodes) or a fol
 (DFEW-style `<id>_<n>.jpg`, read in natural order at `--fps`). It is cut into sliding windows of
 `--window_seconds` every `--stride_seconds` (a shorter input is one window; a last window ends at
 the last frame, so the whole input is covered). Each window goes through the evaluation
-preprocessing (`pipeline.eval_clip`: T segment-centred frames per temporal view, resized and
-normalised with config.json's `data.mean/std`, the backbone's) and the evaluation step
-(`step.make_eval_step`), so a window holding a whole dataset clip gets exactly the probabilities
-evaluation gives that clip. The input's prediction is the mean of its windows' probabilities.
+preprocessing (`pipeline.eval_clip`: T segment-centred frames per temporal view, resized) and
+the evaluation step (`step.make_eval_step`, which normalises them with config.json's
+`data.mean/std`, the backbone's), so a window holding a whole dataset clip gets exactly the
+probabilities evaluation gives that clip. The input's prediction is the mean of its windows'
+probabilities.
 
 `--faces=detect` first crops every frame to its largest face (`faces.py`: OpenCV Haar cascade, box
 smoothed over time), as the datasets' frames are cropped; `--faces=none` takes frames as they are.
@@ -130,8 +131,7 @@ class VideoPrediction:
 
 def _read_json(path: str, what: str) -> Any:
   try:
-    with open(path) as f:
-      return json.load(f)
+    return json.loads(workdir_lib.path(path).read_text())
   except FileNotFoundError:
     raise PredictError(path, f'not found: {what}') from None
   except json.JSONDecodeError as e:
@@ -180,13 +180,13 @@ class Predictor:
       PredictError: a file of the run is missing or broken, or the model does not match itself
         (export vs config) or the expectations.
     """
-    config_path = os.path.join(workdir, workdir_lib.CONFIG_FILE)
+    config_path = os.fspath(workdir_lib.path(workdir, workdir_lib.CONFIG_FILE))
     self.config = ml_collections.ConfigDict(
         _read_json(config_path, 'a training workdir has the config.json of its run')
     )
     if num_clips:
       self.config.data.num_clips = num_clips
-    results_path = os.path.join(workdir, workdir_lib.RESULTS_FILE)
+    results_path = os.fspath(workdir_lib.path(workdir, workdir_lib.RESULTS_FILE))
     results = _read_json(results_path, 'the run has not finished (results.json names its classes)')
     if not isinstance(results, dict) or 'class_names' not in results:
       raise PredictError(
@@ -194,10 +194,11 @@ class Predictor:
       )
     self.class_names = list(results['class_names'])
     self.batch_size = batch_size
-    export = os.path.join(workdir, workdir_lib.EXPORT_DIR)
+    export = os.fspath(workdir_lib.path(workdir, workdir_lib.EXPORT_DIR))
     image_size = self.config.data.image_size
     export_config = _read_json(
-        os.path.join(export, checkpoint.MODEL_CONFIG), 'the run has no exported parameters'
+        os.fspath(workdir_lib.path(export, checkpoint.MODEL_CONFIG)),
+        'the run has no exported parameters',
     )
     if export_config.get('image_size', image_size) != image_size:
       raise PredictError(
@@ -230,10 +231,12 @@ class Predictor:
     if mismatch:
       raise PredictError(export, f'does not fit the model of {config_path}: {mismatch}')
     self._params = jax.device_put(params)
-    self._step = jax.jit(step_lib.make_eval_step(model))
+    data = self.config.data
+    self._step = jax.jit(step_lib.make_eval_step(model, mean=data.mean, std=data.std))
 
   def views(self, frames: np.ndarray) -> np.ndarray:
-    """(L, h, w, 3) uint8 frames of a window -> its (num_clips, t, S, S, 3) evaluation views."""
+    """(L, h, w, 3) uint8 frames of a window -> its (num_clips, t, S, S, 3) uint8 evaluation
+    views."""
     return pipeline.eval_clip(frames, self.config.data).numpy()
 
   def probabilities(self, views: Sequence[np.ndarray]) -> np.ndarray:

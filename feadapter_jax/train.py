@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import signal
 import time
 from typing import Any, Iterator
@@ -36,6 +35,7 @@ from feadapter_jax import workdir as workdir_lib
 from feadapter_jax.data import pipeline
 from feadapter_jax.models import backbone
 from feadapter_jax.models import builder
+from feadapter_jax.models import kernels
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -116,22 +116,25 @@ def _check_finite(
 
 
 def compiler_options(config: ml_collections.ConfigDict) -> dict[str, Any] | None:
-  """The config's XLA options for this backend (only CPU has some)."""
-  if jax.default_backend() != 'cpu':
-    return None
-  return dict(config.get('cpu_compiler_options') or {}) or None
+  """The config's XLA options for this backend (only CPU has some: `kernels.compiler_options`)."""
+  return kernels.compiler_options(config.get('cpu_compiler_options'))
 
 
 def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The config a run trains with: the backbone's settings filled in (`backbone.resolve`), and a
-  frozen backbone required to come from `config.init.checkpoint`. Cheap: shapes only.
+  """The config a run trains with: the backbone's settings filled in (`backbone.resolve`), the
+  backend's dtype for 'auto' (`builder.resolve_backend`), and a frozen backbone
+  required to come from `config.init.checkpoint`. Cheap: shapes only.
 
   Raises:
     backbone.BackboneError: the config contradicts its backbone, or its frozen backbone would be
       random without `config.init.random_backbone`.
     FileNotFoundError: `config.init.checkpoint` is not a backbone directory.
+    sharding.ShardingConfigError: `config.mesh` or `config.sharding_rules` is malformed or does
+      not fit the devices.
   """
-  config = backbone.resolve(config)
+  config = builder.resolve_backend(backbone.resolve(config))
+  sharding.make_mesh(config.mesh)  # a malformed mesh or rules stop the run before any data
+  sharding.parse_rules(config.sharding_rules)
   shapes = builder.param_shapes(builder.build_model(config), builder.clip_shape(config))
   backbone.require_checkpoint(config, partition.trainable_mask(shapes, config.trainable))
   return config
@@ -144,7 +147,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """
   config = resolve_config(config)
   # ---------------------------------------------------------------- Set up logging, mesh
-  os.makedirs(workdir, exist_ok=True)
+  workdir_lib.path(workdir).mkdir(parents=True, exist_ok=True)
   is_chief = jax.process_index() == 0
   writer = metric_writers.create_default_writer(
       workdir, just_logging=not is_chief, asynchronous=True
@@ -156,7 +159,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   n_batch_shards = math.prod(mesh.shape[a] for a in sharding.batch_axes(mesh))
   for name, bs in (('batch_size', config.batch_size), ('eval_batch_size', config.eval_batch_size)):
     if bs % n_batch_shards or bs % (jax.process_count() * config.grad_accum_steps):
-      raise ValueError(
+      raise sharding.ShardingConfigError(
           f'config.{name}={bs} must divide evenly over {n_batch_shards} batch '
           f'shards, {jax.process_count()} processes and grad_accum_steps.'
       )
@@ -201,7 +204,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   # ---------------------------------------------------------------- Resume
   ckpts = checkpoint.Checkpoints(
-      os.path.join(workdir, workdir_lib.CHECKPOINT_DIR),
+      workdir_lib.path(workdir, workdir_lib.CHECKPOINT_DIR),
       keep_last=config.keep_checkpoints,
       asynchronous=config.checkpoint_async,
   )
@@ -226,6 +229,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           model,
           tx,
           mask,
+          mean=config.data.mean,
+          std=config.data.std,
           label_smoothing=config.label_smoothing,
           grad_accum_steps=config.grad_accum_steps,
       ),
@@ -235,7 +240,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       compiler_options=compiler_options(config),
   )
   eval_step = jax.jit(
-      step_lib.make_eval_step(model),
+      step_lib.make_eval_step(model, mean=config.data.mean, std=config.data.std),
       in_shardings=(state_sh['params'], batch_sh),
       out_shardings=batch_sh,
   )
@@ -318,25 +323,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         save(total_steps, results)
     ckpts.wait()
     ckpts.close()
-    export = os.path.join(workdir, workdir_lib.EXPORT_DIR)
+    export = workdir_lib.path(workdir, workdir_lib.EXPORT_DIR)
     if is_chief:
       checkpoint.save_params(
           export,
           jax.device_get(partition.subtree(state['params'], mask)),
           backbone.directory_config(config),
       )
-      with open(os.path.join(export, workdir_lib.INIT_FILE), 'w') as f:
-        json.dump(
-            {
-                'backbone': os.path.abspath(config.init.checkpoint)
-                if config.init.checkpoint
-                else '',
-                'seed': config.seed,
-                'trainable': list(config.trainable),
-            },
-            f,
-            indent=2,
-        )
+      (export / workdir_lib.INIT_FILE).write_text(
+          json.dumps(
+              {
+                  'backbone': workdir_lib.resolve_path(config.init.checkpoint)
+                  if config.init.checkpoint
+                  else '',
+                  'seed': config.seed,
+                  'trainable': list(config.trainable),
+              },
+              indent=2,
+          )
+      )
       results.update(
           method=config.method,
           trainable_params=report.trainable,
@@ -346,21 +351,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
               partition.size(x) * x.dtype.itemsize for x in jax.tree.leaves(params_shapes)
           ),
       )
-      with open(os.path.join(workdir, workdir_lib.RESULTS_FILE), 'w') as f:
-        json.dump(results, f, indent=2)
-      metrics_lib.plot_confusion(
-          np.asarray(results['confusion_matrix']),
-          info.class_names,
-          os.path.join(workdir, workdir_lib.CONFUSION_FIGURE),
-          f'{config.method} step {total_steps}: UAR '
-          f'{results["uar"]:.3f} WAR {results["war"]:.3f}',
-      )
+      workdir_lib.path(workdir, workdir_lib.RESULTS_FILE).write_text(json.dumps(results, indent=2))
+      # An open file: matplotlib cannot write to a gs:// path itself.
+      with workdir_lib.path(workdir, workdir_lib.CONFUSION_FIGURE).open('wb') as figure:
+        metrics_lib.plot_confusion(
+            np.asarray(results['confusion_matrix']),
+            info.class_names,
+            figure,
+            f'{config.method} step {total_steps}: UAR '
+            f'{results["uar"]:.3f} WAR {results["war"]:.3f}',
+        )
       print(
           f'Results: UAR {results["uar"]:.4f} WAR {results["war"]:.4f} | trainable '
           f'{report.trainable:,} of {report.total:,} params | exported '
           f'{results["export_bytes"] / 1e6:.2f} MB (full model '
           f'{results["full_model_bytes"] / 1e6:.2f} MB) to {export} | '
-          f'{os.path.join(workdir, workdir_lib.RESULTS_FILE)}',
+          f'{workdir_lib.path(workdir, workdir_lib.RESULTS_FILE)}',
           flush=True,
       )
   return results

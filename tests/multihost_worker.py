@@ -33,12 +33,12 @@ model = models.build(tiny(dict(kind='fe', width=8)))
 rng = np.random.default_rng(0)
 batches = [
     {
-        'video': rng.normal(size=(GLOBAL_BATCH, 4, 32, 32, 3)).astype(np.float32),
+        'video': rng.integers(0, 256, (GLOBAL_BATCH, 4, 32, 32, 3), np.uint8),
         'label': rng.integers(0, 5, GLOBAL_BATCH).astype(np.int32),
     }
     for _ in range(4)
 ]
-params = model.init(jax.random.PRNGKey(0), batches[0]['video'][:1])['params']
+params = model.init(jax.random.PRNGKey(0), np.zeros((1, 4, 32, 32, 3), np.float32))['params']
 mask = partition.trainable_mask(params, test_partition.TRAINABLE)
 tx = optim.make(test_partition.OPTIM, mask, total_steps=10)
 mesh = sharding.make_mesh([('data', -1)])
@@ -47,7 +47,7 @@ state_sh = sharding.state_shardings(
 )
 state = jax.jit(lambda: step.init_state(model, tx, params, 0), out_shardings=state_sh)()
 train_step = jax.jit(
-    step.make_train_step(model, tx, mask),
+    step.make_train_step(model, tx, mask, **test_partition.NORMALISATION),
     in_shardings=(state_sh, sharding.batch_sharding(mesh)),
     out_shardings=(state_sh, None),
     donate_argnums=0,

@@ -18,7 +18,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from benchmarks import common, profile_step, torch_reference, train_step  # noqa: E402
+from benchmarks import common, device_check, profile_step, torch_reference, train_step  # noqa: E402
 from feadapter_jax import models, partition  # noqa: E402
 from feadapter_jax.models import builder  # noqa: E402
 
@@ -127,6 +127,29 @@ def test_analytic_flops_of_vit_b16():
   assert 0.70 < fe['train'] / full['train'] < 0.78
 
 
+def test_device_check_counts_step_flops_and_extrapolates_the_batch():
+  full = train_step.spec('base', 'full_finetune')
+  fe = train_step.spec('base', 'fe_adapter')
+  flops = {
+      name: device_check.model_flops_per_clip(sp['model'], 16, sp['trainable'])
+      for name, sp in (('full', full), ('fe', fe))
+  }
+  forward = {
+      name: common.analytic_flops(sp['model'], 16, sp['trainable'])['forward']
+      for name, sp in (('full', full), ('fe', fe))
+  }
+  assert flops['full'] == pytest.approx(3 * forward['full'])  # weight and input gradients
+  # The frozen backbone 2x (input gradients only), the adapters 3x: a little over 2x in all.
+  assert 2.0 < flops['fe'] / forward['fe'] < 2.2
+  # 100 bytes per clip over a 10-byte state: 8 clips predict 89 fit in 0.9 x 10 kB, so 64 next;
+  # at 64 not even 128 is predicted to fit, and the search ends; without a limit it doubles.
+  at = lambda b: {'program_bytes': 10 + 100 * b, 'donated_bytes': 10}  # noqa: E731
+  assert device_check.next_batch(8, at(8), 10_000, 1024) == 64
+  assert device_check.next_batch(64, at(64), 10_000, 1024) == 64
+  assert device_check.next_batch(8, at(8), 10_000, 32) == 32
+  assert device_check.next_batch(4, at(4), None, 8) == 8
+
+
 @pytest.mark.parametrize('method', ['fe_adapter', 'linear_probe', 'full_finetune', 'aim'])
 def test_analytic_flops_agree_with_xla_at_tiny_size(method):
   from feadapter_jax import optim, step  # pylint: disable=g-import-not-at-top
@@ -134,13 +157,13 @@ def test_analytic_flops_agree_with_xla_at_tiny_size(method):
 
   sp = train_step.spec('tiny', method)
   model = models.build(sp['model'])
-  batch = {'video': jnp.zeros((4, 8, 32, 32, 3)), 'label': jnp.zeros((4,), jnp.int32)}
-  params = model.init(jax.random.key(0), batch['video'][:1])['params']
+  batch = {'video': jnp.zeros((4, 8, 32, 32, 3), jnp.uint8), 'label': jnp.zeros((4,), jnp.int32)}
+  params = model.init(jax.random.key(0), jnp.zeros((1, 8, 32, 32, 3)))['params']
   mask = partition.trainable_mask(params, sp['trainable'])
   tx = optim.make(ml_collections.ConfigDict(sp['optim']), mask, 100)
   state = step.init_state(model, tx, params, 0)
   xla = (
-      jax.jit(step.make_train_step(model, tx, mask))
+      jax.jit(step.make_train_step(model, tx, mask, mean=sp['mean'], std=sp['std']))
       .lower(state, batch)
       .compile()
       .cost_analysis()['flops']

@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import safetensors.numpy
@@ -21,6 +22,7 @@ import safetensors.numpy
 from feadapter_jax import checkpoint
 from feadapter_jax import evaluate
 from feadapter_jax import predict
+from feadapter_jax import step
 from feadapter_jax.convert import __main__ as convert_main
 from feadapter_jax.data.synth_fer import render as synth_render
 
@@ -241,7 +243,11 @@ def test_dinov2_classifier_adapts_with_registers_layer_scale_and_given_normalisa
   frames = synth_render.render_clip(
       np.random.default_rng(0), 3, 8, size, synth_render.RenderParams()
   )
+  views = predictor.views(frames)
+  np.testing.assert_array_equal(views, frames[None])  # S x S frames pass as they are, uint8
+  data = predictor.config.data
+  normalised = step.normalise_video(jnp.asarray(views), data.mean, data.std, jnp.float32)
   expected = (frames / 255.0 - np.asarray(MEAN)) / np.asarray(STD)
-  np.testing.assert_allclose(predictor.views(frames), expected[None], atol=1e-5)
+  np.testing.assert_allclose(normalised, expected[None], atol=1e-5)
   trained, _ = evaluate.load_trained(dinov2_run, predictor.config)
   assert (trained.num_registers, trained.patch_size, trained.layer_scale > 0) == (4, 14, True)

@@ -11,6 +11,8 @@ from feadapter_jax import models, optim, partition, sharding, step
 from tests.tiny import tiny
 
 TRAINABLE = ('.*adapter.*', 'head/.*')
+# The steps normalise uint8 batches with these.
+NORMALISATION = dict(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
 OPTIM = ml_collections.ConfigDict(
     dict(
         lr=1e-2,
@@ -28,10 +30,10 @@ OPTIM = ml_collections.ConfigDict(
 def setup(patterns=TRAINABLE, adapter=dict(kind='fe', width=8), batch_size=8):
   model = models.build(tiny(adapter))
   batch = {
-      'video': jax.random.normal(jax.random.key(1), (batch_size, 4, 32, 32, 3)),
+      'video': jax.random.randint(jax.random.key(1), (batch_size, 4, 32, 32, 3), 0, 256, jnp.uint8),
       'label': jnp.arange(batch_size) % 5,
   }
-  params = model.init(jax.random.key(0), batch['video'])['params']
+  params = model.init(jax.random.key(0), jnp.zeros(batch['video'].shape))['params']
   mask = partition.trainable_mask(params, patterns)
   tx = optim.make(OPTIM, mask, total_steps=10)
   return model, tx, mask, step.init_state(model, tx, params, seed=0), batch
@@ -58,7 +60,7 @@ def test_patterns_that_match_nothing_or_freeze_everything_fail_clearly():
 def test_frozen_leaves_bit_identical_trainable_changed_and_state_only_for_trainable():
   model, tx, mask, state, batch = setup()
   params0 = partition.flatten(state['params'])
-  train_step = jax.jit(step.make_train_step(model, tx, mask))
+  train_step = jax.jit(step.make_train_step(model, tx, mask, **NORMALISATION))
   for _ in range(3):
     state, metrics = train_step(state, batch)
   params = partition.flatten(state['params'])
@@ -80,7 +82,7 @@ def test_frozen_leaves_bit_identical_trainable_changed_and_state_only_for_traina
 def test_full_finetuning_trains_every_leaf():
   model, tx, mask, state, batch = setup(patterns=('.*',), adapter=None)
   params0 = partition.flatten(state['params'])
-  state, _ = jax.jit(step.make_train_step(model, tx, mask))(state, batch)
+  state, _ = jax.jit(step.make_train_step(model, tx, mask, **NORMALISATION))(state, batch)
   assert all(
       not np.array_equal(v, params0[n]) for n, v in partition.flatten(state['params']).items()
   )
@@ -96,8 +98,14 @@ def test_frozen_weights_get_no_gradient_computation():
       patterns=('head/.*',), adapter=None
   )
   full_model, full_tx, full_mask, full_state, _ = setup(patterns=('.*',), adapter=None)
-  probe = flops(step.make_train_step(adapter_model, adapter_tx, adapter_mask), adapter_state, batch)
-  full = flops(step.make_train_step(full_model, full_tx, full_mask), full_state, batch)
+  probe = flops(
+      step.make_train_step(adapter_model, adapter_tx, adapter_mask, **NORMALISATION),
+      adapter_state,
+      batch,
+  )
+  full = flops(
+      step.make_train_step(full_model, full_tx, full_mask, **NORMALISATION), full_state, batch
+  )
   forward = flops(
       lambda p, v: full_model.apply({'params': p}, v), full_state['params'], batch['video']
   )
@@ -108,7 +116,7 @@ def test_frozen_weights_get_no_gradient_computation():
 def test_step_on_an_8_device_mesh_equals_one_device():
   assert jax.device_count() == 8
   model, tx, mask, state, batch = setup()
-  train_step = step.make_train_step(model, tx, mask)
+  train_step = step.make_train_step(model, tx, mask, **NORMALISATION)
   single, m_single = jax.jit(train_step)(state, batch)
 
   mesh = sharding.make_mesh([('data', -1)])
@@ -138,8 +146,10 @@ def test_fsdp_rules_split_large_leaves_over_the_fsdp_axis():
 
 def test_grad_accumulation_gives_the_same_update():
   model, tx, mask, state, batch = setup()
-  one, m1 = jax.jit(step.make_train_step(model, tx, mask))(state, batch)
-  two, m2 = jax.jit(step.make_train_step(model, tx, mask, grad_accum_steps=2))(state, batch)
+  one, m1 = jax.jit(step.make_train_step(model, tx, mask, **NORMALISATION))(state, batch)
+  two, m2 = jax.jit(step.make_train_step(model, tx, mask, grad_accum_steps=2, **NORMALISATION))(
+      state, batch
+  )
   np.testing.assert_allclose(m1['loss'], m2['loss'], rtol=1e-5)
   for a, b in zip(jax.tree.leaves(one['params']), jax.tree.leaves(two['params'])):
     np.testing.assert_allclose(a, b, atol=1e-5)

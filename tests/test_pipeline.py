@@ -4,12 +4,15 @@ import os
 
 import cv2
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from configs import common
+from feadapter_jax import step
 from feadapter_jax.data import pipeline
 from feadapter_jax.data.synth_fer import builder as synth_builder
 from feadapter_jax.data.synth_fer import render as synth_render
@@ -84,11 +87,6 @@ def _config(data_dir, **overrides):
 
 def _take(iterator, num_batches):
   return [next(iterator) for _ in range(num_batches)]
-
-
-def _pixels(video, config):
-  """Undoes the normalisation: model input -> [0, 255] pixels."""
-  return video * np.asarray(config.std) * 255.0 + np.asarray(config.mean) * 255.0
 
 
 # ----------------------------------------------------------------------------- Sampling.
@@ -188,8 +186,9 @@ def test_unprepared_real_dataset_needs_its_manual_files(tmp_path):
 
 
 def test_eval_frames_are_the_sampled_frames_in_temporal_order(data_dir):
-  """Output frames are the stored frames at the segment centres of views 0 and 1, and the stored
-  frames are the rendered ones in temporal order."""
+  """Output frames are the stored frames at the segment centres of views 0 and 1, pixel for pixel
+  (uint8, no resize: stored at the model's size), and the stored frames are the rendered ones in
+  temporal order."""
   config = _config(data_dir, num_clips=2)
   batch = next(
       pipeline.make_eval_dataset(
@@ -197,6 +196,7 @@ def test_eval_frames_are_the_sampled_frames_in_temporal_order(data_dir):
       ).as_numpy_iterator()
   )
   assert batch['video'].shape == (NUM_TEST, 2, 4, RESOLUTION, RESOLUTION, 3)
+  assert batch['video'].dtype == np.uint8
   stored = tfds.as_numpy(
       pipeline.get_builder(config).as_dataset(
           split='test', decoders={'video': tfds.decode.SkipDecoding()}
@@ -214,8 +214,8 @@ def test_eval_frames_are_the_sampled_frames_in_temporal_order(data_dir):
   synth = synth_builder.synth_config('video', **config.synth.to_dict())
   expected = np.array([[0, 2, 4, 6], [1, 3, 5, 7]])  # 8 frames, 4 segments, views at 1/4, 3/4
   for video, label, clip_id in zip(batch['video'], batch['label'], batch['clip_id']):
-    output = _pixels(video, config)  # (views t h w 3)
-    np.testing.assert_allclose(output, stored[clip_id][expected], atol=0.01)
+    np.testing.assert_array_equal(video, stored[clip_id][expected])  # (views t h w 3)
+    output = video.astype(float)
     split, index = clip_id.decode().rsplit('_', 1)
     rendered, rendered_label = synth_builder.render_example(synth, split, int(index))
     assert label == rendered_label
@@ -257,19 +257,46 @@ def test_eval_shards_are_disjoint_complete_and_equally_long(data_dir, process_co
   assert sorted(seen) == [synth_builder.clip_name('test', i).encode() for i in range(NUM_TEST)]
 
 
-def test_bfloat16_output(data_dir):
-  config = _config(data_dir)
-  as_float = next(
-      pipeline.make_eval_iterator(config, 'test', batch_size=4, process_index=0, process_count=1)
+@pytest.mark.parametrize('stored_size', [40, 9])  # downscaled (antialiased), upscaled
+def test_resized_uint8_normalised_on_device_is_the_float_path_within_half_a_level(stored_size):
+  """Resizing rounds to uint8; normalised on the device (`step.normalise_video`) that is the
+  float resize normalised on the host to within half a pixel level, 0.5 / 255 / std."""
+  config = common.data_defaults()
+  config.update(num_frames=4, image_size=RESOLUTION, num_clips=2)
+  frames = np.random.default_rng(0).integers(0, 256, (7, stored_size, stored_size, 3), np.uint8)
+
+  views = pipeline.eval_clip(frames, config).numpy()
+
+  assert views.dtype == np.uint8 and views.shape == (2, 4, RESOLUTION, RESOLUTION, 3)
+  selected = tf.cast(tf.gather(frames, pipeline.eval_clip_indices(7, config)), tf.float32)
+  floats = tf.image.resize(
+      selected, (RESOLUTION, RESOLUTION), 'bilinear', antialias=stored_size > RESOLUTION
+  ).numpy()
+  std = np.asarray(config.std, np.float32)
+  host = floats.reshape(views.shape) / (255.0 * std) - np.asarray(config.mean, np.float32) / std
+  device = np.asarray(step.normalise_video(jnp.asarray(views), config.mean, config.std, 'float32'))
+  error = np.abs(device - host) * std * 255.0  # in pixel levels
+  assert 0.1 < error.max() <= 0.5 + 1e-4  # rounded, by at most half a level
+  np.testing.assert_array_equal(views, np.clip(np.round(floats), 0, 255).reshape(views.shape))
+
+
+def test_batches_take_one_byte_per_pixel(data_dir):
+  """A quarter of the float32 batches' host memory and host-to-device transfer."""
+  batch = next(
+      pipeline.make_train_iterator(
+          _config(data_dir), batch_size=5, seed=0, process_index=0, process_count=1
+      )
   )
-  config.dtype = 'bfloat16'
-  as_bf16 = next(
-      pipeline.make_eval_iterator(config, 'test', batch_size=4, process_index=0, process_count=1)
-  )
-  assert as_bf16['video'].dtype.name == 'bfloat16'
-  np.testing.assert_allclose(
-      as_bf16['video'].astype(np.float32), as_float['video'], rtol=1e-2, atol=1e-2
-  )
+  assert batch['video'].dtype == np.uint8
+  assert batch['video'].nbytes == 5 * 4 * RESOLUTION * RESOLUTION * 3
+
+
+def test_data_dtype_is_no_config_field():
+  """The compute dtype is `model.dtype`: a locked config refuses `data.dtype` by name."""
+  config = common.data_defaults()
+  config.lock()
+  with pytest.raises(AttributeError, match='Key "dtype" does not exist'):
+    config.dtype = 'bfloat16'
 
 
 def test_image_variant_is_one_frame_clips(data_dir):
@@ -296,7 +323,7 @@ def test_train_stream_is_deterministic_and_resumable(data_dir):
   again = _take(make(), 10)
   for step, batch in enumerate(full):
     assert batch['video'].shape == (5, 4, RESOLUTION, RESOLUTION, 3)
-    assert batch['video'].dtype == np.float32 and batch['label'].dtype == np.int32
+    assert batch['video'].dtype == np.uint8 and batch['label'].dtype == np.int32
     np.testing.assert_array_equal(batch['video'], again[step]['video'])
     np.testing.assert_array_equal(batch['label'], again[step]['label'])
   for start_step in (3, 7):  # within the first epoch; in the second epoch

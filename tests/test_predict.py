@@ -81,7 +81,8 @@ def predictor(workdir):
 def reference(workdir, predictor):
   """The evaluation step on the run's model, loaded and jitted apart from the predictor."""
   model, params = evaluate.load_trained(workdir, predictor.config)
-  eval_step = jax.jit(step_lib.make_eval_step(model))
+  data = predictor.config.data
+  eval_step = jax.jit(step_lib.make_eval_step(model, mean=data.mean, std=data.std))
   return lambda video: np.asarray(eval_step(params, {'video': video}))
 
 
@@ -118,29 +119,28 @@ def test_the_run_records_and_exports_its_backbones_settings(workdir):
   assert exported['layer_norm_eps'] == 1e-12 and exported['activation'] == 'quick_gelu'
 
 
-def test_prediction_uses_the_backbones_model_and_normalisation(predictor, reference, workdir):
-  model, _ = evaluate.load_trained(workdir, predictor.config)
+def test_prediction_uses_the_backbones_model_and_normalisation(predictor, workdir):
+  model, params = evaluate.load_trained(workdir, predictor.config)
   assert (model.layer_norm_eps, model.activation) == (1e-12, 'quick_gelu')
   frames = _clip(6, 8, 32)  # one window of the model's frame count and size: no resampling
   normalised = (frames / 255.0 - np.asarray(MEAN)) / np.asarray(STD)
 
   views = predictor.views(frames)
 
-  np.testing.assert_allclose(views, normalised[None], atol=1e-5)
-  np.testing.assert_allclose(
-      predictor.probabilities([views])[0], reference(normalised[None, None])[0], atol=1e-5
-  )
+  np.testing.assert_array_equal(views, frames[None])  # uint8, the step normalises
+  expected = jax.nn.softmax(model.apply({'params': params}, normalised[None].astype(np.float32)))
+  np.testing.assert_allclose(predictor.probabilities([views])[0], expected[0], atol=1e-5)
 
 
 def test_evaluation_normalises_with_the_backbones_statistics(workdir, monkeypatch):
   given = []
-  make_eval_iterator = pipeline.make_eval_iterator
+  make_eval_step = step_lib.make_eval_step
 
-  def recording(data_config, *args, **kwargs):
-    given.append((tuple(data_config.mean), tuple(data_config.std)))
-    return make_eval_iterator(data_config, *args, **kwargs)
+  def recording(model, *, mean, std):
+    given.append((tuple(mean), tuple(std)))
+    return make_eval_step(model, mean=mean, std=std)
 
-  monkeypatch.setattr(evaluate.pipeline, 'make_eval_iterator', recording)
+  monkeypatch.setattr(evaluate.step_lib, 'make_eval_step', recording)
   results = evaluate.evaluate_workdir(workdir, 'test')
   assert given == [(MEAN, STD)] and results['num_examples'] == 64
 

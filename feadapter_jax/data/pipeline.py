@@ -6,7 +6,9 @@ equal segment), decodes only those, and then
   * train: one random resized crop and one horizontal flip for the whole clip, resize to S x S;
   * eval:  resize to S x S, `num_clips` temporal views per clip (`eval_clip`, which prediction
     on user videos applies to decoded frames);
-and normalises with mean/std (in [0, 1] pixel units). `make_train_dataset` and
+and yields uint8 pixels: the jitted steps normalise them on the device with mean/std
+(`step.normalise_video`), so batches take a quarter of float32's host memory and transfer.
+A frame already S x S passes unchanged, its stored pixels exactly. `make_train_dataset` and
 `make_eval_dataset` build the batches as a `tf.data.Dataset` that also holds each clip's
 `clip_id`; `make_train_iterator` and `make_eval_iterator` yield them as numpy dicts without it,
 ready for `to_global_arrays`.
@@ -232,16 +234,22 @@ def _random_crop_window(
 
 
 def _finish(frames: tf.Tensor, data_config: ml_collections.ConfigDict) -> tf.Tensor:
-  """Resizes (n h w 3) uint8 frames to S x S and normalises -> (n S S 3) in config dtype."""
+  """(n h w 3) uint8 frames -> (n S S 3) uint8: resized (rounded to the nearest level) to S x S;
+  frames already S x S pass unchanged."""
   size = data_config.image_size
-  frames = tf.cast(frames, tf.float32)  # float input resizes ~2x faster than uint8
-  resize = functools.partial(tf.image.resize, frames, (size, size), 'bilinear')
-  # Antialiasing only changes downscaling, but costs ~3x on the upscaling of a train crop.
-  shrinks = tf.reduce_any(tf.shape(frames)[1:3] > size)
-  frames = tf.cond(shrinks, lambda: resize(antialias=True), lambda: resize(antialias=False))
-  std = np.asarray(data_config.std, np.float32)
-  scale, shift = 1.0 / (255.0 * std), -np.asarray(data_config.mean, np.float32) / std
-  return tf.cast(frames * scale + shift, data_config.dtype)
+
+  def resized() -> tf.Tensor:
+    floats = tf.cast(frames, tf.float32)  # float input resizes ~2x faster than uint8
+    resize = functools.partial(tf.image.resize, floats, (size, size), 'bilinear')
+    # Antialiasing only changes downscaling, but costs ~3x on the upscaling of a train crop.
+    shrinks = tf.reduce_any(tf.shape(frames)[1:3] > size)
+    floats = tf.cond(shrinks, lambda: resize(antialias=True), lambda: resize(antialias=False))
+    return tf.saturate_cast(tf.round(floats), tf.uint8)
+
+  unchanged = tf.reduce_all(tf.shape(frames)[1:3] == size)
+  out = tf.cond(unchanged, lambda: frames, resized)
+  out.set_shape([None, size, size, 3])  # the branches' static shapes differ
+  return out
 
 
 def _train_clip(
@@ -286,10 +294,11 @@ def eval_clip(frames: np.ndarray | tf.Tensor, data_config: ml_collections.Config
 
   Args:
     frames: (L, h, w, 3) uint8 frames of one clip in temporal order, L >= 1.
-    data_config: `config.data` (num_frames, num_clips, image_size, mean, std, dtype).
+    data_config: `config.data` (num_frames, num_clips, image_size).
 
   Returns:
-    (num_clips, t, S, S, 3) segment-centred views, resized and normalised, in config dtype.
+    (num_clips, t, S, S, 3) uint8 segment-centred views, resized; the eval step normalises
+    them.
   """
   frames = tf.convert_to_tensor(frames, tf.uint8)
   indices = eval_clip_indices(tf.shape(frames)[0], data_config)
@@ -373,7 +382,7 @@ def make_train_dataset(
     process_count: number of processes; default `jax.process_count()`.
 
   Returns:
-    Dataset of {'video': (batch, t, S, S, 3) float32 | bfloat16, 'label': (batch,) int32,
+    Dataset of {'video': (batch, t, S, S, 3) uint8, 'label': (batch,) int32,
     'clip_id': (batch,) string}.
 
   Raises:
@@ -434,7 +443,7 @@ def make_eval_dataset(
     process_count: number of processes; default `jax.process_count()`.
 
   Returns:
-    Dataset of {'video': (batch, num_clips, t, S, S, 3), 'label': (batch,) int32,
+    Dataset of {'video': (batch, num_clips, t, S, S, 3) uint8, 'label': (batch,) int32,
     'mask': (batch,) bool, 'clip_id': (batch,) string}; mask is False on padding (zeros,
     label 0, clip_id b''). Every process yields ceil(max shard size / batch_size) batches.
   """
@@ -477,7 +486,7 @@ def make_train_iterator(
   """The batches of `make_train_dataset` (same arguments) as numpy arrays, for the train step.
 
   Returns:
-    Iterator of {'video': (batch, t, S, S, 3) float32 | bfloat16, 'label': (batch,) int32}.
+    Iterator of {'video': (batch, t, S, S, 3) uint8, 'label': (batch,) int32}.
 
   Raises:
     ValueError: this process's shard of the train split is empty.
@@ -505,7 +514,7 @@ def make_eval_iterator(
   """The batches of `make_eval_dataset` (same arguments) as numpy arrays, for the eval step.
 
   Returns:
-    Iterator of {'video': (batch, num_clips, t, S, S, 3), 'label': (batch,) int32,
+    Iterator of {'video': (batch, num_clips, t, S, S, 3) uint8, 'label': (batch,) int32,
     'mask': (batch,) bool}.
   """
   return _step_batches(

@@ -18,7 +18,28 @@ import numpy as np
 
 from feadapter_jax import checkpoint
 from feadapter_jax import partition
+from feadapter_jax.models import kernels
 from feadapter_jax.models import vit
+
+
+def resolve_backend(
+    config: ml_collections.ConfigDict, backend: str | None = None
+) -> ml_collections.ConfigDict:
+  """A copy of `config` with `model.dtype` 'auto' resolved for `backend`.
+
+  The trainer records this config (config.json), so a run shows the dtype it computed in, and
+  evaluation and prediction rebuild the model in it. `model.kernels` stays as set: every form
+  computes the same model (tests/test_kernels.py), and 'auto' gives each machine that evaluates
+  or predicts its own fast form (the CPU forms are ~100x faster on CPU, the reference forms the
+  ones GPUs and TPUs compile well). `build_model` resolves both the same way.
+
+  Args:
+    config: a run's config.
+    backend: a `jax.default_backend()` name ('cpu', 'gpu', 'tpu'); default the running one.
+  """
+  config = config.copy_and_resolve_references()
+  config.model.dtype = kernels.resolve_dtype(config.model.dtype, backend)
+  return config
 
 
 def model_config(config: ml_collections.ConfigDict) -> dict[str, Any]:

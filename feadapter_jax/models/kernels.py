@@ -12,6 +12,13 @@
   (saving one array where autodiff saves several) and put one barrier on a cotangent.
 - 'auto' (the default): 'cpu' when `jax.default_backend()` is 'cpu', else 'reference'.
 
+The backend's other defaults are chosen here too, each by a function of the backend name
+(default `jax.default_backend()`): the compute dtype (`resolve_dtype`: float32 on CPU, bfloat16
+on GPU and TPU, parameters float32 everywhere), the attention implementation of the reference
+form (`attention_implementation`: cuDNN's fused flash attention on GPU for 16-bit inputs, XLA's
+elsewhere) and the XLA options of the train step (`compiler_options`: the config's CPU options
+on CPU only). `compiled_attention` reads back from a compiled program which attention it runs.
+
 Both forms of a piece take the same parameters (names, shapes, initialisers), so one checkpoint
 serves both, and compute the same values and gradients up to float rounding
 (`tests/test_kernels.py`). `docs/performance.md` has what each CPU form gains.
@@ -22,23 +29,98 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from typing import Any, Callable, Sequence
+import re
+from typing import Any, Callable, Mapping, Sequence
 
+from absl import logging
 import einops
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 KERNELS = ('auto', 'reference', 'cpu')
+# What cuDNN's fused attention is called in compiled HLO: custom calls `__cudnn$fmha...`.
+_CUSTOM_CALL_TARGET = re.compile(r'custom_call_target="([^"]*)"')
+
+# ------------------------------------------------------------------------ backend defaults
 
 
-def resolve(kernels: str) -> str:
-  """'reference' or 'cpu' for a `model.kernels` value; 'auto' follows the default backend."""
+def _on_cpu(backend: str | None) -> bool:
+  return (backend or jax.default_backend()) == 'cpu'
+
+
+def resolve(kernels: str, backend: str | None = None) -> str:
+  """'reference' or 'cpu' for a `model.kernels` value; 'auto' is 'cpu' on the CPU backend.
+
+  Args:
+    kernels: 'auto' | 'reference' | 'cpu'.
+    backend: a `jax.default_backend()` name ('cpu', 'gpu', 'tpu'); default the running one.
+  """
   if kernels not in KERNELS:
     raise ValueError(f'model.kernels={kernels!r}, expected one of {KERNELS}')
   if kernels == 'auto':
-    return 'cpu' if jax.default_backend() == 'cpu' else 'reference'
+    return 'cpu' if _on_cpu(backend) else 'reference'
   return kernels
+
+
+def resolve_dtype(dtype: str, backend: str | None = None) -> str:
+  """The compute dtype's name for a `model.dtype` value; 'auto' is float32 on CPU, else bfloat16.
+
+  XLA CPU has no fast bfloat16 matmuls; GPUs' and TPUs' matrix units run bfloat16 at several
+  times their float32 rate. Parameters (the master weights) stay float32 under every choice.
+
+  Args:
+    dtype: 'auto' or a float dtype name ('float32', 'bfloat16', ...).
+    backend: a `jax.default_backend()` name; default the running one.
+  """
+  if dtype == 'auto':
+    return 'float32' if _on_cpu(backend) else 'bfloat16'
+  try:
+    resolved = jnp.dtype(dtype)
+  except TypeError:
+    resolved = None
+  if resolved is None or not jnp.issubdtype(resolved, jnp.floating):
+    raise ValueError(
+        f"model.dtype={dtype!r}, expected 'auto' or a float dtype such as 'float32', 'bfloat16'"
+    )
+  return resolved.name
+
+
+def attention_implementation(dtype: Any, backend: str | None = None) -> str:
+  """What the reference form asks `jax.nn.dot_product_attention` for: 'cudnn' or 'xla'.
+
+  cuDNN's fused flash attention on GPU when the inputs are 16-bit (all it takes); XLA's
+  otherwise. The choice is explicit: `implementation=None` selects XLA's (JAX 0.10).
+  """
+  on_gpu = (backend or jax.default_backend()) == 'gpu'
+  return 'cudnn' if on_gpu and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) else 'xla'
+
+
+def compiler_options(
+    cpu_options: Mapping[str, Any] | None, backend: str | None = None
+) -> dict[str, Any] | None:
+  """The XLA options a train step compiles with: `cpu_options` on the CPU backend, else none.
+
+  The CPU options (`config.cpu_compiler_options`) name CPU passes and schedulers that other
+  backends do not have.
+  """
+  if not _on_cpu(backend):
+    return None
+  return dict(cpu_options or {}) or None
+
+
+def compiled_attention(hlo_text: str) -> str:
+  """Which attention a compiled program runs: 'cudnn' (fused) or 'xla'.
+
+  Args:
+    hlo_text: the compiled HLO, `jax.jit(f).lower(...).compile().as_text()`.
+
+  Returns:
+    'cudnn' when a custom call's target names cuDNN's fused attention (`__cudnn$fmha...`, forward
+    or backward), else 'xla' (attention as XLA's own dots and softmax).
+  """
+  targets = [t.lower() for t in _CUSTOM_CALL_TARGET.findall(hlo_text)]
+  return 'cudnn' if any('cudnn' in t and 'fmha' in t for t in targets) else 'xla'
 
 
 def _pick(kernels: str, cpu: Callable, reference: Callable) -> Callable:
@@ -202,9 +284,18 @@ def _explicit_attention(qkv: jax.Array, num_heads: int) -> jax.Array:
 
 
 def _fused_attention(qkv: jax.Array, num_heads: int) -> jax.Array:
-  """`jax.nn.dot_product_attention`: cuDNN's flash attention on GPU."""
+  """`jax.nn.dot_product_attention`: cuDNN's flash attention on GPU (`attention_implementation`)."""
   q, k, v = einops.rearrange(qkv, 'b n (three h e) -> three b n h e', three=3, h=num_heads)
-  return einops.rearrange(jax.nn.dot_product_attention(q, k, v), 'b n h e -> b n (h e)')
+  implementation = attention_implementation(qkv.dtype)
+  if implementation == 'cudnn':
+    try:
+      y = jax.nn.dot_product_attention(q, k, v, implementation='cudnn')
+      return einops.rearrange(y, 'b n h e -> b n (h e)')
+    except (NotImplementedError, RuntimeError) as e:
+      # cuDNN missing, too old, or not for these shapes: JAX says so while tracing.
+      logging.warning('cuDNN attention unavailable (%s); using XLA attention.', e)
+  y = jax.nn.dot_product_attention(q, k, v, implementation='xla')
+  return einops.rearrange(y, 'b n h e -> b n (h e)')
 
 
 def attention(qkv: jax.Array, num_heads: int, kernels: str = 'auto') -> jax.Array:

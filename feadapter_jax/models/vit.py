@@ -217,7 +217,7 @@ class ViT(nn.Module):
       the patch tokens).
     fc_norm: the final LayerNorm after pooling (`fc_norm`) instead of before (`norm`).
     remat: rematerialise each block in the backward pass (memory for compute).
-    dtype: compute dtype (parameters stay float32).
+    dtype: compute dtype (parameters stay float32); `build` resolves the config's 'auto'.
     kernels: how the costly pieces are computed (`kernels.py`): 'reference' (plain JAX
       forms, what GPU and TPU compile well), 'cpu' (forms written for XLA's CPU backend), or
       'auto': 'cpu' on the CPU backend, 'reference' elsewhere.
@@ -353,7 +353,8 @@ def build(model_config: Mapping[str, Any]) -> ViT:
 
   Keys: `variant` ('B/16'...) or the explicit architecture (width, depth, num_heads, mlp_dim,
   patch_size), which override the variant; `num_classes`, `image_size`, `adapter` (dict),
-  `drop_path_rate`, `head_dropout`, `remat`, `dtype` ('float32'|'bfloat16'), `kernels`
+  `drop_path_rate`, `head_dropout`, `remat`, `dtype` ('auto'|'float32'|'bfloat16'; 'auto' is
+  resolved here for the running backend, `kernels.resolve_dtype`), `kernels`
   ('auto'|'reference'|'cpu'), and the family options of `ViT` (`layer_norm_eps`, `activation`,
   `pre_norm`, `layer_scale`, `num_registers`, `class_token`, `class_pos_embed`, `global_pool`,
   `fc_norm`). A key set to None takes the `ViT` default.
@@ -364,7 +365,7 @@ def build(model_config: Mapping[str, Any]) -> ViT:
   cfg.pop('variant', None)
   arch.update(cfg)
   arch['adapter'] = adapters_lib.AdapterConfig.from_dict(arch.get('adapter'))
-  arch['dtype'] = jnp.dtype(arch.get('dtype', 'float32'))
+  arch['dtype'] = jnp.dtype(kernels_lib.resolve_dtype(arch.get('dtype', 'float32')))
   known = set(ViT.__dataclass_fields__) - {'parent', 'name'}
   unknown = set(arch) - known
   if unknown:
