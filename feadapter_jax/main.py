@@ -25,6 +25,7 @@ def main(argv) -> None:
   # Imported after jax.distributed.initialize: they query devices at import or first use.
   import jax  # pylint: disable=g-import-not-at-top
   from feadapter_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  from feadapter_jax import sharding  # pylint: disable=g-import-not-at-top
   from feadapter_jax import train  # pylint: disable=g-import-not-at-top
   from feadapter_jax.data import clip_folders  # pylint: disable=g-import-not-at-top
   from feadapter_jax.data import pipeline  # pylint: disable=g-import-not-at-top
@@ -41,6 +42,7 @@ def main(argv) -> None:
       train.NonFiniteLossError,
       checkpoint.CheckpointError,
       backbone.BackboneError,
+      sharding.ShardingConfigError,
       FileNotFoundError,
   ) as e:
     print(f'error: {e}', file=sys.stderr)

@@ -33,6 +33,10 @@ STRATEGIES = ('replicate', 'fsdp')
 Spec = str | Sequence[Sequence[Any]]
 
 
+class ShardingConfigError(ValueError):
+  """`config.mesh` or `config.sharding_rules` is malformed or does not fit the devices."""
+
+
 def _items(spec: Spec, field: str, form: str) -> list[tuple[Any, Any]]:
   """The (key, value) pairs of `spec`: 'key=value,...' or a sequence of pairs.
 
@@ -41,7 +45,7 @@ def _items(spec: Spec, field: str, form: str) -> list[tuple[Any, Any]]:
   own ('(?=...)').
 
   Raises:
-    ValueError: naming config.<field>: `spec` is empty or has an item that is not `form`.
+    ShardingConfigError: naming config.<field>: `spec` is empty or has an item that is not `form`.
   """
   if isinstance(spec, str):
     parts = re.split(r',(?![^{}]*})', spec)
@@ -51,7 +55,9 @@ def _items(spec: Spec, field: str, form: str) -> list[tuple[Any, Any]]:
     items = [tuple(pair) for pair in spec]
     bad = [pair for pair in items if len(pair) != 2]
   if bad or not items:
-    raise ValueError(f'config.{field}={spec!r}: {(bad[0] if bad else spec)!r} is not {form}.')
+    raise ShardingConfigError(
+        f'config.{field}={spec!r}: {(bad[0] if bad else spec)!r} is not {form}.'
+    )
   return items
 
 
@@ -59,24 +65,29 @@ def parse_mesh(spec: Spec) -> list[tuple[str, int]]:
   """`config.mesh` as [(axis, size)], e.g. 'data=2,fsdp=4' -> [('data', 2), ('fsdp', 4)].
 
   Raises:
-    ValueError: naming config.mesh: an item not 'axis=size', an axis other than 'data' and
-      'fsdp' or one given twice, a size not a positive integer or -1, more than one -1.
+    ShardingConfigError: naming config.mesh: an item not 'axis=size', an axis other than
+      'data' and 'fsdp' or one given twice, a size not a positive integer or -1, more than one
+      -1.
   """
   axes = []
   for name, size in _items(spec, 'mesh', "axis=size (as in 'data=2,fsdp=4')"):
     if name not in MESH_AXES:
-      raise ValueError(f"config.mesh={spec!r}: unknown axis {name!r}; the axes are 'data', 'fsdp'.")
+      raise ShardingConfigError(
+          f"config.mesh={spec!r}: unknown axis {name!r}; the axes are 'data', 'fsdp'."
+      )
     if name in dict(axes):
-      raise ValueError(f'config.mesh={spec!r}: axis {name!r} is given twice.')
+      raise ShardingConfigError(f'config.mesh={spec!r}: axis {name!r} is given twice.')
     try:
       size = int(size)
     except (TypeError, ValueError):
       size = 0
     if size < 1 and size != -1:
-      raise ValueError(f'config.mesh={spec!r}: the size of {name!r} is not a positive int or -1.')
+      raise ShardingConfigError(
+          f'config.mesh={spec!r}: the size of {name!r} is not a positive int or -1.'
+      )
     axes.append((name, size))
   if [size for _, size in axes].count(-1) > 1:
-    raise ValueError(f'config.mesh={spec!r}: only one axis may have size -1.')
+    raise ShardingConfigError(f'config.mesh={spec!r}: only one axis may have size -1.')
   return axes
 
 
@@ -84,20 +95,22 @@ def parse_rules(spec: Spec) -> list[tuple[str, str]]:
   """`config.sharding_rules` as [(regex, strategy)], e.g. '.*=fsdp' -> [('.*', 'fsdp')].
 
   Raises:
-    ValueError: naming config.sharding_rules: an item not 'regex=strategy', a strategy other
-      than 'replicate' and 'fsdp', a regex that does not compile.
+    ShardingConfigError: naming config.sharding_rules: an item not 'regex=strategy', a
+      strategy other than 'replicate' and 'fsdp', a regex that does not compile.
   """
   rules = _items(spec, 'sharding_rules', "regex=strategy (as in '.*=fsdp')")
   for pattern, strategy in rules:
     if strategy not in STRATEGIES:
-      raise ValueError(
+      raise ShardingConfigError(
           f'config.sharding_rules={spec!r}: unknown strategy {strategy!r} for {pattern!r}; '
           "the strategies are 'replicate', 'fsdp'."
       )
     try:
       re.compile(pattern)
     except re.error as e:
-      raise ValueError(f'config.sharding_rules={spec!r}: bad regex {pattern!r} ({e}).') from None
+      raise ShardingConfigError(
+          f'config.sharding_rules={spec!r}: bad regex {pattern!r} ({e}).'
+      ) from None
   return rules
 
 
@@ -105,7 +118,7 @@ def make_mesh(spec: Spec, devices: Sequence[Any] | None = None) -> Mesh:
   """The mesh of `config.mesh` over `devices` (default: all), laid out by `jax.make_mesh`.
 
   Raises:
-    ValueError: naming config.mesh: `parse_mesh`'s errors, sizes whose product is not the
+    ShardingConfigError: naming config.mesh: `parse_mesh`'s errors, sizes whose product is not the
       device count.
   """
   axes = parse_mesh(spec)
@@ -113,13 +126,13 @@ def make_mesh(spec: Spec, devices: Sequence[Any] | None = None) -> Mesh:
   names = tuple(name for name, _ in axes)
   known = math.prod(size for _, size in axes if size != -1)
   if any(size == -1 for _, size in axes) and len(devices) % known:
-    raise ValueError(
+    raise ShardingConfigError(
         f'config.mesh={spec!r}: the sizes of the other axes multiply to {known}, which does '
         f'not divide the {len(devices)} devices.'
     )
   sizes = tuple(len(devices) // known if size == -1 else size for _, size in axes)
   if math.prod(sizes) != len(devices):
-    raise ValueError(
+    raise ShardingConfigError(
         f'config.mesh={spec!r} needs {math.prod(sizes)} devices, there are {len(devices)}.'
     )
   if len({getattr(d, 'slice_index', 0) for d in devices}) > 1:
@@ -154,3 +167,8 @@ def state_shardings(state: Any, mesh: Mesh, rules: Spec) -> Any:
   """NamedShardings for a (shape-only or real) train state from `config.sharding_rules`."""
   strategies = partition.match(state, parse_rules(rules))
   return jax.tree.map(lambda leaf, s: NamedSharding(mesh, _spec(leaf, s, mesh)), state, strategies)
+
+
+def params_shardings(params: Any, mesh: Mesh, rules: Spec) -> Any:
+  """The shardings `state_shardings` gives a train state's `params`, for parameters alone."""
+  return state_shardings({'params': params}, mesh, rules)['params']
