@@ -140,8 +140,13 @@ def base_config(method: str) -> ml_collections.ConfigDict:
   # The backbone: a directory from `python -m feadapter_jax.convert` (or an export/ of a
   # training run), whose model_config.json also sets the backbone's settings. '' starts from a
   # random init, which a method with a frozen backbone refuses unless `random_backbone` is
-  # True. `dont_load` skips matching names.
-  c.init = ml_collections.ConfigDict(dict(checkpoint='', dont_load=(), random_backbone=False))
+  # True. `dont_load` skips matching names. `head`: 'map' loads the backbone's head when its
+  # model_config.json names classes that hold every class of the dataset, in the dataset's
+  # order (by emotion: 'Happiness' is 'Happy'), else leaves it random (said in the log); 'drop'
+  # always leaves it random.
+  c.init = ml_collections.ConfigDict(
+      dict(checkpoint='', dont_load=(), random_backbone=False, head='map')
+  )
   c.batch_size = 32  # global, over all processes and devices
   c.grad_accum_steps = 1
   c.num_epochs = 100.0

@@ -27,6 +27,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.seed = arg.seed
   c.data = common.data_config('dfew', f'fold{arg.fold}' + ('_16f' if arg.frames16 else ''))
   c.model.num_classes = 7
-  # A converted image classifier's head keeps its classes only when they match DFEW's order.
-  c.init.dont_load = ('head/.*',)
   return c

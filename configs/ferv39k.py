@@ -21,5 +21,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.seed = arg.seed
   c.data = common.data_config('ferv39k')
   c.model.num_classes = 7
-  c.init.dont_load = ('head/.*',)
   return c

@@ -24,5 +24,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.seed = arg.seed
   c.data = common.data_config('mafw', f'fold{arg.fold}')
   c.model.num_classes = 11
-  c.init.dont_load = ('head/.*',)
   return c

@@ -189,7 +189,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       total_steps,
       warmup_steps=int(config.optim.warmup_epochs * steps_per_epoch),
   )
-  loaded = builder.load_backbone(config, params_shapes)
+  loaded = builder.load_backbone(config, params_shapes, info.class_names)
 
   def init_fn(loaded):
     return step_lib.init_state(
@@ -328,7 +328,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       checkpoint.save_params(
           export,
           jax.device_get(partition.subtree(state['params'], mask)),
-          backbone.directory_config(config),
+          backbone.directory_config(config, info.class_names),
       )
       (export / workdir_lib.INIT_FILE).write_text(
           json.dumps(

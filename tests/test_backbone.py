@@ -24,6 +24,7 @@ from tests import tiny
 ROOT = test_train.ROOT
 SYNTHETIC = os.path.join(ROOT, 'configs', 'synthetic.py')
 DFEW = os.path.join(ROOT, 'configs', 'dfew.py')
+IMAGE_FER = os.path.join(ROOT, 'configs', 'image_fer.py')
 # What the tiny backbone is, where it differs from the ViT defaults and ImageNet.
 EPS, ACTIVATION, MEAN, STD = 1e-12, 'quick_gelu', (0.5,) * 3, (0.5,) * 3
 
@@ -171,6 +172,18 @@ def test_main_stops_before_the_data_without_a_backbone(tmp_path):
   assert '--config.init.random_backbone=True' in proc.stderr
   # Stopped before anything: no workdir, no dataset lookup (DFEW's would say 'manual_dir').
   assert not workdir.exists() and not data_dir.exists() and 'manual_dir' not in proc.stderr
+
+
+@pytest.mark.parametrize('method', ['full_finetune', 'linear_probe'])
+def test_the_image_stage_stops_without_a_backbone_even_when_it_trains_every_weight(method):
+  config = cli.load_config(f'{IMAGE_FER}:dataset=rafdb,method={method}')
+  with pytest.raises(backbone.BackboneError, match='config.init.checkpoint is empty') as error:
+    train.resolve_config(config)
+  assert '--config.init.checkpoint=DIR' in str(error.value)
+  if method == 'full_finetune':  # nothing is frozen: the image stage's own requirement
+    assert 'would fine-tune a random ViT' in str(error.value)
+  config.init.random_backbone = True  # on purpose
+  assert train.resolve_config(config).init.required
 
 
 def test_kfold_stops_before_the_first_fold_without_a_backbone(tmp_path):

@@ -38,7 +38,7 @@ def test_with_args_appends_and_a_later_arg_wins():
 
 
 def test_reading_a_config_imports_neither_jax_nor_tensorflow():
-  names = ['dfew', 'ferv39k', 'mafw', 'synthetic', 'synthetic_image']
+  names = ['dfew', 'ferv39k', 'mafw', 'synthetic', 'synthetic_image', 'image_fer']
   code = (
       'import importlib, sys\n'
       f'for name in {names}:\n'

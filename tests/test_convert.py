@@ -291,7 +291,7 @@ def test_cli_safetensors_round_trip_with_verify(tmp_path, capsys):
       **PLAIN,
   )
   assert convert.read_metadata(out_dir) == dict(
-      source='timm', checkpoint=str(path), mean=None, std=None
+      source='timm', checkpoint=str(path), mean=None, std=None, class_names=None
   )
   expected, _ = convert.convert_state_dict(model.state_dict(), image_size=48)
   jax.tree.map(np.testing.assert_array_equal, params, expected)

@@ -141,6 +141,7 @@ def test_a_backbone_on_gs_resolves_the_config(bucket):
       'checkpoint': None,
       'mean': [0.5] * 3,
       'std': [0.25] * 3,
+      'class_names': None,
   }
   with pytest.raises(FileNotFoundError, match=f'{BUCKET}/none/model_config.json not found'):
     backbone.resolve(_video_config(f'{BUCKET}/none'))

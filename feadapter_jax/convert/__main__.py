@@ -3,8 +3,8 @@
     python -m feadapter_jax.convert --checkpoint=PATH --out=DIR
         [--source=auto|timm|torchvision|hf|clip|big_vision] [--image_size=N] [--num_classes=K]
         [--num_heads=H] [--activation=gelu|quick_gelu] [--global_pool=token|avg]
-        [--mean=R,G,B --std=R,G,B] [--rename=REGEX=REPLACEMENT ...] [--ignore=REGEX ...]
-        [--verify]
+        [--mean=R,G,B --std=R,G,B] [--class_names=A,B,...] [--rename=REGEX=REPLACEMENT ...]
+        [--ignore=REGEX ...] [--verify]
 
 PATH is a .safetensors / .npz / .pth / .pt / .bin file or a hub snapshot directory (its
 config.json and preprocessor_config.json supply heads, LayerNorm eps, activation and
@@ -94,6 +94,14 @@ def parse(argv: Sequence[str]) -> flags.FlagValues:
   )
   flags.DEFINE_list('mean', None, 'Input normalisation mean, R,G,B.', flag_values=fv)
   flags.DEFINE_list('std', None, 'Input normalisation std, R,G,B.', flag_values=fv)
+  flags.DEFINE_list(
+      'class_names',
+      None,
+      "The head's classes in its output order, e.g. Neutral,Happy,Sad,Surprise,Fear,Disgust,"
+      "Anger (AffectNet): a video run then keeps the head, its rows taken in the dataset's "
+      'class order by emotion.',
+      flag_values=fv,
+  )
   flags.DEFINE_multi_string(
       'rename',
       [],
@@ -178,6 +186,13 @@ def run(args: flags.FlagValues) -> None:
             '(an unsupported variant or a converter bug).'
         )
   metadata = dict(conversion.metadata, checkpoint=os.path.abspath(args.checkpoint))
+  if args.class_names:
+    classes = conversion.model_config['num_classes']
+    if len(args.class_names) != classes:
+      raise ValueError(
+          f'--class_names names {len(args.class_names)} classes, the head has {classes}.'
+      )
+    metadata['class_names'] = list(args.class_names)
   store.save(args.out, conversion.params, conversion.model_config, metadata)
   print(f'wrote {args.out}: params/ + model_config.json')
   print(f'model config: {json.dumps(conversion.model_config)}')

@@ -22,7 +22,7 @@ from feadapter_jax.models import vit
 # What a backbone directory's model_config.json always holds: every field the weights fix, the
 # input size its position embedding is for, and its head's classes.
 ARCHITECTURE_KEYS = (*vit.BACKBONE_FIELDS, 'image_size', 'num_classes')
-METADATA_KEYS = ('source', 'checkpoint', 'mean', 'std')
+METADATA_KEYS = ('source', 'checkpoint', 'mean', 'std', 'class_names')
 
 
 def save(

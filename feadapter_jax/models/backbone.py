@@ -159,21 +159,28 @@ def _fill(config: ml_collections.ConfigDict) -> None:
     raise BackboneError('The config does not fit its backbone:\n  ' + '\n  '.join(problems))
 
 
-def directory_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """The model_config.json of a run's parameter directory (its export/): the model config and
-  the input normalisation, so a later run that adapts the export resolves to both."""
+def directory_config(
+    config: ml_collections.ConfigDict, class_names: Sequence[str]
+) -> dict[str, Any]:
+  """The model_config.json of a run's parameter directory (its export/): the model config, the
+  input normalisation and the head's classes, so a later run that adapts the export resolves
+  to the first two and maps the head by class name (`builder.load_backbone`)."""
   return {
       **builder.model_config(config),
       'mean': list(config.data.mean),
       'std': list(config.data.std),
+      'class_names': list(class_names),
   }
 
 
 def require_checkpoint(config: ml_collections.ConfigDict, mask: Any) -> None:
-  """Refuses a run whose frozen backbone would be random, unless the config asks for one.
+  """Refuses a run whose frozen backbone would be random, or any run without a backbone when
+  the config says it fine-tunes one (`init.required`: the image stage), unless the config asks
+  for a random one.
 
   Args:
-    config: the run's config (`init.checkpoint`, `init.random_backbone`, `method`).
+    config: the run's config (`init.checkpoint`, `init.random_backbone`, `init.required`,
+      `method`).
     mask: its trainable mask (`partition.trainable_mask`); the backbone is frozen when a
       parameter other than the adapters' and the head's is.
 
@@ -188,6 +195,14 @@ def require_checkpoint(config: ml_collections.ConfigDict, mask: Any) -> None:
       for name, trainable in partition.flatten(mask).items()
       if not trainable and 'adapter' not in name and not name.startswith('head')
   ]
+  if config.init.get('required', False) and not frozen:
+    raise BackboneError(
+        f'config.init.checkpoint is empty, so {config.method} would fine-tune a random ViT, '
+        'which is not an image emotion classifier to build on. Convert a pre-trained ViT '
+        'first: `python -m feadapter_jax.convert --checkpoint=PYTORCH_FILE --out=DIR`, then '
+        'pass init=DIR in the config args or --config.init.checkpoint=DIR. To train from a '
+        'random init on purpose, pass --config.init.random_backbone=True.'
+    )
   if frozen:
     raise BackboneError(
         f'config.init.checkpoint is empty, so {config.method} would adapt a random frozen '

@@ -6,7 +6,7 @@ model is always the one `config.model` and `config.data` describe.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 from absl import logging
 from flax import traverse_util
@@ -64,21 +64,93 @@ def param_shapes(model: nn.Module, input_shape: tuple[int, ...]) -> Any:
   return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(input_shape)))['params']
 
 
-def load_backbone(config: ml_collections.ConfigDict, shapes: Any) -> dict[str, np.ndarray]:
+# Spellings of one emotion in the datasets' class lists, so that a head trained on one list
+# serves another (RAF-DB's 'Happiness' is DFEW's 'Happy', FER2013's 'Angry' RAF-DB's 'Anger').
+_EMOTION_SPELLINGS = {
+    'happiness': 'happy',
+    'sadness': 'sad',
+    'anger': 'angry',
+    'surprised': 'surprise',
+    'fearful': 'fear',
+    'disgusted': 'disgust',
+}
+HEAD_CHOICES = ('map', 'drop')
+
+
+def emotion(class_name: str) -> str:
+  """The one spelling of a class name's emotion: 'Happiness', 'happy' -> 'happy'."""
+  name = class_name.strip().lower()
+  return _EMOTION_SPELLINGS.get(name, name)
+
+
+def head_rows(source: Sequence[str], target: Sequence[str]) -> list[int] | None:
+  """For each class of `target`, the index of the same emotion in `source`; None if one lacks."""
+  index = {emotion(name): i for i, name in enumerate(source)}
+  rows = [index.get(emotion(name)) for name in target]
+  return None if None in rows else rows
+
+
+def _mapped_head(
+    loaded: dict[str, np.ndarray],
+    source: Sequence[str] | None,
+    target: Sequence[str] | None,
+    config: ml_collections.ConfigDict,
+) -> dict[str, np.ndarray]:
+  """`loaded` with the head's classes reordered to `target`'s (`init.head='map'`), or without
+  the head ('drop', or when the classes cannot be matched), said in the log."""
+  head = {n: v for n, v in loaded.items() if n.startswith('head/')}
+  rest = {n: v for n, v in loaded.items() if not n.startswith('head/')}
+  choice = config.init.get('head', 'map')
+  if choice not in HEAD_CHOICES:
+    raise ValueError(f"config.init.head={choice!r}: one of 'map' (by class name), 'drop'.")
+  if not head or choice == 'drop':
+    return rest
+  where = config.init.checkpoint
+  rows = head_rows(source, target) if source and target else None
+  if rows is None:
+    why = (
+        f'its classes {list(source)} do not hold every class of {list(target)}'
+        if source and target
+        else 'its model_config.json names no classes'
+    )
+    logging.warning(
+        'The head of %s is not loaded (%s): it starts from its random init.', where, why
+    )
+    return rest
+  if 'head/kernel' not in head or 'head/bias' not in head:
+    raise ValueError(f'{where}: the head has {sorted(head)}, not head/kernel and head/bias.')
+  logging.info('Head of %s mapped by class name: %s', where, dict(zip(target, rows)))
+  return {
+      **rest,
+      'head/kernel': np.asarray(head['head/kernel'])[:, rows],
+      'head/bias': np.asarray(head['head/bias'])[rows],
+  }
+
+
+def load_backbone(
+    config: ml_collections.ConfigDict, shapes: Any, class_names: Sequence[str] | None = None
+) -> dict[str, np.ndarray]:
   """{name: array} from `config.init.checkpoint` for the parameters it should initialise.
 
+  The head comes too when the checkpoint's model_config.json names its classes and every class
+  of `class_names` (the run's dataset's) is among them: its rows are taken in the run's class
+  order, by emotion (`head_rows`). Otherwise, or with `config.init.head='drop'`, the head keeps
+  its random init.
+
   Args:
-    config: the run's config (`init.checkpoint`, `init.dont_load`).
+    config: the run's config (`init.checkpoint`, `init.dont_load`, `init.head`).
     shapes: the model's parameter shapes (`param_shapes`).
+    class_names: the run's classes in label order; None leaves the head out.
 
   Raises:
     ValueError: names the checkpoint lacks or has extra, or shapes that differ, with the fix.
   """
   if not config.init.checkpoint:
     return {}
-  loaded, _ = checkpoint.load_params(config.init.checkpoint)
+  loaded, stored = checkpoint.load_params(config.init.checkpoint)
   skip = partition.match(loaded, [(p, True) for p in config.init.dont_load] + [('.*', False)])
   loaded = {n: v for n, v in partition.flatten(loaded).items() if not partition.flatten(skip)[n]}
+  loaded = _mapped_head(loaded, stored.get('class_names'), class_names, config)
   target = partition.flatten(shapes)
   extra = sorted(set(loaded) - set(target))
   if extra:
