@@ -17,4 +17,10 @@ from feadapter_jax.data import dfew
 from feadapter_jax.data import ferv39k
 from feadapter_jax.data import mafw
 
+# Image datasets for the image stage (one frame per example, read with num_frames=1).
+from feadapter_jax.data import affectnet
+from feadapter_jax.data import fer2013
+from feadapter_jax.data import ferplus
+from feadapter_jax.data import rafdb
+
 # pylint: enable=g-import-not-at-top,unused-import

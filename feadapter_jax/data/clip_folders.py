@@ -3,7 +3,9 @@
 DFEW, FERV39k and MAFW all ship one folder of frame images per clip plus split
 files naming the clips and their labels. `ClipFolderVideoBuilder` reads that
 shape once; each dataset module only declares its class list, split-file
-paths, how one split line parses and where its frames (or videos) live.
+paths, how one split line parses and where its frames (or videos) live. Its
+base, `ManualDatasetBuilder` (features, build report, manual directory), is
+shared with the single-image datasets of `face_images`.
 
 Every example follows the contract shared with the input pipeline:
   'video':      tfds.features.Video, one encoded JPEG per frame, temporal
@@ -19,7 +21,8 @@ names the file, the line and the fix. Bad *data* does not stop a build: a
 frame that does not decode is skipped, never zero-filled; a clip left with no
 decodable frame (or whose video does not decode) is skipped as a whole. Both
 are counted in a `BuildReport`, logged after each split and saved with the
-dataset (`builder.build_report`).
+dataset (`builder.build_report`), as are rows a dataset's own rules leave out
+(`BuildReport.dropped`).
 """
 
 from collections.abc import Iterator, Mapping, Sequence
@@ -97,11 +100,40 @@ def list_frame_files(clip_dir: str | os.PathLike[str]) -> list[str]:
   return [os.path.join(clip_dir, n) for n in sorted(names, key=natural_sort_key)]
 
 
-def encode_jpeg(frame: np.ndarray) -> bytes:
-  """Encodes an RGB uint8 frame (H, W, 3) as JPEG at `JPEG_QUALITY`."""
+def encode_jpeg(frame: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
+  """Encodes an RGB uint8 frame (H, W, 3) as JPEG, by default at `JPEG_QUALITY`."""
   buffer = io.BytesIO()
-  Image.fromarray(frame).save(buffer, format='JPEG', quality=JPEG_QUALITY)
+  Image.fromarray(frame).save(buffer, format='JPEG', quality=quality)
   return buffer.getvalue()
+
+
+def read_image(path: str | os.PathLike[str]) -> tuple[bytes, Image.Image]:
+  """Reads one image file and decodes it fully.
+
+  Args:
+    path: an image file.
+
+  Returns:
+    The file's bytes and the decoded image (pixels loaded, no file left open).
+
+  Raises:
+    OSError: the file cannot be read (permissions, ...), is empty, or does not
+      decode completely; the message says which.
+  """
+  with open(path, 'rb') as f:
+    data = f.read()
+  if not data:
+    raise OSError('empty file')
+  try:
+    image = Image.open(io.BytesIO(data))
+    image.load()  # Full decode: truncated JPEGs only fail here.
+    return data, image
+  except Image.UnidentifiedImageError as e:
+    raise OSError('not an image format PIL recognises') from e
+  # PIL signals broken data as OSError ('image file is truncated'), and in some
+  # decoders as SyntaxError or ValueError.
+  except (OSError, SyntaxError, ValueError) as e:
+    raise OSError(f'does not decode ({e})') from e
 
 
 def load_frame_jpeg(path: str | os.PathLike[str]) -> bytes:
@@ -118,25 +150,12 @@ def load_frame_jpeg(path: str | os.PathLike[str]) -> bytes:
     The JPEG bytes to store.
 
   Raises:
-    OSError: the file cannot be read (permissions, ...), is empty, or does not
-      decode completely; the message says which.
+    OSError: as `read_image`.
   """
-  with open(path, 'rb') as f:
-    data = f.read()
-  if not data:
-    raise OSError('empty file')
-  try:
-    with Image.open(io.BytesIO(data)) as image:
-      image.load()  # Full decode: truncated JPEGs only fail here.
-      if image.format == 'JPEG' and image.mode in ('RGB', 'L'):
-        return data
-      return encode_jpeg(np.asarray(image.convert('RGB')))
-  except Image.UnidentifiedImageError as e:
-    raise OSError('not an image format PIL recognises') from e
-  # PIL signals broken data as OSError ('image file is truncated'), and in some
-  # decoders as SyntaxError or ValueError.
-  except (OSError, SyntaxError, ValueError) as e:
-    raise OSError(f'does not decode ({e})') from e
+  data, image = read_image(path)
+  if image.format == 'JPEG' and image.mode in ('RGB', 'L'):
+    return data
+  return encode_jpeg(np.asarray(image.convert('RGB')))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,6 +175,14 @@ class BuildReport:
   examples_per_split: dict[str, int] = dataclasses.field(default_factory=dict)
   skipped_frames: list[Skipped] = dataclasses.field(default_factory=list)
   skipped_clips: list[Skipped] = dataclasses.field(default_factory=list)
+  # split -> reason -> count: rows the dataset's own rules leave out (e.g. AffectNet's non-emotion
+  # codes), as opposed to damaged data.
+  dropped: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
+
+  def drop(self, split: str, reason: str) -> None:
+    """Counts one row of `split` left out by the dataset's rules for `reason`."""
+    counts = self.dropped.setdefault(split, {})
+    counts[reason] = counts.get(reason, 0) + 1
 
   def summary(self, max_listed: int = 20) -> str:
     """A human-readable account, listing at most `max_listed` paths per kind."""
@@ -165,6 +192,11 @@ class BuildReport:
         f'Skipped corrupt/unreadable frames: {len(self.skipped_frames)}',
         f'Skipped clips (no decodable frame): {len(self.skipped_clips)}',
     ]
+    for split, counts in self.dropped.items():
+      lines.append(
+          f"Dropped by the dataset's rules [{split}]: "
+          + ', '.join(f'{reason}={n}' for reason, n in counts.items())
+      )
     for title, items in (
         ('Skipped frames', self.skipped_frames),
         ('Skipped clips', self.skipped_clips),
@@ -187,6 +219,8 @@ class BuildReport:
         examples_per_split=dict(value['examples_per_split']),
         skipped_frames=[Skipped(**s) for s in value['skipped_frames']],
         skipped_clips=[Skipped(**s) for s in value['skipped_clips']],
+        # Reports saved before this field existed have no drops.
+        dropped={split: dict(c) for split, c in value.get('dropped', {}).items()},
     )
 
 
@@ -268,35 +302,30 @@ class SplitEntry:
   line: int = 0
 
 
-class ClipFolderVideoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-  """Base builder: split files + one frame folder (or video) per clip.
+class ManualDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """Base of the builders reading a licensed copy from the manual directory.
 
-  Subclasses declare:
-    CLASS_NAMES: label names in ClassLabel order.
-    LABEL_ALIASES: lower-case spelling variant -> canonical name, accepted in
-      split files besides the class names themselves (case-insensitively).
-    SPLIT_FILES: split name -> split file relative to the dataset root, with
-      '{fold}' where the fold number goes. Its first path component identifies
-      the dataset root inside the manual directory.
-    SPLIT_HEADER: the header line split files start with, or None.
-    SPLIT_LINE_FORMAT: how one line looks, for error messages.
-    EXTRA_FEATURES: features beyond the shared contract (values come from
-      `SplitEntry.extras`).
-    BUILDER_CONFIGS: `ClipFolderConfig`s, usually from `fold_configs`.
-  and implement `_parse_split_line`.
+  It holds what every such dataset shares: the example features of the
+  contract above, the build report kept in the metadata, the manual-directory
+  check and the search for the dataset root. Subclasses declare CLASS_NAMES
+  (label names in ClassLabel order, or override `class_names` where configs
+  differ), EXTRA_FEATURES, HOMEPAGE, CITATION, DESCRIPTION and
+  MANUAL_DOWNLOAD_INSTRUCTIONS, and implement `_split_generators` with
+  `_manual_dir`, `_find_root` and `_save_report`.
   """
 
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES: ClassVar[dict[str, str]] = {'1.0.0': 'Initial release.'}
   CLASS_NAMES: ClassVar[tuple[str, ...]] = ()
-  LABEL_ALIASES: ClassVar[Mapping[str, str]] = {}
-  SPLIT_FILES: ClassVar[Mapping[str, str]] = {}
-  SPLIT_HEADER: ClassVar[str | None] = None
-  SPLIT_LINE_FORMAT: ClassVar[str] = ''
   EXTRA_FEATURES: ClassVar[Mapping[str, tfds.features.FeatureConnector]] = {}
   HOMEPAGE: ClassVar[str] = ''
   CITATION: ClassVar[str] = ''
   DESCRIPTION: ClassVar[str] = ''
+
+  @property
+  def class_names(self) -> tuple[str, ...]:
+    """Label names in ClassLabel order."""
+    return self.CLASS_NAMES
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
@@ -305,7 +334,7 @@ class ClipFolderVideoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=
         features=tfds.features.FeaturesDict(
             {
                 'video': tfds.features.Video(shape=(None, None, None, 3), encoding_format='jpeg'),
-                'label': tfds.features.ClassLabel(names=self.CLASS_NAMES),
+                'label': tfds.features.ClassLabel(names=self.class_names),
                 'clip_id': tfds.features.Text(),
                 'num_frames': np.int32,
                 **self.EXTRA_FEATURES,
@@ -335,6 +364,88 @@ class ClipFolderVideoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=
           f'{self.data_dir_root}: no build report yet.'
       )
     return BuildReport.from_json(saved)
+
+  def _manual_dir(self, dl_manager: tfds.download.DownloadManager) -> str:
+    """The manual directory, or a DataLayoutError saying how to provide it."""
+    try:
+      return os.fspath(dl_manager.manual_dir)
+    except AssertionError as e:  # TFDS signals a missing/empty manual dir so.
+      raise DataLayoutError(
+          dl_manager._manual_dir,  # pylint: disable=protected-access
+          'manual directory missing or empty',
+          'pass DownloadConfig(manual_dir=...) (or `tfds build --manual_dir`) '
+          f'pointing at your copy of {self.name}:\n'
+          f'{self.MANUAL_DOWNLOAD_INSTRUCTIONS}',
+      ) from e
+
+  def _find_root(self, manual_dir: str, marker: str) -> str:
+    """The dataset root: the manual dir or one folder directly inside it.
+
+    Args:
+      manual_dir: the manual directory.
+      marker: a path the root holds, relative to it; a trailing '/' means a
+        folder, otherwise a file.
+
+    Returns:
+      The first of the manual dir and its sub-folders (sorted) holding `marker`.
+
+    Raises:
+      DataLayoutError: none holds it.
+    """
+    exists = os.path.isdir if marker.endswith('/') else os.path.isfile
+    candidates = [manual_dir] + sorted(
+        os.path.join(manual_dir, d)
+        for d in os.listdir(manual_dir)
+        if os.path.isdir(os.path.join(manual_dir, d))
+    )
+    # A copy extracted into one extra folder (manual/dfew/DFEW/...) is common.
+    for candidate in candidates:
+      if exists(os.path.join(candidate, marker)):
+        return candidate
+    raise DataLayoutError(
+        os.path.join(manual_dir, marker.rstrip('/')),
+        f'{marker} not found in the manual ' 'directory or any folder directly inside it',
+        f'extract the {self.name} archive into {manual_dir} so that '
+        f'{manual_dir}/{marker} exists (layout: see '
+        f'{type(self).__name__}.MANUAL_DOWNLOAD_INSTRUCTIONS or data/README.md)',
+    )
+
+  def _save_report(self, split: str, report: BuildReport) -> None:
+    """Saves `report` into the metadata and logs it, after (or while stopping) a split."""
+    self.info.metadata[_BUILD_REPORT_KEY] = report.to_json()
+    damaged = report.skipped_frames or report.skipped_clips
+    log = logging.warning if damaged else logging.info
+    log(
+        '%s/%s build report after split %r:\n%s',
+        self.name,
+        self.builder_config.name,
+        split,
+        report.summary(),
+    )
+
+
+class ClipFolderVideoBuilder(ManualDatasetBuilder, skip_registration=True):
+  """Base builder: split files + one frame folder (or video) per clip.
+
+  Subclasses declare:
+    CLASS_NAMES: label names in ClassLabel order.
+    LABEL_ALIASES: lower-case spelling variant -> canonical name, accepted in
+      split files besides the class names themselves (case-insensitively).
+    SPLIT_FILES: split name -> split file relative to the dataset root, with
+      '{fold}' where the fold number goes. Its first path component identifies
+      the dataset root inside the manual directory.
+    SPLIT_HEADER: the header line split files start with, or None.
+    SPLIT_LINE_FORMAT: how one line looks, for error messages.
+    EXTRA_FEATURES: features beyond the shared contract (values come from
+      `SplitEntry.extras`).
+    BUILDER_CONFIGS: `ClipFolderConfig`s, usually from `fold_configs`.
+  and implement `_parse_split_line`.
+  """
+
+  LABEL_ALIASES: ClassVar[Mapping[str, str]] = {}
+  SPLIT_FILES: ClassVar[Mapping[str, str]] = {}
+  SPLIT_HEADER: ClassVar[str | None] = None
+  SPLIT_LINE_FORMAT: ClassVar[str] = ''
 
   # ---- Split-file parsing: subclasses parse one line, the rest is shared.
 
@@ -421,22 +532,8 @@ class ClipFolderVideoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=
 
   def _dataset_root(self, manual_dir: str) -> str:
     """The folder holding the split folder: the manual dir or one child."""
-    marker = self.SPLIT_FILES[next(iter(self.SPLIT_FILES))].split('/')[0]
-    candidates = [manual_dir] + sorted(
-        os.path.join(manual_dir, d)
-        for d in os.listdir(manual_dir)
-        if os.path.isdir(os.path.join(manual_dir, d))
-    )
-    # A copy extracted into one extra folder (manual/dfew/DFEW/...) is common.
-    for candidate in candidates:
-      if os.path.isdir(os.path.join(candidate, marker)):
-        return candidate
-    raise DataLayoutError(
-        os.path.join(manual_dir, marker),
-        f'{marker}/ not found in the manual ' 'directory or any folder directly inside it',
-        f'extract the {self.name} archive into {manual_dir} so that '
-        f'{manual_dir}/{marker}/ exists (layout: see '
-        f'{type(self).__name__}.MANUAL_DOWNLOAD_INSTRUCTIONS or data/README.md)',
+    return self._find_root(
+        manual_dir, self.SPLIT_FILES[next(iter(self.SPLIT_FILES))].split('/')[0] + '/'
     )
 
   def _clips_dir(self, root: str) -> str:
@@ -492,17 +589,7 @@ class ClipFolderVideoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=
   # ---- Generation.
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    try:
-      manual_dir = os.fspath(dl_manager.manual_dir)
-    except AssertionError as e:  # TFDS signals a missing/empty manual dir so.
-      raise DataLayoutError(
-          dl_manager._manual_dir,  # pylint: disable=protected-access
-          'manual directory missing or empty',
-          'pass DownloadConfig(manual_dir=...) (or `tfds build --manual_dir`) '
-          f'pointing at your copy of {self.name}:\n'
-          f'{self.MANUAL_DOWNLOAD_INSTRUCTIONS}',
-      ) from e
-    root = self._dataset_root(manual_dir)
+    root = self._dataset_root(self._manual_dir(dl_manager))
     clips_dir = self._clips_dir(root)
     fold = self.builder_config.fold
     split_entries = {}
@@ -567,12 +654,4 @@ class ClipFolderVideoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=
     finally:
       # Also on early stop (max_examples_per_split) or error: report what
       # happened so far.
-      self.info.metadata[_BUILD_REPORT_KEY] = report.to_json()
-      log = logging.warning if report.skipped_frames or report.skipped_clips else logging.info
-      log(
-          '%s/%s build report after split %r:\n%s',
-          self.name,
-          self.builder_config.name,
-          split,
-          report.summary(),
-      )
+      self._save_report(split, report)
