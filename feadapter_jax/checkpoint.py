@@ -300,6 +300,10 @@ class Checkpoints:
             sorted(partial),
             directory,
         )
+        # Here, not only by orbax's cleanup_tmp_directories, which may run in the background
+        # and finish after the steps are listed.
+        for name in partial:
+          (directory / name).rmtree(missing_ok=True)
       _set_aside_damaged_steps(directory)
     score = lambda m: m[best_metric] if m else float('-inf')  # steps saved without an eval
     policy = policies.AnyPreservationPolicy(
