@@ -232,17 +232,6 @@ def read_safetensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
   return tensors, metadata
 
 
-def _first_mismatch(have: Mapping[str, Any], want: Mapping[str, Any]) -> str | None:
-  for name in sorted(set(have) | set(want)):
-    if name not in have:
-      return f'it lacks the trainable parameter {name}'
-    if name not in want:
-      return f'it has a parameter the model does not train: {name}'
-    if tuple(have[name].shape) != tuple(want[name].shape):
-      return f'{name} has shape {tuple(have[name].shape)}, the model expects {want[name].shape}'
-  return None
-
-
 def import_safetensors(path: str, workdir: str, backbone_dir: str = '') -> None:
   """Writes `workdir` (config.json, export/, results.json) from a file of `export_safetensors`
   and the backbone it was trained on.
@@ -281,7 +270,7 @@ def import_safetensors(path: str, workdir: str, backbone_dir: str = '') -> None:
   want = partition.flatten(
       partition.subtree(shapes, partition.trainable_mask(shapes, config.trainable))
   )
-  mismatch = _first_mismatch(tensors, want)
+  mismatch = partition.first_mismatch(tensors, want)
   if mismatch:
     raise ExportError(f'{path} does not fit the model of its own config: {mismatch}')
 

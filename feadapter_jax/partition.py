@@ -148,3 +148,17 @@ def merge(*trees: Any) -> dict[str, Any]:
       raise ValueError(f'Parameters given twice: {sorted(clash)[:5]}')
     merged.update(flat)
   return traverse_util.unflatten_dict(merged, sep='/')
+
+
+def first_mismatch(params: Any, expected: Any) -> str | None:
+  """The first parameter (nested or flat names) whose name or shape differs from `expected`'s,
+  described in words; None when they fit."""
+  have, want = flatten(params), flatten(expected)
+  for name in sorted(set(have) | set(want)):
+    if name not in have:
+      return f'it lacks the parameter {name}'
+    if name not in want:
+      return f'it has a parameter the model lacks: {name}'
+    if tuple(have[name].shape) != tuple(want[name].shape):
+      return f'{name} has shape {tuple(have[name].shape)}, the model expects {want[name].shape}'
+  return None

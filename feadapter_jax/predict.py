@@ -138,19 +138,6 @@ def _read_json(path: str, what: str) -> Any:
     raise PredictError(path, f'not valid JSON ({e})') from None
 
 
-def _first_shape_mismatch(params: Any, expected: Any) -> str | None:
-  """Describes the first parameter whose name or shape differs from the model's, if any."""
-  have, want = partition.flatten(params), partition.flatten(expected)
-  for name in sorted(set(have) | set(want)):
-    if name not in have:
-      return f'it lacks the parameter {name}'
-    if name not in want:
-      return f'it has a parameter the model lacks: {name}'
-    if tuple(have[name].shape) != tuple(want[name].shape):
-      return f'{name} has shape {tuple(have[name].shape)}, the model expects {want[name].shape}'
-  return None
-
-
 class Predictor:
   """A trained run's model with its evaluation preprocessing and class names.
 
@@ -227,7 +214,7 @@ class Predictor:
     except (FileNotFoundError, ValueError) as e:
       raise PredictError(export, f'cannot load the model ({_one_line(e)})') from None
     expected = builder.param_shapes(model, builder.clip_shape(self.config))
-    mismatch = _first_shape_mismatch(params, expected)
+    mismatch = partition.first_mismatch(params, expected)
     if mismatch:
       raise PredictError(export, f'does not fit the model of {config_path}: {mismatch}')
     self._params = jax.device_put(params)
