@@ -215,3 +215,68 @@ def test_image_variant_stores_one_apex_frame(tmp_path):
   assert {v[2] for v in stored.values()} == {1}
   assert {len(v[0]) for v in stored.values()} == {1}
   assert sorted(v[1] for v in stored.values()) == list(range(7))
+
+
+# ----------------------------------------------------------------------------- Hard variants.
+
+
+def test_weighted_labels_follow_the_weights_and_keep_every_class():
+  for weights in (synth_render.DFEW_LIKE_WEIGHTS, synth_render.MAFW_LIKE_WEIGHTS):
+    for n in (50, 280, 1400):
+      labels = synth_render.weighted_labels(np.random.default_rng(n), n, weights)
+      counts = np.bincount(labels, minlength=len(weights))
+      assert len(labels) == n and counts.min() >= 1
+      expected = np.asarray(weights) / np.sum(weights) * n
+      assert np.abs(counts - expected).max() <= max(1.0, 0.02 * n)
+  counts = np.bincount(synth_render.weighted_labels(np.random.default_rng(0), 300, (3, 1)))
+  assert tuple(counts) == (225, 75)
+
+
+def test_hard_variants_are_imbalanced_and_the_mafw_one_has_mafw_classes(tmp_path):
+  hard = synth_builder.synth_config('hard', num_train=140, num_validation=7, num_test=70)
+  assert hard.name == 'hard_num_train140_num_validation7_num_test70'
+  labels = [synth_builder.render_example(hard, 'train', i)[1] for i in range(140)]
+  counts = np.bincount(labels, minlength=7)
+  disgust, happy = (synth_render.CLASS_NAMES.index(c) for c in ('Disgust', 'Happy'))
+  assert counts[disgust] <= 4 < 30 <= counts[happy]  # 2% and 25%
+  mafw = synth_builder.synth_config('hard_mafw', num_train=22, num_validation=11, num_test=11)
+  builder = tfds.builder('synth_fer', config=mafw, data_dir=str(tmp_path))
+  assert builder.info.features['label'].names == list(synth_render.MAFW_CLASS_NAMES)
+  frames, label = synth_builder.render_example(mafw, 'train', 3)
+  assert frames.shape == (8, 32, 32, 3) and 0 <= label < 11
+  # The registered configs are the variants' own parameters.
+  assert synth_builder.synth_config('hard') is synth_builder.synth_config('hard', noise_std=0.05)
+
+
+def test_short_expressions_return_to_neutral_and_the_pair_stays_time_reversed():
+  params = synth_render.RenderParams(
+      onset_start=(0.1, 0.1),
+      onset_duration=(0.15, 0.15),
+      hold=(0.1, 0.1),
+      offset_duration=(0.4, 0.4),
+  )
+  onset = synth_render.intensity_curve(np.random.default_rng(0), 21, params, reverse=False)
+  offset = synth_render.intensity_curve(np.random.default_rng(0), 21, params, reverse=True)
+  np.testing.assert_allclose(offset, onset[::-1])
+  peak = int(np.argmax(onset))
+  assert onset[0] == 0.0 and onset[-1] < 0.05 and onset.max() == 1.0
+  rise = np.argmax(onset >= 0.5) - np.argmax(onset > 0)
+  fall = np.argmax(onset[peak:] <= 0.05) - np.argmax(onset[peak:] < 1.0)
+  assert fall > rise  # slower back than up: reversed, the curve is a different shape
+
+
+def test_occluders_cover_part_of_the_face_for_at_least_half_the_clip():
+  params = synth_render.RenderParams(occlusion_prob=1.0, noise_std=0.0)
+  plain = synth_render.RenderParams(noise_std=0.0)
+  covered_frames = []
+  for seed in range(6):
+    occluded = synth_render.render_clip(np.random.default_rng(seed), 0, 8, 32, params)
+    clean = synth_render.render_clip(np.random.default_rng(seed), 0, 8, 32, plain)
+    changed = np.abs(occluded.astype(int) - clean.astype(int)).max(-1) > 8
+    fraction = changed.mean((1, 2))
+    covered = fraction > 0.02
+    covered_frames.append(covered.sum())
+    assert covered.sum() >= 4 and fraction.max() < 0.5
+    first, last = np.flatnonzero(covered)[[0, -1]]
+    assert covered[first : last + 1].all()  # one contiguous span
+  assert len(set(covered_frames)) > 1

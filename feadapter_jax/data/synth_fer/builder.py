@@ -1,10 +1,15 @@
 """TFDS builder `synth_fer`: SynthFER clips stored like the real datasets (JPEG-frame videos).
 
-Two variants, chosen by `SynthFerConfig.variant`:
+Variants, chosen by `SynthFerConfig.variant`:
   * `video`: clips of `num_frames` frames (see `render` for how they are made and for the
-    time-reversed class pair `render.TIME_REVERSED_PAIR`);
+    time-reversed class pair `render.TIME_REVERSED_PAIR`), classes balanced: the quick demo;
   * `image`: single frames showing a class's apex, stored as 1-frame videos so the input pipeline
-    is the same. The time-reversed pair shares its apex, so those two classes are ambiguous here.
+    is the same. The time-reversed pair shares its apex, so those two classes are ambiguous here;
+  * `hard`: the benchmark that separates methods: subtle, short expressions at random times,
+    occluders, stronger head motion, zoom and lighting (`HARD_RENDER`), and DFEW-like class
+    frequencies (`render.DFEW_LIKE_WEIGHTS`: Disgust and Fear rare), so UAR and WAR differ;
+  * `hard_mafw`: the same renders over MAFW's eleven classes in MAFW's order, MAFW-like
+    frequencies.
 
 Sizes, resolution, frames per clip, seed and renderer knobs live in the builder config. The two
 registered configs, `video` and `image`, use the defaults; `synth_config(...)` names a config from
@@ -28,7 +33,23 @@ import tensorflow_datasets as tfds
 
 from feadapter_jax.data.synth_fer import render as synth_render
 
-VARIANTS = ('video', 'image')
+VARIANTS = ('video', 'image', 'hard', 'hard_mafw')
+# The hard variants' renderer knobs (the others keep `RenderParams`' defaults).
+HARD_RENDER = dict(
+    noise_std=0.05,
+    motion=0.12,
+    rotation_deg=12.0,
+    zoom=0.15,
+    lighting=0.3,
+    expression_jitter=0.1,
+    min_apex=0.4,
+    expression_gain=0.75,
+    onset_start=(0.0, 0.55),
+    onset_duration=(0.1, 0.25),
+    hold=(0.1, 0.3),
+    offset_duration=(0.3, 0.5),
+    occlusion_prob=0.3,
+)
 SPLITS = ('train', 'validation', 'test')
 # Independent random streams under one (seed, split): labels, then one stream per clip.
 _LABEL_STREAM, _CLIP_STREAM = 0, 1
@@ -39,7 +60,7 @@ class SynthFerConfig(tfds.core.BuilderConfig):
   """Builder config of `synth_fer`; build instances with `synth_config`.
 
   Attributes:
-    variant: 'video' (clips) or 'image' (single apex frames as 1-frame videos).
+    variant: one of `VARIANTS`.
     num_frames: frames per clip (1 for the image variant).
     resolution: frame height and width in pixels.
     num_train: examples in the train split.
@@ -48,6 +69,8 @@ class SynthFerConfig(tfds.core.BuilderConfig):
     seed: root seed; each split and example gets its own stream from it.
     jpeg_quality: JPEG quality of the stored frames (0-100).
     render: renderer knobs (noise, motion, lighting, expression timing).
+    classes: the class set, a key of `render.CLASS_SETS` ('dfew': 7, 'mafw': 11).
+    label_weights: class frequencies of every split; () for balanced classes.
   """
 
   variant: str = 'video'
@@ -59,6 +82,21 @@ class SynthFerConfig(tfds.core.BuilderConfig):
   seed: int = 0
   jpeg_quality: int = 90
   render: synth_render.RenderParams = synth_render.RenderParams()
+  classes: str = 'dfew'
+  label_weights: tuple[float, ...] = ()
+
+  @property
+  def class_names(self) -> tuple[str, ...]:
+    return synth_render.CLASS_SETS[self.classes]
+
+
+# What each variant changes from the dataclass defaults (its own defaults, for naming).
+_VARIANT_PRESETS: dict[str, dict[str, Any]] = {
+    'video': {},
+    'image': {},
+    'hard': dict(HARD_RENDER, label_weights=synth_render.DFEW_LIKE_WEIGHTS),
+    'hard_mafw': dict(HARD_RENDER, classes='mafw', label_weights=synth_render.MAFW_LIKE_WEIGHTS),
+}
 
 
 _CONFIG_FIELDS = (
@@ -69,6 +107,8 @@ _CONFIG_FIELDS = (
     'num_test',
     'seed',
     'jpeg_quality',
+    'classes',
+    'label_weights',
 )
 _RENDER_FIELDS = tuple(f.name for f in dataclasses.fields(synth_render.RenderParams))
 
@@ -82,12 +122,13 @@ def _name_part(key: str, value: Any) -> str:
 def synth_config(variant: str = 'video', **overrides: Any) -> SynthFerConfig:
   """A `SynthFerConfig` named after its non-default parameters.
 
-  With default parameters this is the registered config 'video' or 'image' itself (TFDS refuses a
-  second config object of a registered name); otherwise a new one named e.g.
+  With the variant's own parameters this is its registered config ('video', 'image', 'hard',
+  'hard_mafw') itself (TFDS refuses a second config object of a registered name); otherwise a
+  new one named after what differs from the variant's, e.g.
   'video_num_frames16_resolution224_num_train64'.
 
   Args:
-    variant: 'video' or 'image'. The image variant always has num_frames=1 (a num_frames override
+    variant: one of `VARIANTS`. The image variant always has num_frames=1 (a num_frames override
       is ignored, so one `synth` config section can serve both variants).
     **overrides: any `SynthFerConfig` field of `_CONFIG_FIELDS` or `synth_render.RenderParams` field.
 
@@ -107,11 +148,16 @@ def synth_config(variant: str = 'video', **overrides: Any) -> SynthFerConfig:
     )
   if variant == 'image':
     overrides['num_frames'] = 1
-  defaults = SynthFerConfig(name=variant)
-  config_kwargs = {k: overrides[k] for k in _CONFIG_FIELDS if k in overrides}
-  render_kwargs = {
-      k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items() if k in _RENDER_FIELDS
-  }
+  overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+  preset = _VARIANT_PRESETS[variant]
+  defaults = SynthFerConfig(
+      name=variant,
+      variant=variant,
+      render=synth_render.RenderParams(**{k: v for k, v in preset.items() if k in _RENDER_FIELDS}),
+      **{k: v for k, v in preset.items() if k in _CONFIG_FIELDS},
+  )
+  config_kwargs = {k: overrides.get(k, getattr(defaults, k)) for k in _CONFIG_FIELDS}
+  render_kwargs = {k: v for k, v in overrides.items() if k in _RENDER_FIELDS}
   render = dataclasses.replace(defaults.render, **render_kwargs)
   parts = [_name_part(k, v) for k, v in config_kwargs.items() if v != getattr(defaults, k)]
   # The image variant's single frame is part of its definition, not of its name.
@@ -124,8 +170,7 @@ def synth_config(variant: str = 'video', **overrides: Any) -> SynthFerConfig:
   ]
   name = '_'.join([variant] + parts)
   description = f'SynthFER {variant} variant: ' + ', '.join(
-      f'{k}={v}'
-      for k, v in {**{k: getattr(defaults, k) for k in _CONFIG_FIELDS}, **config_kwargs}.items()
+      f'{k}={v}' for k, v in config_kwargs.items()
   )
   if name in _REGISTERED_CONFIGS:
     return _REGISTERED_CONFIGS[name]
@@ -149,14 +194,14 @@ class SynthFer(tfds.core.GeneratorBasedBuilder):
     return tfds.core.DatasetInfo(
         builder=self,
         description=(
-            f'Procedural cartoon facial-expression clips, 7 classes in DFEW order. '
-            f'{synth_render.TIME_REVERSED_PAIR} share one apex and differ only by the '
-            f'direction of time.'
+            f'Procedural cartoon facial-expression clips, 7 classes in DFEW order (11 in '
+            f"MAFW's for hard_mafw). {synth_render.TIME_REVERSED_PAIR} share one apex and "
+            f'differ only by the direction of time.'
         ),
         features=tfds.features.FeaturesDict(
             {
                 'video': tfds.features.Video(shape=(None, None, None, 3), encoding_format='jpeg'),
-                'label': tfds.features.ClassLabel(names=synth_render.CLASS_NAMES),
+                'label': tfds.features.ClassLabel(names=self.builder_config.class_names),
                 'clip_id': tfds.features.Text(),
                 'num_frames': np.int32,
             }
@@ -198,10 +243,12 @@ def render_example(config: SynthFerConfig, split: str, index: int) -> tuple[np.n
     (frames (t h w 3) uint8 in temporal order, label).
   """
   split_index = SPLITS.index(split)
-  labels = synth_render.balanced_labels(
-      np.random.default_rng([config.seed, split_index, _LABEL_STREAM]),
-      getattr(config, f'num_{split}'),
-  )
+  label_rng = np.random.default_rng([config.seed, split_index, _LABEL_STREAM])
+  num_examples = getattr(config, f'num_{split}')
+  if config.label_weights:
+    labels = synth_render.weighted_labels(label_rng, num_examples, config.label_weights)
+  else:
+    labels = synth_render.balanced_labels(label_rng, num_examples, len(config.class_names))
   label = int(labels[index])
   rng = np.random.default_rng([config.seed, split_index, _CLIP_STREAM, index])
   frames = synth_render.render_clip(
@@ -211,5 +258,6 @@ def render_example(config: SynthFerConfig, split: str, index: int) -> tuple[np.n
       config.resolution,
       config.render,
       static=config.variant == 'image',
+      class_names=config.class_names,
   )
   return frames, label

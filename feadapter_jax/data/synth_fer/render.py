@@ -17,8 +17,18 @@ the distribution of those of a Surprise clip: a model that averages frames canno
 between the two, one that models time can. In the single-image variant (`static=True`, the apex
 alone) the pair is ambiguous by construction: an image classifier tops out at 50% on it.
 
+Harder renders (the builder's `hard` variants) turn on knobs that are off by default: subtle
+apexes (`expression_gain`, `min_apex`), short expressions at random times that return to neutral
+(`hold`, `offset_duration`: the onset is faster than the offset, so the reversed Fear curve still
+differs from Surprise's), occluders over part of the face for part of the clip
+(`occlusion_prob`), and stronger head motion, zoom and lighting. `MAFW_CLASS_NAMES` adds four
+classes to the seven, in MAFW's order, for an 11-class variant; `DFEW_LIKE_WEIGHTS` and
+`MAFW_LIKE_WEIGHTS` give imbalanced class frequencies, with the rare classes the real datasets
+have rare.
+
 Everything is deterministic from the `numpy.random.Generator` passed in; the TFDS builder derives
-one generator per example from (seed, split, index) so examples can be rendered in any order.
+one generator per example from (seed, split, index) so examples can be rendered in any order. A
+knob left at its default draws nothing, so the default renders do not change as knobs are added.
 """
 
 from __future__ import annotations
@@ -56,6 +66,60 @@ APEX: dict[str, tuple[float, ...]] = {
     'Disgust': (-0.6, 0.45, 0.1, -0.35, 0.0, -0.65),
     'Fear': _SURPRISE_APEX,
 }
+
+# MAFW's eleven classes in its order: the seven above under MAFW's names, then four more.
+MAFW_CLASS_NAMES: tuple[str, ...] = (
+    'anger',
+    'disgust',
+    'fear',
+    'happiness',
+    'neutral',
+    'sadness',
+    'surprise',
+    'contempt',
+    'anxiety',
+    'helplessness',
+    'disappointment',
+)
+_MAFW_TO_DFEW = {
+    'anger': 'Angry',
+    'disgust': 'Disgust',
+    'fear': 'Fear',
+    'happiness': 'Happy',
+    'neutral': 'Neutral',
+    'sadness': 'Sad',
+    'surprise': 'Surprise',
+}
+# The four: a half smile under lowered brows; a tense mouth under raised inner brows and wide
+# eyes; drooping lids under raised inner brows; a pressed frown. Helplessness lies near Sad and
+# Disappointment near Disgust, as the real classes are confused.
+APEX.update(
+    {
+        'contempt': (0.4, 0.0, 0.25, -0.3, -0.35, -0.35),
+        'anxiety': (-0.3, 0.15, -0.3, 0.5, 0.6, 0.4),
+        'helplessness': (-0.5, 0.2, 0.0, 0.35, 0.8, -0.6),
+        'disappointment': (-0.6, 0.0, 0.25, -0.2, 0.4, -0.2),
+    }
+)
+# Imbalanced class frequencies (approximate, rounded): DFEW's Disgust and Fear are rare, MAFW's
+# contempt, helplessness and disappointment.
+DFEW_LIKE_WEIGHTS = (0.25, 0.17, 0.21, 0.18, 0.12, 0.02, 0.05)
+MAFW_LIKE_WEIGHTS = (0.15, 0.09, 0.07, 0.2, 0.1, 0.15, 0.1, 0.02, 0.07, 0.02, 0.03)
+CLASS_SETS = {'dfew': CLASS_NAMES, 'mafw': MAFW_CLASS_NAMES}
+
+
+def apex_of(name: str) -> np.ndarray:
+  """The apex expression of a class of either class set."""
+  return np.asarray(APEX[_MAFW_TO_DFEW.get(name, name)])
+
+
+def is_offset(name: str) -> bool:
+  """Whether the class is the time-reversed one of `TIME_REVERSED_PAIR` (in either class set)."""
+  return _MAFW_TO_DFEW.get(name, name) == TIME_REVERSED_PAIR[1]
+
+
+_OCCLUDER_COLOURS = (np.array([0.15, 0.12, 0.1]), np.array([0.85, 0.8, 0.7]))
+
 
 # Face units per unit of each expression component (the image spans [-1, 1] at scale 1).
 _EXPRESSION_SCALE = np.array([0.16, 0.16, 0.35, 0.1, 0.08, 0.6])
@@ -110,6 +174,13 @@ class RenderParams:
     min_apex: apex intensities are drawn uniformly in (min_apex, 1).
     onset_start: (low, high) onset start, as a fraction of the clip.
     onset_duration: (low, high) onset duration, as a fraction of the clip.
+    expression_gain: multiplies every apex (below 1: subtle expressions).
+    hold: (low, high) time at the apex before the expression returns to neutral, as a fraction
+      of the clip; () keeps the apex to the end.
+    offset_duration: (low, high) duration of the return to neutral (with `hold`).
+    occlusion_prob: probability of an occluder (a dark or light ellipse, a hand or an object)
+      over part of the face, from a random frame for at least half the clip.
+    occlusion_size: (low, high) occluder half-size, in face units.
   """
 
   noise_std: float = 0.03
@@ -122,6 +193,11 @@ class RenderParams:
   min_apex: float = 0.7
   onset_start: tuple[float, float] = (0.05, 0.35)
   onset_duration: tuple[float, float] = (0.25, 0.5)
+  expression_gain: float = 1.0
+  hold: tuple[float, ...] = ()
+  offset_duration: tuple[float, float] = (0.3, 0.5)
+  occlusion_prob: float = 0.0
+  occlusion_size: tuple[float, float] = (0.25, 0.45)
 
 
 def smoothstep(x: np.ndarray) -> np.ndarray:
@@ -148,7 +224,11 @@ def intensity_curve(
   duration = rng.uniform(*params.onset_duration)
   if num_frames == 1:
     return np.ones(1)
-  curve = smoothstep((np.linspace(0.0, 1.0, num_frames) - start) / duration)
+  time = np.linspace(0.0, 1.0, num_frames)
+  curve = smoothstep((time - start) / duration)
+  if params.hold:
+    offset_start = start + duration + rng.uniform(*params.hold)
+    curve = curve * (1.0 - smoothstep((time - offset_start) / rng.uniform(*params.offset_duration)))
   return curve[::-1] if reverse else curve
 
 
@@ -183,27 +263,29 @@ def expression_track(
     params: RenderParams,
     *,
     static: bool = False,
+    class_names: tuple[str, ...] = CLASS_NAMES,
 ) -> np.ndarray:
   """Expression vector over time, shape (t, 6), in units of the component scales.
 
   Args:
     rng: random source.
-    label: class index into `CLASS_NAMES`.
+    label: class index into `class_names`.
     num_frames: T.
     params: renderer knobs.
     static: the apex alone, constant over time (the single-image variant).
+    class_names: the class set (`CLASS_SETS`).
 
   Returns:
     (t, len(EXPRESSION_COMPONENTS)) float64 array.
   """
-  name = CLASS_NAMES[label]
+  name = class_names[label]
   rest = rng.normal(0.0, params.expression_jitter, len(EXPRESSION_COMPONENTS))
-  amplitude = rng.uniform(params.min_apex, 1.0)
+  amplitude = rng.uniform(params.min_apex, 1.0) * params.expression_gain
   if static:
     curve = np.ones(num_frames)
   else:
-    curve = intensity_curve(rng, num_frames, params, reverse=name == TIME_REVERSED_PAIR[1])
-  return rest + amplitude * curve[:, None] * np.asarray(APEX[name])
+    curve = intensity_curve(rng, num_frames, params, reverse=is_offset(name))
+  return rest + amplitude * curve[:, None] * apex_of(name)
 
 
 def _sample_identity(rng: np.random.Generator) -> dict[str, np.ndarray | float]:
@@ -327,22 +409,26 @@ def render_clip(
     params: RenderParams,
     *,
     static: bool = False,
+    class_names: tuple[str, ...] = CLASS_NAMES,
 ) -> np.ndarray:
   """Renders one clip of class `label`.
 
   Args:
     rng: random source; the clip is a deterministic function of its state.
-    label: class index into `CLASS_NAMES`.
+    label: class index into `class_names`.
     num_frames: T.
     resolution: frame height and width in pixels.
     params: renderer knobs.
     static: render the apex expression on every frame (the single-image variant uses T=1).
+    class_names: the class set (`CLASS_SETS`).
 
   Returns:
     Frames in temporal order, (t h w 3) uint8.
   """
   identity = _sample_identity(rng)
-  expression = expression_track(rng, label, num_frames, params, static=static)
+  expression = expression_track(
+      rng, label, num_frames, params, static=static, class_names=class_names
+  )
   track = functools.partial(stationary_track, rng, num_frames, params)
   pose = {
       'tx': params.motion * track(),
@@ -353,16 +439,57 @@ def render_clip(
   gain = 1.0 + params.lighting * track()
   gradient = params.lighting * track()
   frames = _draw_faces(identity, expression, pose, resolution)
+  noise = rng.normal(0.0, params.noise_std, frames.shape).astype(np.float32)
+  if params.occlusion_prob and rng.uniform() < params.occlusion_prob:
+    _occlude(rng, frames, pose, params)
   grid = _pixel_centres(resolution)
   light = gain[:, None, None] * (1.0 + gradient[:, None, None] * grid[None, None, :])
   frames *= light[..., None].astype(np.float32)
-  frames += rng.normal(0.0, params.noise_std, frames.shape).astype(np.float32)
+  frames += noise
   return np.round(np.clip(frames, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def balanced_labels(rng: np.random.Generator, num_examples: int) -> np.ndarray:
+def _occlude(
+    rng: np.random.Generator, frames: np.ndarray, pose: dict[str, np.ndarray], params: RenderParams
+) -> None:
+  """Paints one ellipse over the eyes' or the mouth's region, following the head, on frames
+  [start, end) with end - start >= half the clip (in place)."""
+  num_frames, resolution = frames.shape[:2]
+  start = int(rng.integers(0, num_frames // 2 + 1))
+  end = int(rng.integers(start + (num_frames + 1) // 2, num_frames + 1))
+  centre = np.array([rng.uniform(-0.35, 0.35), rng.choice([-0.1, 0.4]) + rng.uniform(-0.1, 0.1)])
+  half = rng.uniform(*params.occlusion_size, 2)
+  colour = _OCCLUDER_COLOURS[int(rng.integers(2))] * rng.uniform(0.85, 1.15, 3)
+  grid = _pixel_centres(resolution)
+  x, y = grid[None, :], grid[:, None]
+  for t in range(start, end):
+    cx = centre[0] * pose['scale'][t] + pose['tx'][t]
+    cy = centre[1] * pose['scale'][t] + pose['ty'][t]
+    sdf = _ellipse_sdf(x, y, cx, cy, half[0] * pose['scale'][t], half[1] * pose['scale'][t])
+    alpha = _coverage(sdf, 2.0 / resolution)
+    frames[t] += alpha[..., None] * (np.clip(colour, 0.0, 1.0).astype(np.float32) - frames[t])
+
+
+def balanced_labels(
+    rng: np.random.Generator, num_examples: int, num_classes: int = len(CLASS_NAMES)
+) -> np.ndarray:
   """Class labels with counts that differ by at most one, in random order, shape (n,) int."""
-  return rng.permutation(np.arange(num_examples) % len(CLASS_NAMES))
+  return rng.permutation(np.arange(num_examples) % num_classes)
+
+
+def weighted_labels(
+    rng: np.random.Generator, num_examples: int, weights: tuple[float, ...]
+) -> np.ndarray:
+  """Class labels in proportions `weights` (largest remainders, every class at least once), in
+  random order, shape (n,) int."""
+  weights = np.asarray(weights, np.float64) / np.sum(weights)
+  counts = np.maximum(np.floor(weights * num_examples).astype(int), 1)
+  order = np.argsort(-(weights * num_examples - np.floor(weights * num_examples)), kind='stable')
+  for i in range(num_examples - counts.sum()):
+    counts[order[i % len(order)]] += 1
+  while counts.sum() > num_examples:
+    counts[np.argmax(counts)] -= 1
+  return rng.permutation(np.repeat(np.arange(len(weights)), counts))
 
 
 def encode_jpeg(frames: np.ndarray, quality: int) -> list[bytes]:
