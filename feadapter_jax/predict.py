@@ -1,7 +1,7 @@
 r"""Predict facial emotions in your own videos with a trained run.
 
-  python -m feadapter_jax.predict --workdir=DIR [--faces=detect|none] [--output=FILE.json|.csv] \
-      [--render=OUT.mp4] VIDEO_OR_FRAME_FOLDER [...]
+  python -m feadapter_jax.predict --workdir=DIR [--faces=detect|mtcnn|haar|none] \
+      [--output=FILE.json|.csv] [--render=OUT.mp4] VIDEO_OR_FRAME_FOLDER [...]
 
 An input is a video file (mp4, avi, mov, webm: whatever ffmpeg decodes) or a folder of frames
 (DFEW-style `<id>_<n>.jpg`, read in natural order at `--fps`). It is cut into sliding windows of
@@ -13,13 +13,21 @@ the evaluation step (`step.make_eval_step`, which normalises them with config.js
 probabilities evaluation gives that clip. The input's prediction is the mean of its windows'
 probabilities.
 
-`--faces=detect` first crops every frame to its largest face (`faces.py`: OpenCV Haar cascade, box
-smoothed over time), as the datasets' frames are cropped; `--faces=none` takes frames as they are.
+`--faces=detect` first crops every frame to its largest face as the datasets' frames are cropped
+(`faces.py`: found by MTCNN, smoothed over time, aligned by its five landmarks; by OpenCV's Haar
+cascade, an upright box crop, when the mtcnn package is not installed: one line on stderr says
+which); `--faces=mtcnn` or `--faces=haar` asks for one; `--faces=none` takes frames as they are.
+
+Each input is decoded once: detection, cropping and windowing run in one pass over its frames,
+holding one window of face crops (and, until the first face is found, the frames before it).
+`--render` keeps every frame for the rendered video shrunk to at most `--render_side` pixels and
+JPEG-encoded in memory (about 20-40 kB a frame at 640 px: ~50 MB a minute at 25 fps), and writes
+the video once the windows' emotions are known.
 
 Prints per input a table of windows (start-end seconds, top emotion, probability) and the whole
 input's prediction. Exit code 0; 1 when some input failed (each has a line
-`error: <input>: <reason>` on stderr; the others are still predicted); 2 when the workdir cannot
-be used (same line format, naming the file at fault).
+`error: <input>: <reason>` on stderr; the others are still predicted); 2 when the workdir or the
+face detector cannot be used (same line format, naming the file or flag at fault).
 """
 
 from __future__ import annotations
@@ -56,13 +64,15 @@ from feadapter_jax.data import video_io
 from feadapter_jax.models import builder
 
 OUTPUT_FORMATS = ('.json', '.csv')
-FACE_MODES = ('detect', 'none')
+FACE_MODES = ('detect', *faces_lib.DETECTORS, 'none')
 # Drawn on --render videos (RGB).
 _BOX_COLOUR = (0, 255, 0)
 _TEXT_COLOUR = (255, 255, 255)
 # --render text scale per pixel of frame width, and its floor: readable from 64 px to 4K frames.
 _TEXT_SCALE_PER_PIXEL = 1.0 / 640
 _MIN_TEXT_SCALE = 0.3
+# --render keeps its frames JPEG-encoded at this quality: near-lossless next to the video codec.
+_RENDER_JPEG_QUALITY = 95
 
 
 class PredictError(Exception):
@@ -79,11 +89,13 @@ class Options:
   """How inputs are read and windowed.
 
   Attributes:
-    faces: 'detect' (crop each frame to its largest face) or 'none' (frames are face crops).
+    faces: 'detect' (crop each frame to its largest face, found by the best detector
+      installed), 'mtcnn' or 'haar' (that detector), or 'none' (frames are face crops).
     window_seconds: window length; 0: the whole input is one window, as evaluation takes a clip.
     stride_seconds: start-to-start distance of consecutive windows.
     fps: frame rate of frame folders, and of videos that declare none.
-    face: detection and cropping knobs (faces='detect').
+    face: detection and cropping knobs (all faces but 'none').
+    render_side: frames kept for `--render` are shrunk to at most this longer side.
   """
 
   faces: str = 'detect'
@@ -91,6 +103,7 @@ class Options:
   stride_seconds: float = 1.0
   fps: float = 25.0
   face: faces_lib.FaceConfig = faces_lib.FaceConfig()
+  render_side: int = 640
 
 
 @dataclasses.dataclass
@@ -112,6 +125,8 @@ class VideoPrediction:
     num_frames: frames in the input.
     windows: in temporal order.
     boxes: (num_frames, 3) smoothed face boxes `(cx, cy, side)`; None with faces='none'.
+    landmarks: (num_frames, 5, 2) smoothed landmarks (`faces.LANDMARKS`); None with
+      faces='none' or a detector without landmarks.
   """
 
   path: str
@@ -119,6 +134,7 @@ class VideoPrediction:
   num_frames: int
   windows: list[Window]
   boxes: np.ndarray | None = None
+  landmarks: np.ndarray | None = None
 
   @property
   def probs(self) -> np.ndarray:
@@ -242,7 +258,7 @@ class Predictor:
 
 @dataclasses.dataclass(frozen=True)
 class Source:
-  """One input, readable as many times as needed (face detection, classification, rendering).
+  """One input; `frames` decodes it (each call anew: predict_source calls it once).
 
   Attributes:
     path: a video file or a frame folder.
@@ -357,59 +373,104 @@ def _progress(frames: Iterable[np.ndarray], source: Source, what: str) -> Iterab
   )
 
 
-def detect_faces(source: Source, detector: faces_lib.FaceDetector) -> np.ndarray:
-  """(num_frames, 3) smoothed face boxes of every frame.
+class RenderFrames:
+  """The frames of one input kept for `--render`, with where its face crop is.
 
-  Raises:
-    PredictError: no frame has a face.
+  Frames are shrunk to at most `max_side` on their longer side and JPEG-encoded, so a long input
+  costs tens of kB a frame, not its full-resolution pixels.
   """
-  detections = [detector.largest(f) for f in _progress(source.frames(), source, 'faces')]
-  try:
-    return faces_lib.smooth_boxes(detections, detector.config.smoothing)
-  except faces_lib.NoFaceError as e:
-    raise PredictError(
-        source.path, f'{e}; if the frames are face crops already, use ' '--faces=none'
-    ) from None
+
+  def __init__(self, max_side: int):
+    self.max_side = max_side
+    self._jpegs: list[bytes] = []
+    self._corners: list[np.ndarray | None] = []
+
+  def add(self, frame: np.ndarray, corners: np.ndarray | None) -> None:
+    """Keeps an (h, w, 3) RGB frame and its crop's (4, 2) corners in its pixels (or None)."""
+    scale = min(1.0, self.max_side / max(frame.shape[:2]))
+    if scale < 1.0:
+      frame = cv2.resize(frame, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+      corners = None if corners is None else corners * scale
+    ok, jpeg = cv2.imencode(
+        '.jpg', frame[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, _RENDER_JPEG_QUALITY]
+    )
+    assert ok, 'OpenCV encodes any uint8 RGB frame'
+    self._jpegs.append(jpeg.tobytes())
+    self._corners.append(corners)
+
+  def __len__(self) -> int:
+    return len(self._jpegs)
+
+  def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+    """(h, w, 3) RGB frames with their crop corners, in order."""
+    for jpeg, corners in zip(self._jpegs, self._corners):
+      frame = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+      yield frame[..., ::-1], corners
 
 
 def predict_source(
     predictor: Predictor,
     source: Source,
     options: Options,
-    detector: faces_lib.FaceDetector | None = None,
+    detector: faces_lib.Detector | None = None,
+    render: RenderFrames | None = None,
 ) -> VideoPrediction:
-  """Classifies every window of one input.
+  """Classifies every window of one input, decoding it once.
 
   Args:
     predictor: the model.
     source: the input.
     options: windowing and faces.
-    detector: finds faces with faces='detect' (one can serve many inputs); None: one is made
-      from `options.face`.
+    detector: finds faces unless faces='none' (one can serve many inputs); None: one is made
+      from `options`.
+    render: keeps the frames for `render_video`; None: none kept.
 
   Raises:
-    PredictError: the input cannot be read, or has no face with faces='detect'.
+    PredictError: the input cannot be read, or has no face (unless faces='none').
   """
-  boxes = None
-  if options.faces == 'detect':
-    boxes = detect_faces(source, detector or faces_lib.FaceDetector(options.face))
-  frames = _progress(source.frames(), source, 'windows')
-  if boxes is not None:
-    frames = (faces_lib.crop(frame, box, options.face) for frame, box in zip(frames, boxes))
+  frames = _progress(source.frames(), source, 'frames')
+  found = []
+  if options.faces == 'none':
+    tracked = ((frame, None) for frame in frames)
+  else:
+    detector = detector or faces_lib.make_detector(options.faces, options.face)
+    tracked = faces_lib.tracked_frames(frames, options.face, detector)
+
+  def crops() -> Iterator[np.ndarray]:
+    for frame, face in tracked:
+      corners = None if face is None else faces_lib.crop_corners(face, options.face)
+      if render is not None:
+        render.add(frame, corners)
+      if face is None:
+        yield frame
+        continue
+      found.append(face)
+      yield faces_lib.aligned_crop(frame, face, options.face)
+
   window = _num_frames(options.window_seconds, source.fps) if options.window_seconds > 0 else None
   stride = _num_frames(options.stride_seconds, source.fps)
   bounds, views, probs = [], [], []
-  for start, end, clip in sliding_windows(frames, window, stride):
-    bounds.append((start, end))
-    views.append(predictor.views(np.stack(clip)))
-    if len(views) == predictor.batch_size:
-      probs.extend(predictor.probabilities(views))
-      views = []
+  try:
+    for start, end, clip in sliding_windows(crops(), window, stride):
+      bounds.append((start, end))
+      views.append(predictor.views(np.stack(clip)))
+      if len(views) == predictor.batch_size:
+        probs.extend(predictor.probabilities(views))
+        views = []
+  except faces_lib.NoFaceError as e:
+    raise PredictError(
+        source.path, f'{e}; if the frames are face crops already, use --faces=none'
+    ) from None
   if views:
     probs.extend(predictor.probabilities(views))
   windows = [Window(start, end, p) for (start, end), p in zip(bounds, probs)]
+  boxes = landmarks = None
+  if found:
+    boxes = np.stack([face.box for face in found])
+    if found[0].landmarks is not None:
+      landmarks = np.stack([face.landmarks for face in found])
   # The last window always ends at the last frame.
-  return VideoPrediction(source.path, source.fps, bounds[-1][1], windows, boxes)
+  return VideoPrediction(source.path, source.fps, bounds[-1][1], windows, boxes, landmarks)
 
 
 # ----------------------------------------------------------------------------- Outputs.
@@ -540,13 +601,12 @@ def render_path(render: str, input_path: str, num_inputs: int) -> str:
 
 
 def render_video(
-    source: Source,
+    frames: RenderFrames,
     prediction: VideoPrediction,
     class_names: Sequence[str],
     path: str,
-    face_config: faces_lib.FaceConfig,
 ) -> None:
-  """Writes the input with its face box and the nearest window's emotion drawn on every frame.
+  """Writes the kept frames with their face crop's outline and the nearest window's emotion.
 
   Frames are cut to even height and width, as yuv420p video needs.
 
@@ -562,14 +622,14 @@ def render_video(
   ]
 
   def drawn() -> Iterator[np.ndarray]:
-    for index, frame in enumerate(source.frames()):
+    for index, (frame, corners) in enumerate(frames):
       height, width = frame.shape[0] // 2 * 2, frame.shape[1] // 2 * 2
       frame = np.ascontiguousarray(frame[:height, :width])
       scale = max(width * _TEXT_SCALE_PER_PIXEL, _MIN_TEXT_SCALE)
       thickness = max(1, round(2 * scale))
-      if prediction.boxes is not None:
-        x0, y0, side = faces_lib.crop_rect(prediction.boxes[index], face_config.margin)
-        cv2.rectangle(frame, (x0, y0), (x0 + side, y0 + side), _BOX_COLOUR, thickness)
+      if corners is not None:  # the crop, rotated as the face is
+        outline = np.round(corners).astype(np.int32)[:, None]
+        cv2.polylines(frame, [outline], True, _BOX_COLOUR, thickness, cv2.LINE_AA)
       label = labels[int(np.searchsorted(boundaries, index + 0.5))]
       (text_w, text_h), baseline = cv2.getTextSize(
           label, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness
@@ -589,7 +649,7 @@ def render_video(
       yield frame
 
   try:
-    video_io.write_video(path, drawn(), fps=source.fps)
+    video_io.write_video(path, drawn(), fps=prediction.fps)
   except (av.FFmpegError, OSError, ValueError) as e:
     raise PredictError(path, f'cannot write the rendered video ({_one_line(e)})') from None
 
@@ -616,22 +676,31 @@ def run(
     err: where `error: <input>: <reason>` lines go (default stderr).
 
   Returns:
-    0 if every input was predicted (and rendered), 1 otherwise.
+    0 if every input was predicted (and rendered), 1 otherwise, 2 if the face detector asked for
+    cannot be made.
   """
   out, err = out or sys.stdout, err or sys.stderr
-  detector = faces_lib.FaceDetector(options.face) if options.faces == 'detect' else None
+  detector = None
+  if options.faces != 'none':
+    try:
+      detector = faces_lib.make_detector(options.faces, options.face)
+    except ImportError as e:
+      print(f'error: --faces={options.faces}: {_one_line(e)}', file=err, flush=True)
+      return 2
+    if options.faces == 'detect':
+      how = 'crops aligned by 5 landmarks'
+      if detector.name != 'mtcnn':
+        how = f'upright box crops; for aligned ones: {faces_lib.MTCNN_INSTALL}'
+      print(f'faces: detect uses {detector.name} ({how})', file=err, flush=True)
   predictions, errors = [], []
   for path in inputs:
     try:
       source = open_source(path, options.fps)
-      prediction = predict_source(predictor, source, options, detector)
+      frames = RenderFrames(options.render_side) if render else None
+      prediction = predict_source(predictor, source, options, detector, frames)
       if render:
         render_video(
-            source,
-            prediction,
-            predictor.class_names,
-            render_path(render, path, len(inputs)),
-            options.face,
+            frames, prediction, predictor.class_names, render_path(render, path, len(inputs))
         )
     except PredictError as e:
       print(f'error: {_one_line(e)}', file=err, flush=True)
@@ -655,8 +724,9 @@ def _define_flags() -> None:
       'faces',
       Options.faces,
       FACE_MODES,
-      'detect: crop each frame to its largest '
-      "face; none: frames are face crops already (as DFEW's).",
+      'detect: crop each frame to its largest face, found by mtcnn (aligned by its landmarks) '
+      'if installed, else by haar (an upright box); mtcnn, haar: that detector; none: frames '
+      "are face crops already (as DFEW's).",
   )
   flags.DEFINE_float(
       'window_seconds',
@@ -693,6 +763,12 @@ def _define_flags() -> None:
       'Write the input with face box and emotion drawn on it '
       '(several inputs: <stem>_<input name><ext> each).',
   )
+  flags.DEFINE_integer(
+      'render_side',
+      Options.render_side,
+      'Rendered videos are shrunk to at most this longer side (their frames are kept in memory).',
+      lower_bound=16,
+  )
   flags.DEFINE_float(
       'face_margin',
       default_face.margin,
@@ -714,6 +790,16 @@ def _define_flags() -> None:
       default_face.detect_max_side,
       'Frames are shrunk to this longer side for face detection.',
       lower_bound=32,
+  )
+  flags.DEFINE_float(
+      'face_min_confidence',
+      default_face.min_confidence,
+      'mtcnn faces below this confidence are ignored.',
+      lower_bound=0,
+      upper_bound=1,
+  )
+  flags.DEFINE_integer(
+      'face_batch_size', default_face.batch_size, 'Frames per mtcnn call.', lower_bound=1
   )
   flags.DEFINE_float(
       'face_scale_factor', default_face.scale_factor, 'Haar cascade pyramid step.', lower_bound=1.01
@@ -753,6 +839,8 @@ def main(argv: Sequence[str]) -> None:
       smoothing=f.face_smoothing,
       crop_size=f.face_size,
       detect_max_side=f.face_detect_side,
+      min_confidence=f.face_min_confidence,
+      batch_size=f.face_batch_size,
       scale_factor=f.face_scale_factor,
       min_neighbors=f.face_min_neighbors,
   )
@@ -762,6 +850,7 @@ def main(argv: Sequence[str]) -> None:
       stride_seconds=f.stride_seconds,
       fps=f.fps,
       face=face,
+      render_side=f.render_side,
   )
   sys.exit(run(predictor, inputs, options, output=f.output, render=f.render))
 

@@ -15,6 +15,7 @@ import cv2
 import jax
 import numpy as np
 import pytest
+from skimage import data as skimage_data
 import tensorflow_datasets as tfds
 
 from feadapter_jax import evaluate
@@ -288,26 +289,6 @@ def test_render_writes_every_frame_with_the_prediction_drawn(tmp_path, predictor
 # ----------------------------------------------------------------------------- Faces.
 
 
-def test_smooth_boxes_average_and_carry_over_gaps():
-  a, b = np.array([10.0, 20.0, 30.0]), np.array([20.0, 40.0, 50.0])
-  smoothed = faces.smooth_boxes([None, a, None, b, None], smoothing=0.5)
-  np.testing.assert_allclose(smoothed, [a, a, a, (a + b) / 2, (a + b) / 2])
-  with pytest.raises(faces.NoFaceError, match='no face found in any of the 3 frames'):
-    faces.smooth_boxes([None] * 3, smoothing=0.5)
-
-
-def test_crop_is_square_with_margin_and_black_outside_the_frame():
-  frame = np.zeros((100, 200, 3), np.uint8)
-  frame[40:60, 90:110] = 255  # a 20 px "face" centred at (100, 50)
-  config = faces.FaceConfig(margin=0.5, crop_size=40)
-  inside = faces.crop(frame, np.array([100.0, 50.0, 20.0]), config)
-  assert inside.shape == (40, 40, 3)
-  # 20 px box + 10 px margin each side = 40 px square: the face fills the middle half.
-  assert (inside[10:30, 10:30] == 255).all() and inside[:8].max() == 0 and inside[32:].max() == 0
-  corner = faces.crop(frame, np.array([0.0, 0.0, 20.0]), config)  # centred on the corner
-  assert corner.shape == (40, 40, 3) and corner.max() == 0
-
-
 def _face_video(path, num_frames, size=96):
   """A SynthFER face on grey: its square spans x in [size, 2 size), y in [size / 2, 1.5 size)."""
   canvas = np.full((num_frames, 2 * size, 3 * size, 3), 128, np.uint8)
@@ -317,17 +298,129 @@ def _face_video(path, num_frames, size=96):
 
 def test_detected_face_is_found_and_tracked(tmp_path, predictor):
   path = _face_video(tmp_path / 'face.mp4', 3 * FPS)
-  options = predict.Options(faces='detect', fps=FPS)
+  options = predict.Options(faces='haar', fps=FPS)
 
   prediction = predict.predict_source(
-      predictor, predict.open_source(path, 25.0), options, faces.FaceDetector(options.face)
+      predictor, predict.open_source(path, 25.0), options, faces.HaarDetector(options.face)
   )
 
   assert prediction.boxes.shape == (24, 3) and len(prediction.windows) == 2
+  assert prediction.landmarks is None
   centre, side = prediction.boxes[:, :2], prediction.boxes[:, 2]
   assert np.abs(centre - [144, 96]).max() < 10 and ((side > 48) & (side < 96)).all()
   # Smoothing: the box moves less from frame to frame than the head does.
   assert np.abs(np.diff(centre, axis=0)).max() < 3
+
+
+# The astronaut photograph (scikit-image), shrunk to ASTRONAUT_SIZE, moves right over grey 400 x 300
+# frames by ASTRONAUT_STEP px a frame; its face is at FACE_CENTRE of the 512 px photograph.
+ASTRONAUT_SIZE, ASTRONAUT_STEP, FACE_CENTRE = 280, 3, np.array([223.0, 117.0])
+
+
+def _astronaut_video(path, num_frames):
+  """(path, (num_frames, 2) face centres) of the moving astronaut."""
+  photo = cv2.resize(skimage_data.astronaut(), (ASTRONAUT_SIZE,) * 2, interpolation=cv2.INTER_AREA)
+  frames = np.full((num_frames, 300, 400, 3), 100, np.uint8)
+  origins = np.array([(40 + ASTRONAUT_STEP * i, 20) for i in range(num_frames)])
+  for frame, (x, y) in zip(frames, origins):
+    frame[y : y + ASTRONAUT_SIZE, x : x + ASTRONAUT_SIZE] = photo
+  return _write(path, frames), origins + FACE_CENTRE * ASTRONAUT_SIZE / 512
+
+
+@pytest.fixture(scope='module')
+def detectors():
+  """One of each face detector (MTCNN takes seconds to build)."""
+  return {name: faces.make_detector(name, faces.FaceConfig()) for name in faces.DETECTORS}
+
+
+def _is_green(frames):
+  """Per pixel: the colour --render outlines face crops with."""
+  return (frames[..., 1] > 180) & (frames[..., 0] < 90) & (frames[..., 2] < 90)
+
+
+@pytest.mark.parametrize('detector', ['mtcnn', 'haar'])
+def test_each_input_is_decoded_once_for_faces_windows_and_render(
+    tmp_path, predictor, detectors, monkeypatch, detector
+):
+  """One pass serves detection, cropping, windows and --render, and gives what two passes (the
+  faces API's track, then crops of the decoded frames) give."""
+  path, centres = _astronaut_video(tmp_path / 'astronaut.mp4', 3 * FPS)
+  decoded = list(video_io.iter_frames(path))
+  options = predict.Options(faces=detector, fps=FPS)
+  finder = detectors[detector]
+  track = faces.face_track(decoded, options.face, finder)
+  crops = np.stack([faces.aligned_crop(f, face, options.face) for f, face in zip(decoded, track)])
+  calls = []
+  iter_frames = video_io.iter_frames
+
+  def counting(*args):
+    calls.append(args)
+    return iter_frames(*args)
+
+  monkeypatch.setattr(video_io, 'iter_frames', counting)
+  render = tmp_path / 'render.mp4'
+
+  code, out, err = _run(predictor, [path], options, render=str(render))
+  source = predict.open_source(path, 25.0)
+  kept = predict.RenderFrames(options.render_side)
+  prediction = predict.predict_source(predictor, source, options, finder, kept)
+
+  assert code == 0 and err == '' and 'astronaut.mp4: 24 frames, 3.00 s at 8 fps' in out
+  assert len(calls) == 2  # once per prediction: the command's, and this test's
+  assert len(kept) == 24 and prediction.boxes.shape == (24, 3)
+  # The box follows the face (smoothing lags it by a few px at 3 px a frame). MTCNN finds it in
+  # every frame; Haar takes a larger false "face" on the suit in 4 of the 24, and the moving
+  # average needs a few frames to come back.
+  error = np.abs(prediction.boxes[:, :2] - centres).max(1)
+  assert np.median(error) < 5 and np.mean(error < 10) >= (1.0 if detector == 'mtcnn' else 0.6)
+  np.testing.assert_allclose(prediction.boxes, [face.box for face in track], atol=1e-6)
+  if detector == 'mtcnn':
+    assert prediction.landmarks.shape == (24, 5, 2)
+  else:
+    assert prediction.landmarks is None
+  expected = predictor.probabilities(
+      [predictor.views(crops[w.start_frame : w.end_frame]) for w in prediction.windows]
+  )
+  np.testing.assert_allclose([w.probs for w in prediction.windows], expected, atol=1e-5)
+  rendered = np.stack(list(iter_frames(render)))
+  assert rendered.shape == (24, 300, 400, 3)
+  # The crop's outline is drawn around the face: green pixels there, not in the input.
+  assert _is_green(rendered).sum((1, 2)).min() > 100 and _is_green(np.stack(decoded)).sum() < 50
+
+
+# mtcnn only through the command (a subprocess costs ~40 s here); haar's path in-process above.
+@pytest.mark.parametrize('detector', ['mtcnn'])
+def test_command_crops_faces_with_the_detector_asked(
+    tmp_path, workdir, predictor, detectors, detector
+):
+  path, _ = _astronaut_video(tmp_path / 'astronaut.mp4', 2 * FPS)
+  output = tmp_path / 'out.json'
+
+  proc = subprocess.run(
+      [
+          sys.executable,
+          '-m',
+          'feadapter_jax.predict',
+          f'--workdir={workdir}',
+          f'--faces={detector}',
+          '--face_smoothing=0.3',
+          f'--output={output}',
+          path,
+      ],
+      cwd=ROOT,
+      env=_env(),
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
+
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  (video,) = json.loads(output.read_text())['videos']
+  options = predict.Options(faces=detector, fps=FPS, face=faces.FaceConfig(smoothing=0.3))
+  source = predict.open_source(path, 25.0)
+  expected = predict.predict_source(predictor, source, options, detectors[detector])
+  assert video['num_frames'] == 16 and len(video['windows']) == 1
+  np.testing.assert_allclose(video['probs'], expected.probs, atol=1e-5)
 
 
 def test_no_face_anywhere_is_one_clear_error(tmp_path, predictor):
@@ -335,9 +428,20 @@ def test_no_face_anywhere_is_one_clear_error(tmp_path, predictor):
   code, out, err = _run(predictor, [grey], predict.Options(faces='detect', fps=FPS))
   assert code == 1 and out == ''
   assert err == (
+      'faces: detect uses mtcnn (crops aligned by 5 landmarks)\n'
       f'error: {grey}: no face found in any of the 10 frames; if the frames are '
       'face crops already, use --faces=none\n'
   )
+
+
+def test_mtcnn_asked_but_not_installed_is_one_clear_error(tmp_path, predictor, monkeypatch):
+  monkeypatch.setitem(sys.modules, 'mtcnn', None)  # `import mtcnn` raises ImportError
+  code, out, err = _run(predictor, [tmp_path / 'any.mp4'], predict.Options(faces='mtcnn'))
+  assert code == 2 and out == ''
+  assert err.startswith('error: --faces=mtcnn: mtcnn face detection needs the mtcnn package (')
+  assert err.endswith('): pip install mtcnn==1.0.0\n') and err.count('\n') == 1
+  code, _, err = _run(predictor, [tmp_path / 'any.mp4'], predict.Options(faces='detect'))
+  assert code == 1 and err.startswith('faces: detect uses haar (upright box crops; for aligned')
 
 
 # ----------------------------------------------------------------------------- Bad inputs.
