@@ -1,6 +1,6 @@
 r"""Export a finished run's model to a portable file, and import such a file as a new workdir.
 
-    python -m feadapter_jax.export --workdir=DIR --out=OUT --format=safetensors|savedmodel
+    python -m feadapter_jax.export --workdir=DIR --out=OUT --format=safetensors|savedmodel|onnx
     python -m feadapter_jax.export --import=FILE.safetensors --workdir=NEWDIR [--backbone=DIR]
 
 `--format=safetensors` writes the trainable parameters alone (adapters + head, named as
@@ -30,27 +30,49 @@ compiles, not a re-implementation of it in TensorFlow ops. The parameters are TF
 (the SavedModel's variables/), not constants in the program. The model is built with
 `model.kernels='reference'` and `model.dtype='float32'`: the CPU kernels' custom VJPs and
 barrier serve training only, and a 16-bit model would take cuDNN's attention on a GPU, which no
-other platform runs. Only the eval step is lowered: no gradients are kept.
+other platform runs. Only the eval step is lowered: no gradients are kept. The exact GELU's erf
+is written with exp and arithmetic (`kernels.portable_erf`, within 1.2e-7 of `lax.erf`):
+`lax.erf` lowers to StableHLO's `chlo.erf`, which TensorFlow 2.21 cannot read back.
 
-`--format=onnx` is not built in (it needs tf2onnx): the command says how to try it on the
-SavedModel. Exit status 2 on any error, with one line `error: ...` on stderr.
+`--format=onnx` writes the same whole model, as `--format=savedmodel` serves it, to OUT as one
+ONNX file (opset 18, ONNX Runtime 1.14 or later), converted by jax2onnx from the JAX program
+itself: input `frames` uint8 `(b, t, S, S, 3)` (b dynamic), output `probabilities`
+`(b, classes)`, the parameters as initializers. Its `metadata_props` hold the keys of the
+safetensors file's metadata but `format` and `format_version` (`class_names`, `mean`, `std`,
+`config`, `model_config`, `trainable`, `seed`, `backbone`, `backbone_sha256`); ONNX Runtime reads
+them as `InferenceSession(OUT).get_modelmeta().custom_metadata_map`. jax2onnx is installed apart
+(`pip install -c requirements.txt .[onnx]`, then `pip install --no-deps jax2onnx==0.17.1`: its
+metadata caps orbax-checkpoint), and its and onnx_ir's warnings are dropped during the
+conversion: they name jax2onnx plugins for libraries not installed (Equinox, dm_pix), which this
+model does not use, and intermediate values whose type onnx_ir leaves out of the file's
+value_info, which ONNX Runtime infers. A JAX primitive that jax2onnx cannot convert is named in
+the error. ONNX files are protocol buffers of at most 2 GiB: ViT-L/14 fits, larger models do not.
+
+Exit status 2 on any error, with one line `error: ...` on stderr.
 """
 
 from __future__ import annotations
 
 from feadapter_jax import cli  # pylint: disable=g-bad-import-order  (first: quiets TensorFlow)
 
-import hashlib  # pylint: disable=g-import-not-at-top,g-bad-import-order
+import contextlib  # pylint: disable=g-import-not-at-top,g-bad-import-order
+import functools
+import hashlib
+import importlib.metadata
 import json
+import logging
 import os
+import re
 import struct
 import sys
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from absl import flags
 from etils import epath
 from flax import traverse_util
+import jax
 from jax.experimental import jax2tf
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import safetensors
@@ -64,6 +86,7 @@ from feadapter_jax import step as step_lib
 from feadapter_jax import workdir as workdir_lib
 from feadapter_jax.models import backbone as backbone_lib
 from feadapter_jax.models import builder
+from feadapter_jax.models import kernels
 from feadapter_jax.models import vit
 
 FORMATS = ('safetensors', 'savedmodel', 'onnx')
@@ -74,6 +97,14 @@ PLATFORMS = ('cpu', 'cuda', 'tpu')
 CLASS_NAMES_FILE = 'class_names.txt'
 # A safetensors file opens with its header's length, a little-endian uint64.
 _HEADER_LENGTH = struct.Struct('<Q')
+# The lowest opset jax2onnx converts this model to (17 lacks ReduceMean's axes input), so that
+# older runtimes load the file too.
+ONNX_OPSET = 18
+ONNX_INSTALL = (
+    '`pip install -c requirements.txt .[onnx]`, then `pip install --no-deps jax2onnx==0.17.1`'
+)
+# Protocol buffers (an ONNX file) hold at most 2 GiB.
+_ONNX_MAX_BYTES = 2**31 - 1
 
 
 class ExportError(Exception):
@@ -167,25 +198,18 @@ def _run_files(workdir: str) -> tuple[ml_collections.ConfigDict, dict[str, Any],
 # ----------------------------------------------------------------------------- safetensors.
 
 
-def export_safetensors(workdir: str, out: str) -> int:
-  """Writes the run's trainable parameters and the metadata that rebuilds its model to `out`.
-
-  Returns:
-    The bytes written.
-  """
-  if epath.Path(out).exists():
-    raise ExportError(f'--out {out} already exists: remove it or choose another')
+def run_metadata(workdir: str) -> dict[str, str]:
+  """What the files of a finished run record of it, as strings: its config.json (`config`), its
+  export's model_config.json (`model_config`), `class_names`, `mean`, `std`, `trainable`, `seed`
+  and the backbone's identity (`backbone`, `backbone_sha256`)."""
   config, model_config, class_names = _run_files(workdir)
   export = workdir_lib.path(workdir, workdir_lib.EXPORT_DIR)
   init = _read_json(export / workdir_lib.INIT_FILE, 'the run has not finished')
-  trained, _ = checkpoint.load_params(export)
   try:
     identity = backbone_identity(config.init.checkpoint)
   except FileNotFoundError as e:
     raise ExportError(f'the backbone of {workdir} is needed for its identity: {e}') from None
-  metadata = {
-      'format': FILE_FORMAT,
-      'format_version': FILE_VERSION,
+  return {
       'config': workdir_lib.portable(config).to_json_best_effort(),
       'model_config': json.dumps(model_config, sort_keys=True),
       'class_names': json.dumps(class_names),
@@ -196,6 +220,22 @@ def export_safetensors(workdir: str, out: str) -> int:
       'backbone': json.dumps(identity, sort_keys=True),
       'backbone_sha256': identity['backbone_sha256'] or '',
   }
+
+
+def _refuse_existing(out: str) -> None:
+  if epath.Path(out).exists():
+    raise ExportError(f'--out {out} already exists: remove it or choose another')
+
+
+def export_safetensors(workdir: str, out: str) -> int:
+  """Writes the run's trainable parameters and the metadata that rebuilds its model to `out`.
+
+  Returns:
+    The bytes written.
+  """
+  _refuse_existing(out)
+  metadata = {'format': FILE_FORMAT, 'format_version': FILE_VERSION, **run_metadata(workdir)}
+  trained, _ = checkpoint.load_params(workdir_lib.path(workdir, workdir_lib.EXPORT_DIR))
   tensors = {n: np.ascontiguousarray(v) for n, v in partition.flatten(trained).items()}
   data = safetensors_np.save(tensors, metadata=metadata)
   epath.Path(out).write_bytes(data)
@@ -311,8 +351,7 @@ def serving_function(workdir: str) -> tuple[Any, Any, ml_collections.ConfigDict,
 
 def export_savedmodel(workdir: str, out: str, platforms: Sequence[str] = PLATFORMS) -> None:
   """Writes the run's whole model as a SavedModel to `out` (see the module docstring)."""
-  if epath.Path(out).exists():
-    raise ExportError(f'--out {out} already exists: remove it or choose another')
+  _refuse_existing(out)
   serve, params, config, class_names = serving_function(workdir)
   num_frames, size = config.data.num_frames, config.data.image_size
   serve_tf = jax2tf.convert(
@@ -340,15 +379,110 @@ def export_savedmodel(workdir: str, out: str, platforms: Sequence[str] = PLATFOR
     return {'class_names': tf.identity(module.class_names)}
 
   module.serve = serving_default
-  tf.saved_model.save(
-      module,
-      os.fspath(out),
-      signatures={'serving_default': serving_default, 'class_names': names},
-  )
+  # Traced (and serialised) here: erf as elementary ops, which TensorFlow's StableHLO reads.
+  with kernels.portable_erf():
+    tf.saved_model.save(
+        module,
+        os.fspath(out),
+        signatures={'serving_default': serving_default, 'class_names': names},
+    )
   # assets.extra/ is the SavedModel's folder for files of its users, which TensorFlow leaves be.
   extra = epath.Path(out) / 'assets.extra'
   extra.mkdir()
   (extra / CLASS_NAMES_FILE).write_text(''.join(f'{name}\n' for name in class_names))
+
+
+# ----------------------------------------------------------------------------- ONNX.
+
+
+@contextlib.contextmanager
+def _quiet_converter() -> Iterator[None]:
+  """jax2onnx's and onnx_ir's loggers at ERROR (the module docstring says what they warn of)."""
+  loggers = [logging.getLogger(name) for name in ('jax2onnx', 'onnx_ir')]
+  levels = [logger.level for logger in loggers]
+  for logger in loggers:
+    logger.setLevel(logging.ERROR)
+  try:
+    yield
+  finally:
+    for logger, level in zip(loggers, levels):
+      logger.setLevel(level)
+
+
+def _jax2onnx() -> Any:
+  """The jax2onnx module (an optional dependency).
+
+  Raises:
+    ExportError: it or its dependencies are not installed; says how to install them.
+  """
+  try:
+    with _quiet_converter():
+      import jax2onnx  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ExportError(f'--format=onnx needs jax2onnx and onnx ({e}): {ONNX_INSTALL}') from None
+  return jax2onnx
+
+
+def to_onnx_model(fn: Callable[[Any], Any], frame_shape: Sequence[int], name: str) -> Any:
+  """`fn`, uint8 frames `(b, *frame_shape)` -> probabilities `(b, classes)`, as an ONNX
+  ModelProto named `name`: input `frames` (b dynamic), output `probabilities`.
+
+  Raises:
+    ExportError: jax2onnx is not installed, or cannot convert a primitive `fn` uses (named).
+  """
+  jax2onnx = _jax2onnx()
+  version = importlib.metadata.version('jax2onnx')
+  spec = jax.ShapeDtypeStruct(('b', *frame_shape), jnp.uint8)
+  try:
+    with _quiet_converter():
+      return jax2onnx.to_onnx(
+          fn,
+          [spec],
+          model_name=name,
+          opset=ONNX_OPSET,
+          input_names=['frames'],
+          output_names=['probabilities'],
+          return_mode='proto',
+      )
+  except NotImplementedError as e:
+    # jax2onnx's converter raises "[converter] No plugins registered for primitive 'NAME'".
+    missing = re.search(r"No plugins registered for primitive '([^']+)'", str(e))
+    what = f"the JAX primitive '{missing.group(1)}'" if missing else f'the model ({e})'
+    raise ExportError(
+        f'--format=onnx: jax2onnx {version} cannot convert {what}: export --format=savedmodel '
+        'instead (it lowers every JAX op), or use a jax2onnx that converts it'
+    ) from None
+
+
+def export_onnx(workdir: str, out: str) -> int:
+  """Writes the run's whole model as one ONNX file `out` (see the module docstring).
+
+  Returns:
+    The bytes written.
+  """
+  _refuse_existing(out)
+  _jax2onnx()  # before the model is built: that takes a while
+  serve, params, config, _ = serving_function(workdir)
+  metadata = run_metadata(workdir)
+  num_frames, size = config.data.num_frames, config.data.image_size
+  model = to_onnx_model(
+      functools.partial(serve, params), (num_frames, size, size, 3), 'feadapter_jax'
+  )
+  import onnx  # pylint: disable=g-import-not-at-top  (jax2onnx's dependency: installed now)
+
+  onnx.helper.set_model_props(model, metadata)
+  model.doc_string = (
+      f'frames: uint8 (b, {num_frames}, {size}, {size}, 3), one temporal view per row -> '
+      'probabilities (b, classes), classes as metadata_props class_names lists them'
+  )
+  if model.ByteSize() > _ONNX_MAX_BYTES:
+    raise ExportError(
+        f'{workdir}: its ONNX model is {model.ByteSize() / 2**30:.1f} GiB, over the 2 GiB an '
+        'ONNX file holds: export --format=savedmodel instead'
+    )
+  data = model.SerializeToString()
+  epath.Path(out).write_bytes(data)
+  return len(data)
 
 
 # ----------------------------------------------------------------------------- Command line.
@@ -368,7 +502,12 @@ def parse(argv: Sequence[str]) -> flags.FlagValues:
       required=True,
       flag_values=fv,
   )
-  flags.DEFINE_string('out', None, 'The file (safetensors) or directory to write.', flag_values=fv)
+  flags.DEFINE_string(
+      'out',
+      None,
+      'The file (safetensors, onnx) or directory (savedmodel) to write.',
+      flag_values=fv,
+  )
   flags.DEFINE_enum('format', 'safetensors', FORMATS, 'What to write.', flag_values=fv)
   flags.DEFINE_string(
       'import', None, 'A .safetensors file of this command to turn into --workdir.', flag_values=fv
@@ -407,12 +546,8 @@ def run(args: flags.FlagValues) -> None:
     import_safetensors(args['import'].value, args.workdir, args.backbone)
     print(f'wrote {args.workdir} from {args["import"].value}')
   elif args.format == 'onnx':
-    raise ExportError(
-        '--format=onnx needs tf2onnx, which is not installed (nor a dependency): write '
-        '--format=savedmodel, then `pip install tf2onnx && python -m tf2onnx.convert '
-        '--saved-model OUT --output model.onnx` (tf2onnx converts TensorFlow ops, and this '
-        "SavedModel's model is one StableHLO XlaCallModule op, which its versions may reject)"
-    )
+    size = export_onnx(args.workdir, args.out)
+    print(f'wrote {args.out}: {size / 1e6:.2f} MB, ONNX (opset {ONNX_OPSET}) of the whole model')
   elif args.format == 'savedmodel':
     export_savedmodel(args.workdir, args.out, args.platforms)
     print(f'wrote {args.out}: SavedModel ({", ".join(args.platforms)})')

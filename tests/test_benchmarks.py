@@ -254,6 +254,26 @@ def test_benchmark_takes_the_accelerator_settings_dtype_and_batch():
   assert 'PyTorch reference runs in float32 on CPU only' in log
 
 
+@pytest.mark.slow
+def test_export_speed_serves_the_three_exports_at_tiny_size():
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  script = os.path.join(root, 'benchmarks', 'export_speed.py')
+  args = ['--arch=tiny', '--batch=2', '--repeats=1', '--platforms=cpu', '--json']
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  proc = subprocess.run(
+      [sys.executable, script, *args], capture_output=True, text=True, env=env, timeout=600
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = json.loads(proc.stdout.splitlines()[-1])
+  assert set(out['speed']) == {'jax', 'tensorflow', 'onnxruntime'}
+  for runtime, figures in out['speed'].items():
+    assert 'error' not in figures, (runtime, figures)
+    assert figures['ms_per_clip'] > 0 and figures['clips_per_s'] > 0, runtime
+    assert figures['max_prob_diff_vs_jax'] < 1e-5, runtime
+  sizes = out['sizes']
+  assert 0 < sizes['safetensors'] < sizes['onnx'] and sizes['savedmodel'] > sizes['safetensors']
+
+
 def test_profile_classifies_compiled_ops_by_what_they_compute():
   def f(a, b):
     return jnp.sum(jnp.tanh(a @ b), axis=1), jnp.exp(a) * 2.0
@@ -267,3 +287,24 @@ def test_profile_classifies_compiled_ops_by_what_they_compute():
   assert 'f32[64,48]' in kinds['matmul']  # the dot (fused with its tanh or not)
   assert 'f32[64]' in kinds['reduction']
   assert 'f32[64,32]' in kinds['elementwise']
+
+
+def test_face_detection_benchmark_times_both_detectors():
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = subprocess.run(
+      [
+          sys.executable,
+          os.path.join(root, 'benchmarks', 'face_detection.py'),
+          '--seconds=0.4',
+          '--json',
+      ],
+      capture_output=True,
+      text=True,
+      check=True,
+      timeout=300,
+  )
+  rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith('{')]
+  assert [(r['detector'], r['frames']) for r in rows] == [('haar', 10), ('mtcnn', 10)]
+  assert all(r['frames_per_s'] > 0 and r['startup_s'] > 0 for r in rows)
+  ratio = rows[1]['frames_per_s'] / rows[0]['frames_per_s']
+  assert rows[1]['speed_vs_first_detector'] == pytest.approx(ratio, rel=0.05)

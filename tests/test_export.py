@@ -1,6 +1,7 @@
 """`python -m feadapter_jax.export` on a tiny trained run: the safetensors file and its import
 (the same probabilities, bit for bit; a wrong backbone refused), the SavedModel served by
-TensorFlow alone (the eval step's probabilities), and the command's errors."""
+TensorFlow alone and the ONNX file served by ONNX Runtime alone (the eval step's probabilities),
+and the command's errors."""
 
 import json
 import os
@@ -8,6 +9,7 @@ import subprocess
 import sys
 
 import jax
+from jax.extend import core as jax_core
 import numpy as np
 import pytest
 from safetensors import numpy as safetensors_np
@@ -25,6 +27,7 @@ from tests.test_predict import BACKBONE
 from tests.test_predict import MEAN
 from tests.test_predict import STD
 from tests.test_predict import _clip
+from tests.test_predict import train_tiny_run
 from tests.test_predict import workdir  # pylint: disable=unused-import  (a fixture)
 
 # Loads the SavedModel with TensorFlow alone, as a server would, and classifies the rows of
@@ -52,6 +55,34 @@ json.dump({
     'probs': probs[1].tolist(),
     'class_names': [n.decode() for n in names],
     'variable_class_names': [n.decode() for n in model.class_names.numpy()],
+    'jax_imported': 'jax' in sys.modules,
+}, open(out, 'w'))
+"""
+
+
+# Runs the ONNX file with ONNX Runtime alone on the rows of frames.npy, batch 1 and all rows from
+# the one file; the inputs, outputs, metadata and probabilities go to out.json.
+SERVE_ONNX = r"""
+import importlib.abc, json, sys
+
+class NoJax(importlib.abc.MetaPathFinder):
+  def find_spec(self, name, path, target=None):
+    if name.split('.')[0] in ('jax', 'jaxlib', 'jax2onnx'):
+      raise ImportError(f'{name} is blocked: the ONNX file must serve without JAX')
+
+sys.meta_path.insert(0, NoJax())
+import numpy as np
+import onnxruntime as ort
+frames_file, model_file, out = sys.argv[1:]
+frames = np.load(frames_file)
+session = ort.InferenceSession(model_file, providers=['CPUExecutionProvider'])
+probs = [session.run(['probabilities'], {'frames': frames[:n]})[0] for n in (1, len(frames))]
+json.dump({
+    'probs_1': probs[0].tolist(),
+    'probs': probs[1].tolist(),
+    'inputs': [(i.name, i.shape, i.type) for i in session.get_inputs()],
+    'outputs': [(o.name, o.shape) for o in session.get_outputs()],
+    'metadata': session.get_modelmeta().custom_metadata_map,
     'jax_imported': 'jax' in sys.modules,
 }, open(out, 'w'))
 """
@@ -157,9 +188,19 @@ def test_a_backbone_other_than_the_files_is_refused_naming_both(
   assert '--backbone' in capsys.readouterr().err
 
 
+@pytest.fixture(scope='module')
+def gelu_workdir(tmp_path_factory):
+  """The `workdir` run on a backbone with timm's exact (erf) GELU, as timm's ViTs have."""
+  return train_tiny_run(tmp_path_factory.mktemp('gelu_run'), dict(BACKBONE, activation='gelu'))
+
+
+@pytest.mark.parametrize('activation', ['quick_gelu', 'gelu'])
 def test_the_savedmodel_serves_the_eval_steps_probabilities_with_tensorflow_alone(
-    workdir, reference, tmp_path
+    activation, request, tmp_path
 ):
+  # The exact GELU's erf is exported as elementary ops: TensorFlow 2.21 cannot read chlo.erf.
+  workdir = request.getfixturevalue('workdir' if activation == 'quick_gelu' else 'gelu_workdir')
+  reference = _eval_step(workdir)
   out = tmp_path / 'savedmodel'
   assert _main(f'--workdir={workdir}', f'--out={out}', '--format=savedmodel') == 0
   config, _, step = reference
@@ -197,9 +238,86 @@ def test_the_savedmodel_serves_the_eval_steps_probabilities_with_tensorflow_alon
   np.testing.assert_allclose(probs.reshape(3, 2, -1).mean(1), step(views), atol=1e-5)
 
 
+def test_the_onnx_file_serves_the_eval_steps_probabilities_with_onnx_runtime_alone(
+    workdir, exported, reference, tmp_path
+):
+  out = tmp_path / 'model.onnx'
+  assert _main(f'--workdir={workdir}', f'--out={out}', '--format=onnx') == 0
+  config, _, step = reference
+  views = _views(config)  # (3 windows, 2 views, t, S, S, 3)
+  rows = views.reshape(-1, *views.shape[2:])
+  np.save(tmp_path / 'frames.npy', rows)
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+
+  proc = subprocess.run(
+      [sys.executable, '-c', SERVE_ONNX, tmp_path / 'frames.npy', out, tmp_path / 'out.json'],
+      env=env,
+      cwd=tmp_path,
+      capture_output=True,
+      text=True,
+      timeout=120,
+  )
+
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  served = json.loads((tmp_path / 'out.json').read_text())
+  assert not served['jax_imported']
+  t, size = config.data.num_frames, config.data.image_size
+  assert served['inputs'] == [['frames', ['b', t, size, size, 3], 'tensor(uint8)']]
+  assert served['outputs'] == [['probabilities', ['b', config.model.num_classes]]]
+  metadata = served['metadata']
+  _, safetensors_metadata = export.read_safetensors(exported)
+  for key in ('class_names', 'mean', 'std', 'config', 'model_config', 'backbone_sha256'):
+    assert metadata[key] == safetensors_metadata[key], key
+  with open(os.path.join(workdir, 'export', 'model_config.json')) as f:
+    assert json.loads(metadata['class_names']) == json.load(f)['class_names']
+  probs = np.asarray(served['probs'])
+  expected = step(rows[:, None])
+  difference = np.max(np.abs(probs - expected))
+  print(
+      f'\nONNX ({os.path.getsize(out)} bytes) vs JAX eval step: max |difference| {difference:.3g}'
+  )
+  assert probs.shape == expected.shape == (6, config.model.num_classes)
+  np.testing.assert_allclose(probs, expected, atol=1e-5)
+  np.testing.assert_allclose(served['probs_1'], expected[:1], atol=1e-5)
+
+
+def test_a_primitive_jax2onnx_cannot_convert_is_named_in_one_line(workdir, tmp_path, capsys):
+  unknown = jax_core.Primitive('feadapter_test_unconvertible')
+  unknown.def_impl(lambda x: x)
+  unknown.def_abstract_eval(lambda x: x)
+  with pytest.raises(export.ExportError, match="primitive 'feadapter_test_unconvertible'"):
+    export.to_onnx_model(lambda frames: unknown.bind(frames * 2), (2, 4, 4, 3), 'unconvertible')
+
+  serving_function = export.serving_function
+
+  def with_unknown_op(directory):
+    serve, *rest = serving_function(directory)
+    return (lambda params, frames: unknown.bind(serve(params, frames)), *rest)
+
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(export, 'serving_function', with_unknown_op)
+    code = _main(f'--workdir={workdir}', f'--out={tmp_path / "model.onnx"}', '--format=onnx')
+  err = capsys.readouterr().err
+  assert code == 2 and err.startswith('error: ') and err.count('\n') == 1, err
+  assert "jax2onnx 0.17.1 cannot convert the JAX primitive 'feadapter_test_unconvertible'" in err
+  assert '--format=savedmodel' in err and not (tmp_path / 'model.onnx').exists()
+
+
+def test_onnx_without_jax2onnx_says_how_to_install_it(workdir, tmp_path, capsys, monkeypatch):
+  monkeypatch.setitem(sys.modules, 'jax2onnx', None)  # `import jax2onnx` raises ImportError
+
+  code = _main(f'--workdir={workdir}', f'--out={tmp_path / "model.onnx"}', '--format=onnx')
+
+  err = capsys.readouterr().err
+  assert code == 2 and err.startswith('error: ') and err.count('\n') == 1, err
+  assert 'pip install --no-deps jax2onnx==0.17.1' in err
+  assert 'pip install -c requirements.txt .[onnx]' in err
+  assert not (tmp_path / 'model.onnx').exists()
+
+
 def test_usage_errors_are_one_line_with_exit_status_2(workdir, exported, tmp_path, capsys):
   for argv, says in [
-      ([f'--workdir={workdir}', f'--out={tmp_path / "m.onnx"}', '--format=onnx'], 'tf2onnx'),
+      ([f'--workdir={workdir}', f'--out={exported}', '--format=onnx'], 'already exists'),
       ([f'--workdir={workdir}', f'--out={exported}'], 'already exists'),
       ([f'--workdir={workdir}', f'--out={tmp_path / "x"}', f'--import={exported}'], '--import'),
       ([f'--workdir={tmp_path / "none"}', f'--out={tmp_path / "x"}'], 'config.json'),

@@ -207,3 +207,17 @@ def test_dynamic_temporal_reads_interpolate_linearly_with_zeros_outside():
   for form in BOTH:
     y = kernels.dynamic_temporal_reads(taps, d, 3.0, form)
     np.testing.assert_allclose(y[0, :, 0, 0, 0], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_portable_erf_is_lax_erf_without_the_erf_op():
+  """The SavedModel export's erf (exp and arithmetic) against `lax.erf`, and its lowering."""
+  x = jnp.linspace(-9.0, 9.0, 100_001, dtype=jnp.float32)
+  assert float(jnp.max(jnp.abs(kernels.elementary_erf(x) - jax.lax.erf(x)))) < 5e-7
+  gelu = lambda v: kernels.gelu(v, 'reference')
+  assert 'erf' in jax.jit(gelu).lower(x).as_text()
+  with kernels.portable_erf():
+    lowered = jax.jit(lambda v: kernels.gelu(v, 'reference')).lower(x)
+    portable = jax.jit(lambda v: kernels.gelu(v, 'reference'))(x)
+  assert 'erf' not in lowered.as_text()
+  np.testing.assert_allclose(portable, gelu(x), rtol=0, atol=2e-6)
+  assert 'erf' in jax.jit(lambda v: kernels.gelu(v, 'reference')).lower(x).as_text()  # reset

@@ -51,8 +51,12 @@ def _env():
 def workdir(tmp_path_factory):
   """A finished quick run of a tiny FE-Adapter on SynthFER (32 px, 8 frames, 7 classes), adapting
   a tiny backbone directory (`BACKBONE`, normalised with `MEAN`, `STD`)."""
-  root = tmp_path_factory.mktemp('run')
-  tiny.write_backbone(str(root / 'backbone'), MEAN, STD, num_classes=7, **BACKBONE)
+  return train_tiny_run(tmp_path_factory.mktemp('run'), BACKBONE)
+
+
+def train_tiny_run(root, backbone: dict) -> str:
+  """Trains the quick run of `workdir` in root/wd on a tiny backbone with `backbone`'s settings."""
+  tiny.write_backbone(str(root / 'backbone'), MEAN, STD, num_classes=7, **backbone)
   proc = subprocess.run(
       [
           sys.executable,

@@ -26,11 +26,13 @@ serves both, and compute the same values and gradients up to float rounding
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import itertools
 import math
 import re
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from absl import logging
 import einops
@@ -133,8 +135,56 @@ _SQRT_HALF = math.sqrt(0.5)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 
+# Inside `portable_erf()`, erf is traced as exp and arithmetic instead of `lax.erf`.
+_PORTABLE_ERF = contextvars.ContextVar('portable_erf', default=False)
+# erfc(z) ~ t exp(-z^2 + poly(t)), t = 1 / (1 + z / 2), z >= 0: the Chebyshev fit of Numerical
+# Recipes' erfcc, fractional error below 1.2e-7 for every z.
+_ERFC_COEFFICIENTS = (
+    -1.26551223,
+    1.00002368,
+    0.37409196,
+    0.09678418,
+    -0.18628806,
+    0.27886807,
+    -1.13520398,
+    1.48851587,
+    -0.82215223,
+    0.17087277,
+)
+
+
+@contextlib.contextmanager
+def portable_erf() -> Iterator[None]:
+  """Functions traced within write erf (GELU's) with exp and arithmetic alone.
+
+  For exported programs read by a consumer that lacks an op for erf: JAX 0.10 lowers `lax.erf`
+  to StableHLO's `chlo.erf`, which TensorFlow 2.21's StableHLO cannot read back, so a SavedModel
+  of an exact-GELU ViT would not serve. The values differ from `lax.erf` by at most ~1.2e-7.
+  """
+  token = _PORTABLE_ERF.set(True)
+  try:
+    yield
+  finally:
+    _PORTABLE_ERF.reset(token)
+
+
+def elementary_erf(x: jax.Array) -> jax.Array:
+  """erf(x) from exp, division and a polynomial (`_ERFC_COEFFICIENTS`), any sign of x."""
+  z = jnp.abs(x)
+  t = 1.0 / (1.0 + 0.5 * z)
+  poly = jnp.zeros_like(t)
+  for c in reversed(_ERFC_COEFFICIENTS):
+    poly = poly * t + c
+  erfc = t * jnp.exp(-z * z + poly)
+  return jnp.sign(x) * (1.0 - erfc)
+
+
+def _erf(x: jax.Array) -> jax.Array:
+  return elementary_erf(x) if _PORTABLE_ERF.get() else jax.lax.erf(x)
+
+
 def _erf_gelu(x: jax.Array) -> jax.Array:
-  return 0.5 * x * (1.0 + jax.lax.erf(x * _SQRT_HALF))
+  return 0.5 * x * (1.0 + _erf(x * _SQRT_HALF))
 
 
 # CPU form: the same values; the backward keeps one array, the derivative, where autodiff of
@@ -145,7 +195,7 @@ _lean_gelu = jax.custom_jvp(_erf_gelu)
 @_lean_gelu.defjvp
 def _lean_gelu_jvp(primals, tangents):
   (x,), (t,) = primals, tangents
-  cdf = 0.5 * (1.0 + jax.lax.erf(x * _SQRT_HALF))
+  cdf = 0.5 * (1.0 + _erf(x * _SQRT_HALF))
   slope = cdf + x * jnp.exp(-0.5 * x * x) * _INV_SQRT_2PI  # the one saved array
   return x * cdf, t * slope
 
