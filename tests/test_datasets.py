@@ -20,10 +20,12 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from feadapter_jax import data  # noqa: F401  (registers the builders)
+from feadapter_jax import faces
 from feadapter_jax.data import dfew
 from feadapter_jax.data import ferv39k
 from feadapter_jax.data import clip_folders
 from feadapter_jax.data import video_io
+from tests import test_predict
 
 BRIGHTNESS_STEP = 20
 NUM_FRAMES = 12  # > 9, so '_10' sorts before '_2' lexicographically.
@@ -202,7 +204,7 @@ def test_dfew_corrupt_frames_skipped_and_reported(dfew_fold1):
   assert skipped['00023_9.jpg'].clip_id == '00023' and skipped['00099_1.jpg'].clip_id == '00099'
   assert all(s.split == 'train' for s in skipped.values())
   assert [(s.clip_id, s.split) for s in report.skipped_clips] == [('00099', 'train')]
-  assert '00099' in report.summary() and 'Skipped clips (no decodable frame): 1' in report.summary()
+  assert '00099' in report.summary() and 'Skipped clips (unreadable, or no face found): 1' in report.summary()
 
 
 def test_dfew_fold_membership(dfew_dirs, dfew_fold1):
@@ -227,6 +229,31 @@ def test_dfew_16f_and_original_video_sources(dfew_dirs):
   skipped = original.build_report.skipped_clips
   assert sorted(s.clip_id for s in skipped) == ['00099', '12345']
   assert all('cannot open' in s.reason for s in skipped)
+
+
+def test_dfew_original_faces_stores_the_aligned_crops_predict_makes(tmp_path):
+  """fold<k>_original_faces: every frame of a video cropped by feadapter_jax.faces, the code
+  predict crops users' videos with; a video without a face is a skipped clip."""
+  manual = tmp_path / 'manual'
+  make_dfew(manual)
+  originals = manual / 'Clip' / 'original'
+  astronaut, _ = test_predict._astronaut_video(originals / '00001.mp4', 6)
+  test_predict._astronaut_video(originals / '00023.mp4', 4)  # TFDS refuses an empty split
+  builder = _build('dfew/fold1_original_faces', tmp_path / 'tfds', manual)
+
+  (stored,) = _read(builder, 'test').values()  # 00001, fold 1's test clip
+  crops = np.stack([tf.io.decode_jpeg(f).numpy() for f in stored['video']])
+  config = faces.FaceConfig()
+  frames = list(video_io.iter_frames(astronaut))
+  track = faces.face_track(frames, config, faces.make_detector('detect', config))
+  expected = np.stack([faces.aligned_crop(f, face, config) for f, face in zip(frames, track)])
+  assert crops.shape == (6, 224, 224, 3)
+  assert np.abs(crops.astype(int) - expected.astype(int)).mean() < 3.0  # JPEG's loss only
+  # The flat grey videos of the train split hold no face: skipped, counted, nothing zero-filled.
+  assert list(_read(builder, 'train')) == ['00023']
+  skipped = builder.build_report.skipped_clips
+  assert sorted(s.clip_id for s in skipped) == ['00456', '07890', '12345']
+  assert all('no face found' in s.reason for s in skipped)
 
 
 def test_dfew_loads_through_tfds_load(dfew_dirs, dfew_fold1):

@@ -37,6 +37,7 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
+from feadapter_jax import faces as faces_lib
 from feadapter_jax.data import video_io
 
 FRAME_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp')
@@ -190,7 +191,7 @@ class BuildReport:
         'Examples written: '
         + (', '.join(f'{split}={n}' for split, n in self.examples_per_split.items()) or 'none'),
         f'Skipped corrupt/unreadable frames: {len(self.skipped_frames)}',
-        f'Skipped clips (no decodable frame): {len(self.skipped_clips)}',
+        f'Skipped clips (unreadable, or no face found): {len(self.skipped_clips)}',
     ]
     for split, counts in self.dropped.items():
       lines.append(
@@ -234,19 +235,26 @@ class ClipSource:
       whole build, never mixed per clip.
     videos_dir: folder (relative to the dataset root) of one video per clip;
       set instead of `frames_dirs` to decode the original videos.
+    faces: with `videos_dir`, '' stores the decoded frames whole; 'detect', 'mtcnn' or 'haar'
+      stores each frame's face, found, smoothed over the clip and aligned by `feadapter_jax.faces`
+      (its default `FaceConfig`: 224 x 224 crops), the code `predict` crops users' videos with.
   """
 
   frames_dirs: tuple[str, ...] = ()
   videos_dir: str | None = None
+  faces: str = ''
 
   def __post_init__(self):
     if bool(self.frames_dirs) == bool(self.videos_dir):
       raise ValueError('Set exactly one of frames_dirs and videos_dir.')
+    if self.faces and (not self.videos_dir or self.faces not in ('detect', *faces_lib.DETECTORS)):
+      raise ValueError(f'faces={self.faces!r}: detect, mtcnn or haar, and only with videos_dir')
 
   def describe(self) -> str:
     """One line for config descriptions and error messages."""
     if self.videos_dir:
-      return f'original videos decoded from {self.videos_dir}/'
+      cropped = f', faces cropped and aligned ({self.faces})' if self.faces else ''
+      return f'original videos decoded from {self.videos_dir}/{cropped}'
     return 'frames from ' + ' or '.join(f'{d}/' for d in self.frames_dirs)
 
 
@@ -615,12 +623,19 @@ class ClipFolderVideoBuilder(ManualDatasetBuilder, skip_registration=True):
 
   def _load_clip(self, location: str, split: str, clip_id: str, report: BuildReport) -> list[bytes]:
     """Encoded frames of one clip; skipped frames are recorded in `report`."""
-    if self.builder_config.source.videos_dir:
+    source = self.builder_config.source
+    if source.videos_dir:
       try:
-        return [encode_jpeg(f) for f in video_io.iter_frames(location)]
+        frames = list(video_io.iter_frames(location))
+        if source.faces:
+          frames = self._face_crops(frames)
       except video_io.VideoReadError as e:
         report.skipped_clips.append(Skipped(split, clip_id, location, e.problem))
         return []
+      except faces_lib.NoFaceError as e:
+        report.skipped_clips.append(Skipped(split, clip_id, location, str(e)))
+        return []
+      return [encode_jpeg(f) for f in frames]
     frames = []
     for path in list_frame_files(location):
       try:
@@ -630,6 +645,14 @@ class ClipFolderVideoBuilder(ManualDatasetBuilder, skip_registration=True):
     if not frames:
       report.skipped_clips.append(Skipped(split, clip_id, location, 'no frame decodes'))
     return frames
+
+  def _face_crops(self, frames: list[np.ndarray]) -> list[np.ndarray]:
+    """The clip's aligned face crops (raises faces.NoFaceError when no frame has a face)."""
+    if getattr(self, '_detector', None) is None:  # once per build: MTCNN loads its networks
+      self._face_config = faces_lib.FaceConfig()
+      self._detector = faces_lib.make_detector(self.builder_config.source.faces, self._face_config)
+    track = faces_lib.face_track(frames, self._face_config, self._detector)
+    return [faces_lib.aligned_crop(f, face, self._face_config) for f, face in zip(frames, track)]
 
   def _generate_examples(
       self, split: str, entries: Sequence[SplitEntry], clips_dir: str

@@ -5,6 +5,8 @@ Configs (five-fold cross-validation, splits 'train' and 'test'):
   fold1_16f .. fold5_16f        frames of Clip/clip_224x224_16f/<id>/ (16 per
                                 clip, temporally aligned by the authors)
   fold1_original .. fold5_original  Clip/original/<id>.mp4 decoded with PyAV
+  fold1_original_faces ..   the same videos, each frame's face found, smoothed and aligned by
+    fold5_original_faces    feadapter_jax/faces.py (MTCNN, else Haar), as `predict` crops
 
 Labels: the split CSVs are 1-based; stored 0-based in the authors' order
 Happy, Sad, Neutral, Angry, Surprise, Disgust, Fear. Only the single-labelled
@@ -30,6 +32,7 @@ class Dfew(clip_folders.ClipFolderVideoBuilder):
           '': clip_folders.ClipSource(frames_dirs=('Clip/clip_224x224',)),
           '_16f': clip_folders.ClipSource(frames_dirs=('Clip/clip_224x224_16f',)),
           '_original': clip_folders.ClipSource(videos_dir='Clip/original'),
+          '_original_faces': clip_folders.ClipSource(videos_dir='Clip/original', faces='detect'),
       },
   )
   HOMEPAGE = 'https://dfew-dataset.github.io/'

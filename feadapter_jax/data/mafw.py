@@ -6,6 +6,8 @@ Configs (splits 'train' and 'test'):
                                 instead (the first that exists is used for the
                                 whole build)
   fold1_original .. fold5_original  data/clips/<id>.mp4 decoded with PyAV
+  fold1_original_faces ..   the same videos, each frame's face found, smoothed and aligned by
+    fold5_original_faces    feadapter_jax/faces.py (MTCNN, else Haar), as `predict` crops
 
 Splits: `Train & Test Set/single/no_caption/set_<k>/{train,test}.txt`, lines
 `03747.mp4 anger` (fold 1: 7,333 train / 1,839 test). Labels are stored 0-based
@@ -53,6 +55,7 @@ class Mafw(clip_folders.ClipFolderVideoBuilder):
       {
           '': clip_folders.ClipSource(frames_dirs=('data/frames', 'data/faces')),
           '_original': clip_folders.ClipSource(videos_dir='data/clips'),
+          '_original_faces': clip_folders.ClipSource(videos_dir='data/clips', faces='detect'),
       },
   )
   HOMEPAGE = 'https://mafw-database.github.io/MAFW/'

@@ -69,7 +69,7 @@ def test_bad_frames_are_skipped_reported_and_training_runs_on_the_rest(tmp_path,
   assert 'step 2/2' in proc.stdout and 'Results: UAR' in proc.stdout
   # The user sees each skipped file with its reason, and the counts, in the run's log...
   assert f'Skipped corrupt/unreadable frames: {len(SKIPPED_FRAMES)}' in proc.stderr
-  assert 'Skipped clips (no decodable frame): 1' in proc.stderr
+  assert 'Skipped clips (unreadable, or no face found): 1' in proc.stderr
   for name in SKIPPED_FRAMES:
     assert _frame(broken_dfew, name) in proc.stderr, name
   # ...and the same report is saved with the dataset.
