@@ -69,13 +69,34 @@ def data_defaults() -> ml_collections.ConfigDict:
           # The user's copy of a real dataset (TFDS manual_dir); '{name}' becomes the dataset name.
           'manual_dir': 'data/manual/{name}',
           'train_split': 'train',
-          'eval_split': 'test',
+          'eval_split': 'test',  # the test split: reported, never selects a checkpoint.
+          # Model selection (the checkpoint kept as best, results.json's 'selected'): a split of
+          # the dataset, or '' to hold out `val_fraction` of each class of `train_split` (drawn
+          # with `val_seed`, never trained on); neither: nothing is selected.
+          'val_split': '',
+          'val_fraction': 0.0,
+          'val_seed': 0,
           'num_frames': 8,  # T frames sampled per clip (1 for images).
           'image_size': 32,  # S: model input height and width.
-          'num_clips': 1,  # temporal views per clip at evaluation.
+          # Test views per clip, their softmax averaged: `num_clips` temporal x `num_crops`
+          # spatial (1 x 1: the FE-Adapter paper's protocol; 2 x 2: S2D's / FRU-Adapter's).
+          'num_clips': 1,
+          'num_crops': 1,
+          # A test crop's side as a fraction of the frame's (`pipeline.crop_windows`); 1: the
+          # whole frame, so several crops need less.
+          'test_crop_fraction': 1.0,
           'crop_scale': (0.7, 1.0),  # random resized crop: area fraction range (train).
           'crop_ratio': (3 / 4, 4 / 3),  # random resized crop: aspect-ratio range (train).
           'flip': True,  # random horizontal flip (train).
+          # Train augmentation after the crop, each drawn once per clip (data/augment.py):
+          # RandAugment as timm spells it ('' off; e.g. 'rand-m7-n4-mstd0.5-inc1'), colour
+          # jitter strength (0 off), random erasing probability (0 off) and its area range.
+          'randaugment': '',
+          'color_jitter': 0.0,
+          'erase_prob': 0.0,
+          'erase_area': (0.02, 1 / 3),
+          # 'uniform' | 'class_balanced' (rare classes repeated within an epoch).
+          'sampling': 'uniform',
           # The steps normalise the uint8 batches with these, on the device; [0, 1] pixel units.
           'mean': IMAGENET_MEAN,
           'std': IMAGENET_STD,
@@ -152,6 +173,14 @@ def base_config(method: str) -> ml_collections.ConfigDict:
   c.num_epochs = 100.0
   c.total_steps = 0  # > 0 overrides num_epochs
   c.label_smoothing = 0.1
+  # Mixup / CutMix of each batch on the device (feadapter_jax/mixup.py); alphas 0: off.
+  c.mixup = ml_collections.ConfigDict(
+      dict(mixup_alpha=0.0, cutmix_alpha=0.0, prob=1.0, switch_prob=0.5)
+  )
+  # 'none' | 'balanced': the loss weighs class c by n / (classes * n_c) of the training part.
+  c.class_weights = 'none'
+  # > 0: an EMA of the trained parameters (this decay per step), evaluated and exported.
+  c.ema_decay = 0.0
   c.optim = ml_collections.ConfigDict(
       dict(
           lr=1e-3 if method != 'full_finetune' else 1e-4,
@@ -163,6 +192,8 @@ def base_config(method: str) -> ml_collections.ConfigDict:
           weight_decay=0.05,
           weight_decay_rules=[('.*(bias|scale|cls_token|pos_embed)', False), ('.*', True)],
           grad_clip_norm=1.0,
+          # < 1: layer-wise lr decay (block i of L scaled by decay^(L - i)), for full_finetune.
+          layer_decay=1.0,
       )
   )
   # Strings, so that `--config.mesh=...` and `--config.sharding_rules=...` set them

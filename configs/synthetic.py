@@ -13,7 +13,9 @@ Args (after ':'): method=fe_adapter|fe_multibranch|st_adapter|aim|linear_probe|f
 seed=N, quick (a smoke run of under a minute that trains, evaluates, checkpoints and writes
 results; without init it adapts a random tiny ViT, `init.random_backbone=True`), init=DIR (the
 image classifier, default workdirs/synth_image/export), fold=K (SynthFER drawn with data seed K,
-so the k-fold driver `python -m feadapter_jax.kfold` can be tried without a real dataset).
+so the k-fold driver `python -m feadapter_jax.kfold` can be tried without a real dataset),
+variant=video|hard|hard_mafw (the quick demo's clips, or the harder benchmark: subtle, short
+expressions at random times, occluders, DFEW-like class imbalance; hard_mafw: 11 classes).
 """
 
 import ml_collections
@@ -25,6 +27,10 @@ TINY_VIT = dict(width=96, depth=4, num_heads=3, mlp_dim=384, patch_size=8, image
 NORMALISATION = dict(mean=(0.5,) * 3, std=(0.25,) * 3)
 # Adapter widths for the tiny ViT: about a tenth of the backbone's parameters each.
 TINY_ADAPTERS = {'fe_adapter': 48, 'fe_multibranch': 48, 'st_adapter': 48}
+# SynthFER's clip variants (feadapter_jax/data/synth_fer/builder.py): the quick demo, and the
+# benchmark that separates methods (subtle short expressions, occluders, imbalanced classes;
+# hard_mafw: MAFW's 11 classes).
+VIDEO_VARIANTS = ('video', 'hard', 'hard_mafw')
 SYNTH = dict(num_train=1400, num_validation=280, num_test=280, num_frames=8, resolution=32)
 
 
@@ -37,6 +43,7 @@ def synth_data(variant: str, quick: bool, **overrides) -> ml_collections.ConfigD
       variant,
       **{
           'eval_split': 'test',
+          'val_split': 'validation',  # SynthFER renders one: it selects the checkpoint.
           'image_size': TINY_VIT['image_size'],
           'num_frames': synth['num_frames'],
           'crop_scale': (0.85, 1.0),
@@ -49,7 +56,11 @@ def synth_data(variant: str, quick: bool, **overrides) -> ml_collections.ConfigD
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  arg = common.parse_arg(arg, method='fe_adapter', seed=0, quick=False, init='default', fold=0)
+  arg = common.parse_arg(
+      arg, method='fe_adapter', seed=0, quick=False, init='default', fold=0, variant='video'
+  )
+  if arg.variant not in VIDEO_VARIANTS:
+    raise ValueError(f'variant={arg.variant!r}; known: {", ".join(VIDEO_VARIANTS)}')
   if arg.init == 'default':
     arg.init = '' if arg.quick else 'workdirs/synth_image/export'
   c = common.base_config(arg.method)
@@ -59,8 +70,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if arg.method in TINY_ADAPTERS:
     c.model.adapter.width = TINY_ADAPTERS[arg.method]
   c.init.checkpoint = arg.init
-  c.data = synth_data('video', arg.quick)
+  c.data = synth_data(arg.variant, arg.quick)
   c.data.synth.seed = arg.fold
+  c.model.num_classes = 11 if arg.variant == 'hard_mafw' else 7
   if not arg.init:
     # No image classifier to take them from: the one configs/synthetic_image.py would make.
     c.model.update(TINY_VIT)

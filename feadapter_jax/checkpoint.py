@@ -331,6 +331,13 @@ class Checkpoints:
   def steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
 
+  def best(self) -> tuple[int, dict[str, float]] | None:
+    """(step, metrics) of the kept step with the highest `best_metric` (the latest of equals);
+    None when no step was saved with metrics."""
+    step = self.manager.best_step()
+    metrics = self.manager.metrics(step) if step is not None else None
+    return (step, dict(metrics)) if metrics else None
+
   def save(self, step: int, saved_state: Any, metrics: Mapping[str, float] | None = None) -> None:
     """Writes `step` (in the background if asynchronous).
 

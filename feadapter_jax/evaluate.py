@@ -1,11 +1,18 @@
 r"""Evaluation: metrics over a whole split, and evaluating a trained run's export.
 
-  python -m feadapter_jax.evaluate --workdir=DIR [--split=test] [--num_clips=2]
+  python -m feadapter_jax.evaluate --workdir=DIR [--split=test] [--num_clips=2] [--num_crops=2] \
+      [--test_crop_fraction=0.875]
 
 rebuilds the model from DIR/config.json, puts the exported trainable parameters (DIR/export) on
-top of the frozen backbone named there, and writes DIR/results_<split>_<clips>clip.json. The
-config.json holds the backbone's settings and input normalisation as training resolved them, so
-the model and the preprocessing are the ones the run trained with.
+top of the frozen backbone named there, and writes DIR/results_<split>_<clips>clip.json
+(results_<split>_<clips>clip_<crops>crop.json with several crops). The config.json holds the
+backbone's settings and input normalisation as training resolved them, so the model and the
+preprocessing are the ones the run trained with.
+
+Test views: `num_clips` temporal clips x `num_crops` spatial crops per video
+(`pipeline.eval_clip`), their softmax probabilities averaged by the eval step. 1 x 1 is the
+FE-Adapter paper's protocol, 2 x 2 S2D's and FRU-Adapter's. Several crops need
+`test_crop_fraction` < 1 (`pipeline.crop_windows`: crops from corner to corner of the frame).
 """
 
 from __future__ import annotations
@@ -68,10 +75,36 @@ def load_trained(workdir: str, config: ml_collections.ConfigDict) -> tuple[Any, 
   return model, partition.merge(frozen, trained)
 
 
-def evaluate_workdir(workdir: str, split: str, num_clips: int = 0) -> dict[str, Any]:
+def evaluation_file(split: str, data_config: ml_collections.ConfigDict) -> str:
+  """The file `evaluate_workdir` writes: `workdir.evaluation_file`, which names the clips, with
+  the crops named when there are several (one crop keeps the name runs have always written)."""
+  name = workdir_lib.evaluation_file(split, data_config.num_clips)
+  if data_config.num_crops == 1:
+    return name
+  return name.replace('clip.json', f'clip_{data_config.num_crops}crop.json')
+
+
+def evaluate_workdir(
+    workdir: str,
+    split: str,
+    num_clips: int = 0,
+    num_crops: int = 0,
+    test_crop_fraction: float = 0.0,
+) -> dict[str, Any]:
+  """Evaluates a finished run's export on `split` with the given test views (0: as trained).
+
+  Raises:
+    pipeline.DataConfigError: the views are not allowed (`pipeline.check_views`).
+  """
   config = workdir_lib.load_config(workdir)
-  if num_clips:
-    config.data.num_clips = num_clips
+  for name, value in (
+      ('num_clips', num_clips),
+      ('num_crops', num_crops),
+      ('test_crop_fraction', test_crop_fraction),
+  ):
+    if value:
+      config.data[name] = value
+  pipeline.check_views(config.data)  # before the model loads
   model, params = load_trained(workdir, config)
   mesh = sharding.make_mesh(config.mesh)
   # The parameters are laid out as in training (`config.sharding_rules`), so a model trained
@@ -86,12 +119,18 @@ def evaluate_workdir(workdir: str, split: str, num_clips: int = 0) -> dict[str, 
   )
   info = pipeline.dataset_info(config.data)
   results = evaluate(eval_step, params, config, mesh, info.class_names, split)
-  results.update(split=split, num_clips=config.data.num_clips)
-  path = workdir_lib.path(workdir, workdir_lib.evaluation_file(split, config.data.num_clips))
+  data = config.data
+  results.update(
+      split=split,
+      num_clips=data.num_clips,
+      num_crops=data.num_crops,
+      test_crop_fraction=data.test_crop_fraction,
+  )
+  path = workdir_lib.path(workdir, evaluation_file(split, data))
   path.write_text(json.dumps(results, indent=2))
   print(
-      f'{workdir} {split} ({config.data.num_clips} clip): UAR {results["uar"]:.4f} '
-      f'WAR {results["war"]:.4f} ({results["num_examples"]} clips) -> {path}'
+      f'{workdir} {split} ({data.num_clips} clip x {data.num_crops} crop): UAR '
+      f'{results["uar"]:.4f} WAR {results["war"]:.4f} ({results["num_examples"]} clips) -> {path}'
   )
   return results
 
@@ -100,9 +139,16 @@ def main(argv) -> None:
   del argv
   cli.start()
   try:
-    evaluate_workdir(flags.FLAGS.workdir, flags.FLAGS.split, flags.FLAGS.num_clips)
+    evaluate_workdir(
+        flags.FLAGS.workdir,
+        flags.FLAGS.split,
+        flags.FLAGS.num_clips,
+        flags.FLAGS.num_crops,
+        flags.FLAGS.test_crop_fraction,
+    )
   except (
       pipeline.DatasetNotFoundError,
+      pipeline.DataConfigError,
       checkpoint.CheckpointError,
       sharding.ShardingConfigError,
       FileNotFoundError,
@@ -114,5 +160,9 @@ def main(argv) -> None:
 if __name__ == '__main__':
   flags.DEFINE_string('workdir', None, 'A finished training run.', required=True)
   flags.DEFINE_string('split', 'test', 'Split to evaluate.')
-  flags.DEFINE_integer('num_clips', 0, 'Temporal clips averaged (0: as trained).')
+  flags.DEFINE_integer('num_clips', 0, 'Temporal clips per video (0: as trained).')
+  flags.DEFINE_integer('num_crops', 0, 'Spatial crops per clip (0: as trained).')
+  flags.DEFINE_float(
+      'test_crop_fraction', 0.0, 'Side of a spatial crop / side of the frame (0: as trained).'
+  )
   app.run(main)

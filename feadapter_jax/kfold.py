@@ -8,9 +8,12 @@ after ':' plus `fold=K`, and applies the `--config.x` overrides to each. Every u
 config is resolved against its backbone (`train.resolve_config`) before the first fold trains,
 so a config that does not fit, or a missing backbone, stops the driver at once. Each fold runs
 `train.train_and_evaluate` in DIR/fold<k> (so a killed driver resumes where it stopped: finished
-folds are read back from their results.json). Writes DIR/kfold.md and DIR/kfold.json with UAR/WAR
-per fold and their mean +- std. DIR may be local or a URI (gs://bucket/dfew): it is read and
-written through `etils.epath`.
+folds are read back from their results.json). Prints and writes to DIR/kfold.md two tables of
+test UAR/WAR per fold and their mean +- std: at each fold's final step, and at the step its
+validation data selected (`train`'s docstring: results.json's 'selected'); folds that selected
+nothing (no validation data) are left out of the second and named under it. DIR/kfold.json holds
+{fold: {uar, war, selected: {step, val_uar, uar, war} or None}}. DIR may be local or a URI
+(gs://bucket/dfew): it is read and written through `etils.epath`.
 """
 
 from __future__ import annotations
@@ -43,13 +46,25 @@ def table(results: dict[int, dict[str, Any]]) -> str:
   return '\n'.join(rows)
 
 
+def tables(results: dict[int, dict[str, Any]]) -> str:
+  """The final-step table and the validation-selected one of the folds' results.json."""
+  selected = {fold: r['selected'] for fold, r in results.items() if r.get('selected')}
+  parts = ['Test at the final step:', table(results), '', 'Test at the step validation selected:']
+  if not selected:
+    return '\n'.join(parts + ['(no fold has validation data)'])
+  parts.append(table(selected))
+  if unselected := sorted(results.keys() - selected.keys()):
+    parts.append(f'(left out, without validation data: folds {unselected})')
+  return '\n'.join(parts)
+
+
 def run(
     config_spec: str,
     workdir: str | os.PathLike[str],
     folds: Sequence[int],
     overrides: Mapping[str, Any] | None = None,
 ) -> str:
-  """Trains (or reads back) each fold of `config_spec` ('path.py[:args]'); returns the table."""
+  """Trains (or reads back) each fold of `config_spec` ('path.py[:args]'); returns `tables`."""
   if any(a.partition('=')[0] == 'fold' for a in config_spec.partition(':')[2].split(',')):
     raise ValueError(
         f'--config={config_spec} sets fold: the driver sets it per fold; '
@@ -72,11 +87,21 @@ def run(
     if fold in configs:
       train.train_and_evaluate(configs[fold], os.fspath(fold_dirs[fold]))
     results[fold] = json.loads(done[fold].read_text())
-  md = table(results)
+  md = tables(results)
   (root / 'kfold.md').write_text(md + '\n')
-  (root / 'kfold.json').write_text(
-      json.dumps({str(k): {'uar': v['uar'], 'war': v['war']} for k, v in results.items()}, indent=2)
-  )
+  summary = {
+      str(fold): {
+          'uar': r['uar'],
+          'war': r['war'],
+          'selected': (
+              {k: r['selected'][k] for k in ('step', 'val_uar', 'uar', 'war')}
+              if r.get('selected')
+              else None
+          ),
+      }
+      for fold, r in results.items()
+  }
+  (root / 'kfold.json').write_text(json.dumps(summary, indent=2))
   print(md)
   return md
 

@@ -43,6 +43,8 @@ def main(argv) -> None:
       checkpoint.CheckpointError,
       backbone.BackboneError,
       sharding.ShardingConfigError,
+      pipeline.DataConfigError,
+      train.ConfigError,
       FileNotFoundError,
   ) as e:
     print(f'error: {e}', file=sys.stderr)

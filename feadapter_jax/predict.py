@@ -167,6 +167,8 @@ class Predictor:
       *,
       batch_size: int = 8,
       num_clips: int = 0,
+      num_crops: int = 0,
+      test_crop_fraction: float = 0.0,
       expect_image_size: int = 0,
       expect_classes: Sequence[str] = (),
   ):
@@ -176,6 +178,8 @@ class Predictor:
       workdir: a finished training run (config.json, results.json, export/).
       batch_size: windows per model call.
       num_clips: temporal views averaged per window; 0: as the run evaluated.
+      num_crops: spatial views averaged per window; 0: as the run evaluated.
+      test_crop_fraction: a spatial view's side over the frame's; 0: as the run evaluated.
       expect_image_size: fail unless the model takes this input size; 0: any.
       expect_classes: fail unless the model predicts these classes, in this order; empty: any.
 
@@ -184,11 +188,19 @@ class Predictor:
         (export vs config) or the expectations.
     """
     config_path = os.fspath(workdir_lib.path(workdir, workdir_lib.CONFIG_FILE))
-    self.config = ml_collections.ConfigDict(
-        _read_json(config_path, 'a training workdir has the config.json of its run')
-    )
-    if num_clips:
-      self.config.data.num_clips = num_clips
+    _read_json(config_path, 'a training workdir has the config.json of its run')
+    self.config = workdir_lib.load_config(workdir)
+    for name, value in (
+        ('num_clips', num_clips),
+        ('num_crops', num_crops),
+        ('test_crop_fraction', test_crop_fraction),
+    ):
+      if value:
+        self.config.data[name] = value
+    try:
+      pipeline.check_views(self.config.data)
+    except pipeline.DataConfigError as e:
+      raise PredictError(config_path, str(e)) from None
     results_path = os.fspath(workdir_lib.path(workdir, workdir_lib.RESULTS_FILE))
     results = _read_json(results_path, 'the run has not finished (results.json names its classes)')
     if not isinstance(results, dict) or 'class_names' not in results:
@@ -238,8 +250,8 @@ class Predictor:
     self._step = jax.jit(step_lib.make_eval_step(model, mean=data.mean, std=data.std))
 
   def views(self, frames: np.ndarray) -> np.ndarray:
-    """(L, h, w, 3) uint8 frames of a window -> its (num_clips, t, S, S, 3) uint8 evaluation
-    views."""
+    """(L, h, w, 3) uint8 frames of a window -> its (num_clips * num_crops, t, S, S, 3) uint8
+    evaluation views."""
     return pipeline.eval_clip(frames, self.config.data).numpy()
 
   def probabilities(self, views: Sequence[np.ndarray]) -> np.ndarray:
@@ -748,6 +760,15 @@ def _define_flags() -> None:
       'num_clips', 0, 'Temporal views averaged per window (0: as the run evaluated).', lower_bound=0
   )
   flags.DEFINE_integer(
+      'num_crops', 0, 'Spatial views averaged per window (0: as the run evaluated).', lower_bound=0
+  )
+  flags.DEFINE_float(
+      'test_crop_fraction',
+      0.0,
+      'Side of a spatial view over the frame side; below 1 for several (0: as the run evaluated).',
+      lower_bound=0.0,
+  )
+  flags.DEFINE_integer(
       'expect_image_size',
       0,
       'Fail unless the model takes frames of this size (0: any).',
@@ -828,6 +849,8 @@ def main(argv: Sequence[str]) -> None:
         f.workdir,
         batch_size=f.batch_size,
         num_clips=f.num_clips,
+        num_crops=f.num_crops,
+        test_crop_fraction=f.test_crop_fraction,
         expect_image_size=f.expect_image_size,
         expect_classes=f.expect_classes,
     )

@@ -5,11 +5,35 @@ resolves the config against its backbone (`resolve_config`), so a config that do
 backbone, or a frozen backbone that would be random, stops the run before any data is prepared.
 The jitted steps are pure (`step.py`); everything with a side effect (data, logging,
 checkpoints, signals) lives here.
+
+Model selection never looks at the test split (`config.data.eval_split`). The evaluations every
+`eval_every_steps` run on the validation data (`pipeline.validation_split`: `data.val_split`, or
+`data.val_fraction` of each class held out of the train split), and the checkpoint manager keeps
+the step with the best validation UAR. At the end the test split is evaluated at the final step
+and at that selected step (restored from its checkpoint). results.json holds:
+  * top level: the final step's test figures (`metrics.summarize`: uar, war, per_class_recall,
+    confusion_matrix, class_names, num_examples), `step` and `split`, as runs always had;
+  * `final`: {step, uar, war}, the same figures labelled;
+  * `selected`: {step, val_uar, val_war, uar, war, per_class_recall, confusion_matrix,
+    num_examples}: the step with the best validation UAR and its test figures;
+  * `validation_split`: the split that selected (`pipeline.HELD_OUT` for the held-out part of
+    the train split), or None: with no validation data the evaluations watch the test split,
+    nothing is selected and there is no `selected` entry.
+The export holds the final step's parameters, which the top-level figures score; with
+`config.ema_decay` > 0 every evaluation, the selection and the export use the EMA of the trained
+parameters (`step.ema_params`) instead. `config.class_weights='balanced'` weighs the loss by the
+training part's class counts (`pipeline.balanced_class_weights`). TensorBoard gets
+`val/uar` and `val/war` at every evaluation (`test/...` without validation data), and at the last
+step `test/uar`, `test/war`, `test/selected_uar` and `test/selected_war`; with every evaluation
+its per-class recalls (`val/recall/<class>`) and its confusion matrix as an image; and every
+`log_every_steps` the learning rate (`train/lr`) and the train metrics averaged over the steps
+since the last log (the progress line prints those averages). The config goes in as hparams.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 import signal
@@ -27,6 +51,7 @@ import numpy as np
 from feadapter_jax import checkpoint
 from feadapter_jax import evaluate as evaluate_lib
 from feadapter_jax import metrics as metrics_lib
+from feadapter_jax import mixup as mixup_lib
 from feadapter_jax import optim
 from feadapter_jax import partition
 from feadapter_jax import sharding
@@ -37,9 +62,46 @@ from feadapter_jax.models import backbone
 from feadapter_jax.models import builder
 from feadapter_jax.models import kernels
 
+# The test figures of results.json's 'selected' entry.
+_SELECTED_FIGURES = ('uar', 'war', 'per_class_recall', 'confusion_matrix', 'num_examples')
+
 
 class NonFiniteLossError(FloatingPointError):
   pass
+
+
+def _stack(metrics: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+  """[{name: value}] of several steps -> {name: (steps,) values}."""
+  return {k: np.asarray([m[k] for m in metrics]) for k in metrics[0]}
+
+
+def _confusion_image(results: dict[str, Any], title: str) -> np.ndarray:
+  """(1, h, w, 3) uint8: the confusion matrix figure (`metrics.plot_confusion`), for TensorBoard."""
+  import matplotlib.image  # pylint: disable=g-import-not-at-top  (plotting only when logging)
+
+  png = io.BytesIO()
+  metrics_lib.plot_confusion(
+      np.asarray(results['confusion_matrix']), results['class_names'], png, title
+  )
+  png.seek(0)
+  rgba = matplotlib.image.imread(png, format='png')  # float in [0, 1]
+  return np.round(rgba[None, ..., :3] * 255).astype(np.uint8)
+
+
+def _hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The config flattened to 'a.b' keys, values that are not scalars as strings (TensorBoard)."""
+  flat = {}
+
+  def walk(prefix: str, value: Any) -> None:
+    if isinstance(value, dict):
+      for k, v in value.items():
+        walk(f'{prefix}{k}.', v)
+    else:
+      scalar = isinstance(value, (bool, int, float, str))
+      flat[prefix[:-1]] = value if scalar else str(value)
+
+  walk('', config.to_dict())
+  return flat
 
 
 @dataclasses.dataclass
@@ -120,6 +182,31 @@ def compiler_options(config: ml_collections.ConfigDict) -> dict[str, Any] | None
   return kernels.compiler_options(config.get('cpu_compiler_options'))
 
 
+class ConfigError(ValueError):
+  """A training setting of the config is out of range (the message names it and the fix)."""
+
+
+CLASS_WEIGHTS = ('none', 'balanced')
+
+
+def _check_training_knobs(config: ml_collections.ConfigDict) -> None:
+  try:
+    mixup_lib.check_config(config.mixup)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  if config.class_weights not in CLASS_WEIGHTS:
+    raise ConfigError(
+        f'config.class_weights={config.class_weights!r}: allowed values are '
+        f'{", ".join(CLASS_WEIGHTS)}.'
+    )
+  if not 0.0 <= config.ema_decay < 1.0:
+    raise ConfigError(f'config.ema_decay={config.ema_decay} must be in [0, 1) (0: no EMA).')
+  if not 0.0 < config.optim.layer_decay <= 1.0:
+    raise ConfigError(
+        f'config.optim.layer_decay={config.optim.layer_decay} must be in (0, 1] (1: off).'
+    )
+
+
 def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The config a run trains with: the backbone's settings filled in (`backbone.resolve`), the
   backend's dtype for 'auto' (`builder.resolve_backend`), and a frozen backbone
@@ -131,7 +218,10 @@ def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
     FileNotFoundError: `config.init.checkpoint` is not a backbone directory.
     sharding.ShardingConfigError: `config.mesh` or `config.sharding_rules` is malformed or does
       not fit the devices.
+    ConfigError: a training knob (mixup, class_weights, ema_decay, optim.layer_decay) is out of
+      range.
   """
+  _check_training_knobs(config)
   config = builder.resolve_backend(backbone.resolve(config))
   sharding.make_mesh(config.mesh)  # a malformed mesh or rules stop the run before any data
   sharding.parse_rules(config.sharding_rules)
@@ -171,7 +261,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         f'config.model.num_classes={config.model.num_classes} but '
         f'{config.data.name} has {len(info.class_names)} classes'
     )
-  steps_per_epoch = max(info.num_examples[config.data.train_split] // config.batch_size, 1)
+  val_split = pipeline.check_data(config.data)
+  test_split = config.data.eval_split
+  steps_per_epoch = max(
+      pipeline.split_size(config.data, config.data.train_split) // config.batch_size, 1
+  )
   total_steps = config.total_steps or math.ceil(config.num_epochs * steps_per_epoch)
   eval_every = config.eval_every_steps or steps_per_epoch
 
@@ -183,17 +277,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   logging.info('Parameters (%s, %s):\n%s', config.method, config.model.get('variant', ''), report)
   if is_chief:
     print(f'Parameters ({config.method}):\n{report}', flush=True)
+  warmup_steps = int(config.optim.warmup_epochs * steps_per_epoch)
   tx = optim.make(
-      config.optim,
-      mask,
-      total_steps,
-      warmup_steps=int(config.optim.warmup_epochs * steps_per_epoch),
+      config.optim, mask, total_steps, warmup_steps=warmup_steps, depth=config.model.depth
   )
+  lr_schedule = optim.schedule(config.optim, total_steps, warmup_steps)
   loaded = builder.load_backbone(config, params_shapes, info.class_names)
 
   def init_fn(loaded):
     return step_lib.init_state(
-        model, tx, builder.initial_params(model, config, loaded), config.seed
+        model,
+        tx,
+        builder.initial_params(model, config, loaded),
+        config.seed,
+        ema_mask=mask if config.ema_decay else None,
     )
 
   state_shapes = jax.eval_shape(init_fn, loaded)
@@ -224,6 +321,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   last_saved = start_step if restored is not None else None
 
   # ---------------------------------------------------------------- Steps
+  class_weights = None
+  if config.class_weights == 'balanced':
+    counts = pipeline.train_label_counts(config.data, config.model.num_classes)
+    class_weights = pipeline.balanced_class_weights(counts)
+    logging.info('Class weights (balanced) for counts %s: %s', counts.tolist(), class_weights)
+  # The parameters evaluation and export use: the EMA of the trained ones when it is kept.
+  eval_params = jax.jit(step_lib.ema_params, out_shardings=state_sh['params'])
   train_step = jax.jit(
       step_lib.make_train_step(
           model,
@@ -233,6 +337,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           std=config.data.std,
           label_smoothing=config.label_smoothing,
           grad_accum_steps=config.grad_accum_steps,
+          mixup=config.mixup.to_dict(),
+          class_weights=class_weights,
+          ema_decay=config.ema_decay,
       ),
       in_shardings=(state_sh, batch_sh),
       out_shardings=(state_sh, repl),
@@ -245,25 +352,38 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       out_shardings=batch_sh,
   )
 
-  def run_eval(step: int) -> dict[str, Any]:
-    results = evaluate_lib.evaluate(
-        eval_step, state['params'], config, mesh, info.class_names, config.data.eval_split
-    )
-    results['step'] = step
-    writer.write_scalars(step, {f'eval/{k}': results[k] for k in ('uar', 'war')})
+  def run_eval(step: int, params: Any, split: str) -> dict[str, Any]:
+    results = evaluate_lib.evaluate(eval_step, params, config, mesh, info.class_names, split)
+    results.update(step=step, split=split)
     if is_chief:
       print(
           f'eval step {step}: UAR {results["uar"]:.4f} WAR {results["war"]:.4f} '
-          f'({results["num_examples"]} clips)',
+          f'({results["num_examples"]} {split} clips)',
           flush=True,
       )
     return results
 
+  def watch(step: int) -> dict[str, Any]:
+    """The periodic evaluation: validation data, else (selecting nothing) the test split."""
+    results = run_eval(step, eval_params(state), val_split or test_split)
+    prefix = 'val' if val_split else 'test'
+    recalls = {
+        f'{prefix}/recall/{k}': r for k, r in results['per_class_recall'].items() if r is not None
+    }
+    writer.write_scalars(
+        step, {f'{prefix}/uar': results['uar'], f'{prefix}/war': results['war'], **recalls}
+    )
+    if is_chief:
+      title = f'{prefix} step {step}: UAR {results["uar"]:.3f}'
+      writer.write_images(step, {f'{prefix}/confusion_matrix': _confusion_image(results, title)})
+    return results
+
   def save(step: int, results: dict[str, Any] | None = None) -> None:
+    # Only validation figures score a step: without them no step is kept as the best.
     ckpts.save(
         step,
         checkpoint.to_saved(state, mask),
-        {'uar': results['uar'], 'war': results['war']} if results else None,
+        {'uar': results['uar'], 'war': results['war']} if results and val_split else None,
     )
 
   # ---------------------------------------------------------------- Train loop
@@ -277,7 +397,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   )
   preemption = Preemption()
   pending: list[tuple[int, Any]] = []
+  logged: list[dict[str, Any]] = []  # the step metrics since the last log line
   results = None
+  if is_chief and start_step == 0:
+    writer.write_hparams(_hparams(config))
   with metric_writers.ensure_flushes(writer):
     for step in range(start_step + 1, total_steps + 1):
       with jax.profiler.StepTraceAnnotation('train', step_num=step):
@@ -285,16 +408,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         state, step_metrics = train_step(state, batch)
       report_progress(step)
       pending.append((step, step_metrics['loss']))
+      logged.append(step_metrics)
       if step % config.log_every_steps == 0 or step == total_steps:
         _check_finite(pending, ckpts, last_saved)
-        scalars = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
-        writer.write_scalars(step, {f'train/{k}': v for k, v in scalars.items()})
+        # Averaged over the steps since the last line, not the last batch's alone.
+        scalars = {k: float(np.mean(v)) for k, v in _stack(jax.device_get(logged)).items()}
+        logged.clear()
+        lr = float(lr_schedule(step - 1))  # step s applies the update of optax count s - 1
+        writer.write_scalars(
+            step, {**{f'train/{k}': v for k, v in scalars.items()}, 'train/lr': lr}
+        )
         if is_chief:
           print(progress.line(step, scalars), flush=True)
       results = None
       if step % eval_every == 0 or step == total_steps:
         _check_finite(pending, ckpts, last_saved)
-        results = run_eval(step)
+        results = watch(step)
         save(step, results)
         last_saved = step
       elif step % config.checkpoint_every_steps == 0:
@@ -317,17 +446,45 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         return {'preempted': True, 'step': step}
 
     # -------------------------------------------------------------- Final results and export
-    if results is None:
-      results = run_eval(total_steps)
-      if last_saved != total_steps:  # not when resumed from the final checkpoint: it exists
-        save(total_steps, results)
+    ckpts.wait()  # the final step's checkpoint and metrics are complete: `best` counts them
+    # The loop's last evaluation is the final test one unless it was on validation data, or the
+    # run resumed from its final checkpoint (no loop: `results` is None).
+    final = (
+        results
+        if results and not val_split
+        else run_eval(total_steps, eval_params(state), test_split)
+    )
+    selected = None
+    if val_split and (best := ckpts.best()):
+      best_step, val = best
+      tested = final
+      if best_step != total_steps:
+        frozen = partition.subtree(state['params'], mask, keep=False)
+        params = eval_params(checkpoint.from_saved(ckpts.restore(best_step, abstract), frozen))
+        tested = run_eval(best_step, params, test_split)
+      selected = {
+          'step': best_step,
+          'val_uar': val['uar'],
+          'val_war': val['war'],
+          **{k: tested[k] for k in _SELECTED_FIGURES},
+      }
+      writer.write_scalars(
+          total_steps, {'test/selected_uar': tested['uar'], 'test/selected_war': tested['war']}
+      )
+    writer.write_scalars(total_steps, {'test/uar': final['uar'], 'test/war': final['war']})
+    results = {
+        **final,
+        'final': {k: final[k] for k in ('step', 'uar', 'war')},
+        'validation_split': val_split,
+        **({'selected': selected} if selected else {}),
+    }
     ckpts.wait()
     ckpts.close()
     export = workdir_lib.path(workdir, workdir_lib.EXPORT_DIR)
     if is_chief:
       checkpoint.save_params(
           export,
-          jax.device_get(partition.subtree(state['params'], mask)),
+          jax.device_get(partition.subtree(eval_params(state), mask)),
           backbone.directory_config(config, info.class_names),
       )
       (export / workdir_lib.INIT_FILE).write_text(
@@ -358,12 +515,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             np.asarray(results['confusion_matrix']),
             info.class_names,
             figure,
-            f'{config.method} step {total_steps}: UAR '
+            f'{config.method} final step {total_steps}: test UAR '
             f'{results["uar"]:.3f} WAR {results["war"]:.3f}',
         )
+      if selected:
+        print(
+            f'Selected by {val_split} UAR {selected["val_uar"]:.4f}: step {selected["step"]}, '
+            f'test UAR {selected["uar"]:.4f} WAR {selected["war"]:.4f}',
+            flush=True,
+        )
       print(
-          f'Results: UAR {results["uar"]:.4f} WAR {results["war"]:.4f} | trainable '
-          f'{report.trainable:,} of {report.total:,} params | exported '
+          f'Results (final step, test): UAR {results["uar"]:.4f} WAR {results["war"]:.4f} | '
+          f'trainable {report.trainable:,} of {report.total:,} params | exported '
           f'{results["export_bytes"] / 1e6:.2f} MB (full model '
           f'{results["full_model_bytes"] / 1e6:.2f} MB) to {export} | '
           f'{workdir_lib.path(workdir, workdir_lib.RESULTS_FILE)}',

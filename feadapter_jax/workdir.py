@@ -64,6 +64,14 @@ def write_config(workdir: str | os.PathLike[str], config: ml_collections.ConfigD
   path(workdir, CONFIG_FILE).write_text(portable(config).to_json_best_effort(indent=2))
 
 
+# config.data fields added after runs were written, with the value a run had before them.
+_LATER_DATA_FIELDS = {'num_crops': 1, 'test_crop_fraction': 1.0}
+
+
 def load_config(workdir: str | os.PathLike[str]) -> ml_collections.ConfigDict:
-  """The config a run in `workdir` was trained with."""
-  return ml_collections.ConfigDict(json.loads(path(workdir, CONFIG_FILE).read_text()))
+  """The config a run in `workdir` was trained with (fields it predates at their old values)."""
+  config = ml_collections.ConfigDict(json.loads(path(workdir, CONFIG_FILE).read_text()))
+  for name, value in _LATER_DATA_FIELDS.items():
+    if name not in config.data:
+      config.data[name] = value
+  return config

@@ -204,7 +204,10 @@ def test_dfew_corrupt_frames_skipped_and_reported(dfew_fold1):
   assert skipped['00023_9.jpg'].clip_id == '00023' and skipped['00099_1.jpg'].clip_id == '00099'
   assert all(s.split == 'train' for s in skipped.values())
   assert [(s.clip_id, s.split) for s in report.skipped_clips] == [('00099', 'train')]
-  assert '00099' in report.summary() and 'Skipped clips (unreadable, or no face found): 1' in report.summary()
+  assert (
+      '00099' in report.summary()
+      and 'Skipped clips (unreadable, or no face found): 1' in report.summary()
+  )
 
 
 def test_dfew_fold_membership(dfew_dirs, dfew_fold1):

@@ -335,6 +335,68 @@ def test_train_stream_is_deterministic_and_resumable(data_dir):
   assert not np.array_equal(other_seed['video'], full[0]['video'])
 
 
+# Every train augmentation on, with class-balanced sampling, on SynthFER's imbalanced variant.
+AUGMENTED = dict(
+    builder_config='hard',
+    randaugment='rand-m9-n3-mstd0.5-inc1',
+    color_jitter=0.3,
+    erase_prob=0.5,
+    sampling='class_balanced',
+    crop_scale=(0.08, 1.0),
+)
+
+
+def test_augmented_balanced_stream_is_deterministic_and_resumable(data_dir):
+  config = _config(data_dir, synth={'num_train': 60}, **AUGMENTED)
+  make = lambda **kw: pipeline.make_train_iterator(
+      config, batch_size=6, seed=5, process_index=0, process_count=1, **kw
+  )
+  full = _take(make(), 8)
+  plain = _take(
+      pipeline.make_train_iterator(
+          _config(data_dir, synth={'num_train': 60}, builder_config='hard'),
+          batch_size=6,
+          seed=5,
+          process_index=0,
+          process_count=1,
+      ),
+      1,
+  )
+  assert plain[0]['video'].shape == full[0]['video'].shape
+  assert not np.array_equal(plain[0]['video'], full[0]['video'])  # the augmentations act
+  for start_step in (3, 6):
+    resumed = _take(make(start_step=start_step), 8 - start_step)
+    for batch, expected in zip(resumed, full[start_step:], strict=True):
+      np.testing.assert_array_equal(batch['video'], expected['video'])
+      np.testing.assert_array_equal(batch['label'], expected['label'])
+
+
+def test_class_balanced_sampling_draws_rare_classes_as_often_as_common_ones(data_dir):
+  config = _config(data_dir, synth={'num_train': 60}, builder_config='hard')
+  counts = pipeline.train_label_counts(config, 7)
+  assert counts.sum() == 60 and counts.max() >= 5 * counts.min()  # DFEW-like, Disgust rare
+  epoch = 7 * counts.max()
+  balanced = dict(sampling='class_balanced')
+  ds = pipeline.make_train_dataset(
+      _config(data_dir, synth={'num_train': 60}, builder_config='hard', **balanced),
+      batch_size=1,
+      seed=0,
+      process_index=0,
+      process_count=1,
+  )
+  drawn = np.array([int(b['label'][0]) for b in ds.take(epoch).as_numpy_iterator()])
+  # Every class exactly as often as the largest, within one epoch.
+  np.testing.assert_array_equal(np.bincount(drawn, minlength=7), np.full(7, counts.max()))
+  labels = np.array([0, 0, 0, 0, 0, 1, 1, 2])
+  np.testing.assert_array_equal(pipeline.balanced_repeats(labels), [1, 1, 1, 1, 1, 3, 2, 5])
+  weights = pipeline.balanced_class_weights(counts)
+  np.testing.assert_allclose(weights * counts, np.full(7, 60 / 7), rtol=1e-6)
+  with pytest.raises(pipeline.DataConfigError, match='config.data.sampling'):
+    pipeline.check_data(_config(data_dir, sampling='by_class'))
+  with pytest.raises(pipeline.DataConfigError, match='config.data.randaugment'):
+    pipeline.check_data(_config(data_dir, randaugment='rand-x'))
+
+
 def test_train_epochs_reshuffle_and_reaugment(data_dir):
   config = _config(data_dir, synth=STILL)
   batches = _take(

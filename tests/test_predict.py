@@ -191,6 +191,21 @@ def test_frame_folders_get_exactly_the_evaluation_probabilities(tmp_path, predic
     np.testing.assert_allclose(video['probs'], expected[clip_id], atol=1e-5)
 
 
+def test_test_views_asked_of_predict_are_averaged_as_evaluation_averages_them(workdir, reference):
+  """--num_clips=2 --num_crops=2: a window's probabilities are the mean of its four views'."""
+  four = predict.Predictor(
+      workdir, batch_size=2, num_clips=2, num_crops=2, test_crop_fraction=0.875
+  )
+  frames = _clip(3, 12, 40)
+  views = four.views(frames)
+  assert views.shape == (4, 8, 32, 32, 3)
+  singles = np.stack([reference(view[None, None])[0] for view in views])
+  assert np.abs(singles - singles.mean(0)).max() > 1e-4  # the views differ
+  np.testing.assert_allclose(four.probabilities([views])[0], singles.mean(0), atol=1e-6)
+  with pytest.raises(predict.PredictError, match='test_crop_fraction below 1'):
+    predict.Predictor(workdir, num_crops=2)
+
+
 def test_video_windows_timeline_and_one_compilation(tmp_path, predictor, reference):
   """10 s at 8 fps, 2 s windows every 1 s: 9 windows, each classified as evaluation classifies
   that stretch of decoded frames; the video's prediction is their mean."""

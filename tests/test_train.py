@@ -119,6 +119,15 @@ STEPS = [
     '--config.log_every_steps=1',
     '--config.checkpoint_every_steps=4',
     '--config.eval_every_steps=100',
+    # Every part of the training recipe on: the resumed run must still repeat the reference.
+    '--config.data.randaugment=rand-m9-n2-mstd0.5-inc1',
+    '--config.data.color_jitter=0.3',
+    '--config.data.erase_prob=0.5',
+    '--config.data.sampling=class_balanced',
+    '--config.mixup.mixup_alpha=0.8',
+    '--config.mixup.cutmix_alpha=1.0',
+    '--config.class_weights=balanced',
+    '--config.ema_decay=0.9',
 ]
 
 
@@ -289,11 +298,12 @@ def test_kfold_driver_trains_each_fold_and_resumes_finished_ones(tmp_path, data_
   with open(tmp_path / 'k' / 'kfold.json') as f:
     first = json.load(f)
   assert set(first) == {'1', '2'} and first['1'] != first['2']  # different data per fold
-  assert '| mean |' in proc.stdout
+  assert '| mean |' in proc.stdout and 'Test at the step validation selected:' in proc.stdout
+  assert first['1']['selected']['step'] == 4  # SynthFER's validation split selects
   mtime = os.path.getmtime(tmp_path / 'k' / 'fold1' / 'results.json')
   # Finished folds are read back, not retrained (in-process: nothing here trains).
   spec = os.path.join(ROOT, 'configs', 'synthetic.py:quick')
-  assert kfold.run(spec, str(tmp_path / 'k'), [1, 2]) == kfold.table(
+  assert kfold.run(spec, str(tmp_path / 'k'), [1, 2]) == kfold.tables(
       {int(k): v for k, v in first.items()}
   )
   assert os.path.getmtime(tmp_path / 'k' / 'fold1' / 'results.json') == mtime

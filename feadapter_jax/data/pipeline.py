@@ -4,8 +4,8 @@ Every dataset (SynthFER and the real ones) stores `video` as JPEG frames in temp
 pipeline reads those byte strings undecoded, picks T frames per clip (`sample_indices`: one per
 equal segment), decodes only those, and then
   * train: one random resized crop and one horizontal flip for the whole clip, resize to S x S;
-  * eval:  resize to S x S, `num_clips` temporal views per clip (`eval_clip`, which prediction
-    on user videos applies to decoded frames);
+  * eval:  `num_clips` temporal x `num_crops` spatial views per clip, each resized to S x S
+    (`eval_clip`, which prediction on user videos applies to decoded frames; `crop_windows`);
 and yields uint8 pixels: the jitted steps normalise them on the device with mean/std
 (`step.normalise_video`), so batches take a quarter of float32's host memory and transfer.
 A frame already S x S passes unchanged, its stored pixels exactly. `make_train_dataset` and
@@ -21,6 +21,11 @@ from stateless ops keyed on (seed, process_index, epoch or position in the strea
 Evaluation is one pass in file order, padded (mask False) so every process yields the same number
 of batches.
 
+Model selection reads `validation_split`: a split of the dataset (`val_split`), or `HELD_OUT`,
+`val_fraction` of each class of the train split (`held_out_ids`). The held-out clips are then
+filtered out of `train_split` wherever it is read, training included, and `HELD_OUT` reads only
+them; `split_size` counts what a split reads.
+
 The `config.data` fields read here are listed, with their defaults, in `configs/common.py`
 (`data_defaults`).
 """
@@ -29,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
 import os
 from typing import Iterator
@@ -40,6 +46,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from feadapter_jax import sharding
+from feadapter_jax.data import augment
 from feadapter_jax.data.synth_fer import builder as synth_builder
 
 SYNTH_NAME = 'synth_fer'
@@ -48,10 +55,20 @@ _SHUFFLE_STREAM, _EXAMPLE_STREAM = 0, 1
 # tf.data shuffle seeds are drawn in [0, 2**31 - 1) to stay valid as TF op seeds.
 _MAX_SHUFFLE_SEED = 2**31 - 1
 _DCT_METHOD = 'INTEGER_ACCURATE'
+# The name of the part of the train split held out for model selection (`val_fraction`).
+HELD_OUT = 'held_out'
+# 'uniform': each clip once per epoch; 'class_balanced': the clips of each class repeated so
+# that every class is drawn as often as the largest (`balanced_repeats`).
+SAMPLINGS = ('uniform', 'class_balanced')
+VIEW_KINDS = {'num_clips': 'temporal clips', 'num_crops': 'spatial crops'}
 
 
 class DatasetNotFoundError(Exception):
   """A dataset is unknown, or not prepared and its manual files are missing."""
+
+
+class DataConfigError(ValueError):
+  """`config.data` asks for views or splits the dataset cannot give."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,29 +227,6 @@ def _decode_frames(
   return tf.stack([decode(selected[i]) for i in range(num)])
 
 
-def _random_crop_window(
-    key: tf.Tensor,
-    height: tf.Tensor,
-    width: tf.Tensor,
-    scale: tuple[float, float],
-    ratio: tuple[float, float],
-) -> tf.Tensor:
-  """[y, x, h, w] int32 window of a random resized crop (area in `scale`, aspect in `ratio`).
-
-  One draw, clamped to the frame (no rejection loop), so its cost and randomness are fixed.
-  """
-  area_key, ratio_key, y_key, x_key = tf.unstack(tf.random.experimental.stateless_split(key, 4))
-  height, width = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
-  area = height * width * tf.random.stateless_uniform([], area_key, *scale)
-  log_ratio = tf.random.stateless_uniform([], ratio_key, math.log(ratio[0]), math.log(ratio[1]))
-  aspect = tf.exp(log_ratio)
-  crop_h = tf.clip_by_value(tf.round(tf.sqrt(area / aspect)), 1.0, height)
-  crop_w = tf.clip_by_value(tf.round(tf.sqrt(area * aspect)), 1.0, width)
-  y = tf.floor(tf.random.stateless_uniform([], y_key) * (height - crop_h + 1.0))
-  x = tf.floor(tf.random.stateless_uniform([], x_key) * (width - crop_w + 1.0))
-  return tf.cast(tf.stack([y, x, crop_h, crop_w]), tf.int32)
-
-
 def _finish(frames: tf.Tensor, data_config: ml_collections.ConfigDict) -> tf.Tensor:
   """(n h w 3) uint8 frames -> (n S S 3) uint8: resized (rounded to the nearest level) to S x S;
   frames already S x S pass unchanged."""
@@ -255,20 +249,81 @@ def _finish(frames: tf.Tensor, data_config: ml_collections.ConfigDict) -> tf.Ten
 def _train_clip(
     encoded: tf.Tensor, key: tf.Tensor, data_config: ml_collections.ConfigDict
 ) -> tf.Tensor:
-  """(L,) JPEG frames -> (t S S 3): random segment offsets, one crop and flip for all frames."""
+  """(L,) JPEG frames -> (t S S 3): random segment offsets, then one draw of each augmentation
+  for all frames (`augment`): the random resized crop, the flip, then RandAugment, colour
+  jitter and erasing as `data_config` switches them on."""
   num_frames = data_config.num_frames
-  time_key, crop_key, flip_key = tf.unstack(tf.random.experimental.stateless_split(key, 3))
+  time_key, crop_key, flip_key, augment_key = tf.unstack(
+      tf.random.experimental.stateless_split(key, 4)
+  )
   offsets = tf.random.stateless_uniform([num_frames], time_key, dtype=tf.float64)
   indices = sample_indices(tf.shape(encoded)[0], offsets)
   shape = tf.io.extract_jpeg_shape(encoded[0])  # Frames of a clip share one size.
-  window = _random_crop_window(
+  window = augment.crop_window(
       crop_key, shape[0], shape[1], tuple(data_config.crop_scale), tuple(data_config.crop_ratio)
   )
   frames = _decode_frames(encoded, indices, num_frames, window)
   if data_config.flip:
     flip = tf.random.stateless_uniform([], flip_key) < 0.5
     frames = tf.cond(flip, lambda: tf.reverse(frames, axis=[2]), lambda: frames)
-  return _finish(frames, data_config)
+  return augment.augment_clip(augment_key, _finish(frames, data_config), data_config)
+
+
+def check_views(data_config: ml_collections.ConfigDict) -> None:
+  """Checks the test views of `data_config`: `num_clips` x `num_crops` with `test_crop_fraction`.
+
+  Raises:
+    DataConfigError: a count is not a whole number >= 1, the fraction is not in (0, 1], or
+      several crops would all be the whole frame (identical views).
+  """
+  for name in ('num_clips', 'num_crops'):
+    count = data_config[name]
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+      raise DataConfigError(
+          f'config.data.{name}={count!r}: allowed values are the whole numbers 1, 2, 3, ... '
+          f'({VIEW_KINDS[name]} per clip at evaluation).'
+      )
+  fraction = data_config.test_crop_fraction
+  if not 0 < fraction <= 1:
+    raise DataConfigError(
+        f'config.data.test_crop_fraction={fraction!r}: allowed values are in (0, 1] (the side '
+        'of a test crop, as a fraction of the frame side).'
+    )
+  if data_config.num_crops > 1 and fraction == 1:
+    raise DataConfigError(
+        f'config.data.num_crops={data_config.num_crops} with test_crop_fraction=1: every crop '
+        'is the whole frame; set config.data.test_crop_fraction below 1 (e.g. 0.875).'
+    )
+
+
+def num_views(data_config: ml_collections.ConfigDict) -> int:
+  """Test views per clip: `num_clips` temporal x `num_crops` spatial."""
+  return data_config.num_clips * data_config.num_crops
+
+
+def crop_windows(
+    height: int | tf.Tensor, width: int | tf.Tensor, data_config: ml_collections.ConfigDict
+) -> tf.Tensor:
+  """(num_crops, 4) int32 [y, x, h, w] test crops of a height x width frame.
+
+  Each crop keeps the frame's aspect: `test_crop_fraction` of its height and of its width. One
+  crop is centred; n crops run evenly along the diagonal from the top-left corner to the
+  bottom-right one, so on a square face crop they differ by as much on both axes, and on a wide
+  frame they sweep its width as VideoMAE's crops along the longer side do. With fraction 1 the
+  one crop is the whole frame (a plain resize to S x S).
+  """
+  num_crops, fraction = data_config.num_crops, data_config.test_crop_fraction
+  size = tf.cast(tf.stack([height, width]), tf.float64)
+  crop = tf.clip_by_value(tf.round(size * fraction), 1.0, size)
+  # Corner-to-corner positions k / (n - 1), or the centre for a single crop.
+  positions = (
+      tf.constant([0.5], tf.float64)
+      if num_crops == 1
+      else tf.range(num_crops, dtype=tf.float64) / (num_crops - 1)
+  )
+  corners = tf.round(positions[:, None] * (size - crop)[None])
+  crops = tf.broadcast_to(crop[None], [num_crops, 2])
+  return tf.cast(tf.concat([corners, crops], axis=1), tf.int32)
 
 
 def eval_clip_indices(
@@ -280,25 +335,43 @@ def eval_clip_indices(
 
 
 def _eval_views(selected: tf.Tensor, data_config: ml_collections.ConfigDict) -> tf.Tensor:
-  """The (num_clips * t, h, w, 3) frames at `eval_clip_indices` -> (num_clips t S S 3)."""
-  size = data_config.image_size
+  """The (num_clips * t, h, w, 3) frames at `eval_clip_indices` -> (clips * crops, t, S, S, 3),
+  clip-major (view c * num_crops + k is clip c, crop k)."""
+  check_views(data_config)
+  size, num_frames = data_config.image_size, data_config.num_frames
+  shape = tf.shape(selected)
+  windows = crop_windows(shape[1], shape[2], data_config)
+  crops = [
+      _finish(selected[:, w[0] : w[0] + w[2], w[1] : w[1] + w[3]], data_config)
+      for w in tf.unstack(windows)
+  ]
+  # (crops, clips * t, S, S, 3) -> (clips, crops, t, S, S, 3) -> (views, t, S, S, 3).
+  views = tf.reshape(
+      tf.stack(crops), [len(crops), data_config.num_clips, num_frames, size, size, 3]
+  )
   return tf.reshape(
-      _finish(selected, data_config), [data_config.num_clips, data_config.num_frames, size, size, 3]
+      tf.transpose(views, [1, 0, 2, 3, 4, 5]), [num_views(data_config), num_frames, size, size, 3]
   )
 
 
 def eval_clip(frames: np.ndarray | tf.Tensor, data_config: ml_collections.ConfigDict) -> tf.Tensor:
-  """A decoded clip -> the evaluation views of it, exactly as `make_eval_iterator` makes them.
+  """A decoded clip -> the test views of it, exactly as `make_eval_iterator` makes them.
 
   Prediction on user videos calls this on each window, so it sees what evaluation sees.
 
   Args:
     frames: (L, h, w, 3) uint8 frames of one clip in temporal order, L >= 1.
-    data_config: `config.data` (num_frames, num_clips, image_size).
+    data_config: `config.data` (num_frames, num_clips, num_crops, test_crop_fraction,
+      image_size).
 
   Returns:
-    (num_clips, t, S, S, 3) uint8 segment-centred views, resized; the eval step normalises
-    them.
+    (num_clips * num_crops, t, S, S, 3) uint8 views, clip-major: temporal view c (segment
+    offsets of `eval_offsets`) through spatial crop k (`crop_windows`) is view
+    c * num_crops + k, resized to S x S; the eval step normalises them and averages their
+    softmax.
+
+  Raises:
+    DataConfigError: the view settings are not allowed (`check_views`).
   """
   frames = tf.convert_to_tensor(frames, tf.uint8)
   indices = eval_clip_indices(tf.shape(frames)[0], data_config)
@@ -308,8 +381,136 @@ def eval_clip(frames: np.ndarray | tf.Tensor, data_config: ml_collections.Config
 def _eval_clip(encoded: tf.Tensor, data_config: ml_collections.ConfigDict) -> tf.Tensor:
   """(L,) JPEG frames -> `eval_clip` of them, decoding only the sampled frames."""
   indices = eval_clip_indices(tf.shape(encoded)[0], data_config)
-  num_views = data_config.num_clips * data_config.num_frames
-  return _eval_views(_decode_frames(encoded, indices, num_views), data_config)
+  num_frames = data_config.num_clips * data_config.num_frames
+  return _eval_views(_decode_frames(encoded, indices, num_frames), data_config)
+
+
+# ----------------------------------------------------------------------------- Splits.
+
+
+def validation_split(data_config: ml_collections.ConfigDict) -> str | None:
+  """The split training selects its checkpoint on, never the test split (`eval_split`).
+
+  `val_split` names a split of the dataset; else `HELD_OUT` when `val_fraction` > 0 (that part
+  of `train_split`, `held_out_ids`); else None: nothing selects.
+
+  Raises:
+    DataConfigError: both are set, or `val_split` is the test split.
+  """
+  val_split, fraction = data_config.val_split, data_config.val_fraction
+  if val_split and fraction:
+    raise DataConfigError(
+        f'config.data.val_split={val_split!r} and val_fraction={fraction} both set: set '
+        "val_split to a split of the dataset, or val_split to '' to hold out val_fraction of "
+        'the train split.'
+    )
+  if val_split and val_split == data_config.eval_split:
+    raise DataConfigError(
+        f'config.data.val_split={val_split!r} is the test split (config.data.eval_split): '
+        'select on another split, or hold out config.data.val_fraction of the train split.'
+    )
+  if val_split:
+    return val_split
+  return HELD_OUT if fraction else None
+
+
+@functools.lru_cache(maxsize=8)
+def _labels(config_json: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+  """(clip ids (n,) bytes, labels (n,) int) of a TFDS split in file order (read once)."""
+  data_config = ml_collections.ConfigDict(json.loads(config_json))
+  records = _read(get_builder(data_config), split, data_config)
+  pairs = records.map(lambda ex: (ex['clip_id'], ex['label'])).batch(4096)
+  ids, labels = zip(*pairs.as_numpy_iterator())
+  return np.concatenate(ids), np.concatenate(labels)
+
+
+def _split_labels(
+    data_config: ml_collections.ConfigDict, split: str
+) -> tuple[np.ndarray, np.ndarray]:
+  return _labels(data_config.to_json_best_effort(sort_keys=True), split)
+
+
+def held_out_ids(data_config: ml_collections.ConfigDict) -> frozenset[bytes]:
+  """The clip ids of `train_split` held out for model selection: `val_fraction` of each class.
+
+  Per class, round(val_fraction * n) of its n examples, drawn by a permutation keyed on
+  (`val_seed`, class), the same in every process and run: training seeds share one slice.
+
+  Raises:
+    DataConfigError: val_fraction is not in (0, 1), the split's clip ids are not unique, or a
+      class would be left without a training or a validation example (named in the message).
+  """
+  fraction, split = data_config.val_fraction, data_config.train_split
+  if not 0 < fraction < 1:
+    raise DataConfigError(
+        f'config.data.val_fraction={fraction}: allowed values are in (0, 1), the part of each '
+        f'class of {split!r} held out for model selection (or 0, with config.data.val_split).'
+    )
+  ids, labels = _split_labels(data_config, split)
+  if len(set(ids.tolist())) != len(ids):
+    raise DataConfigError(
+        f'config.data.val_fraction={fraction}: the clip_ids of {split!r} are not unique, so '
+        'no held-out part can be told apart; set config.data.val_split to a split instead.'
+    )
+  class_names = get_builder(data_config).info.features['label'].names
+  held = []
+  for label, name in enumerate(class_names):
+    members = np.flatnonzero(labels == label)
+    count = math.floor(fraction * len(members) + 0.5)
+    if not 0 < count < len(members):
+      lacks, fix = ('validation', 'raise') if count == 0 else ('training', 'lower')
+      raise DataConfigError(
+          f'config.data.val_fraction={fraction} leaves class {name!r} ({len(members)} examples '
+          f'in {split!r}) without a {lacks} example: {fix} config.data.val_fraction, or set '
+          'config.data.val_split to a split of the dataset.'
+      )
+    order = np.random.default_rng([data_config.val_seed, label]).permutation(members)
+    held.extend(ids[order[:count]].tolist())
+  return frozenset(held)
+
+
+def check_data(data_config: ml_collections.ConfigDict) -> str | None:
+  """Checks the views and the splits before anything trains; returns `validation_split`.
+
+  Raises:
+    DataConfigError: a view setting (`check_views`) or a split setting is not allowed.
+  """
+  check_views(data_config)
+  try:
+    augment.check_config(data_config)
+  except ValueError as e:
+    raise DataConfigError(str(e)) from None
+  if data_config.sampling not in SAMPLINGS:
+    raise DataConfigError(
+        f'config.data.sampling={data_config.sampling!r}: allowed values are '
+        f'{", ".join(SAMPLINGS)}.'
+    )
+  val_split = validation_split(data_config)
+  splits = get_builder(data_config).info.splits
+  for field in ('train_split', 'eval_split', 'val_split'):
+    name = data_config[field]
+    if name and tfds.core.ReadInstruction.from_spec(name).split_name not in splits:
+      raise DataConfigError(
+          f'config.data.{field}={name!r} is no split of {data_config.name}: it has '
+          f'{sorted(splits)}.'
+      )
+  if val_split == HELD_OUT:
+    held_out_ids(data_config)
+  return val_split
+
+
+def _membership(
+    data_config: ml_collections.ConfigDict, split: str
+) -> tuple[str, frozenset[bytes] | None, bool]:
+  """(the TFDS split `split` reads, the clip ids it keeps (True) or drops (False); None: all).
+
+  With `val_fraction` set, `HELD_OUT` is its part of the train split and `train_split` the rest.
+  """
+  if split == HELD_OUT:
+    return data_config.train_split, held_out_ids(data_config), True
+  if split == data_config.train_split and validation_split(data_config) == HELD_OUT:
+    return split, held_out_ids(data_config), False
+  return split, None, True
 
 
 # ----------------------------------------------------------------------------- Datasets.
@@ -356,6 +557,89 @@ def _read(
   )
 
 
+def _shard(
+    builder: tfds.core.DatasetBuilder,
+    split: str,
+    data_config: ml_collections.ConfigDict,
+    process_index: int,
+    process_count: int,
+) -> tuple[tf.data.Dataset, list[int]]:
+  """This process's records of `split` (`_membership`: held-out examples told apart) in file
+  order, and the size of every process's shard."""
+  source, ids, keep = _membership(data_config, split)
+  shards, sizes = _process_shards(builder, source, process_count)
+  records = _read(builder, shards[process_index], data_config)
+  if ids is None:
+    return records, sizes
+  all_ids, _ = _split_labels(data_config, source)
+  kept = np.array([(clip_id in ids) == keep for clip_id in all_ids.tolist()])
+  bounds = np.cumsum([0, *sizes])
+  sizes = [int(kept[a:b].sum()) for a, b in zip(bounds[:-1], bounds[1:])]
+  table = tf.lookup.StaticHashTable(
+      tf.lookup.KeyValueTensorInitializer(
+          tf.constant(sorted(ids), tf.string), tf.ones([len(ids)], tf.bool)
+      ),
+      default_value=False,
+  )
+  return records.filter(lambda ex: tf.equal(table.lookup(ex['clip_id']), keep)), sizes
+
+
+def _shard_labels(
+    builder: tfds.core.DatasetBuilder,
+    split: str,
+    data_config: ml_collections.ConfigDict,
+    process_index: int,
+    process_count: int,
+) -> np.ndarray:
+  """The labels of this process's records of `split`, in the order `_shard` reads them."""
+  source, ids, keep = _membership(data_config, split)
+  _, sizes = _process_shards(builder, source, process_count)
+  all_ids, labels = _split_labels(data_config, source)
+  start = sum(sizes[:process_index])
+  end = start + sizes[process_index]
+  shard_ids, shard_labels = all_ids[start:end], labels[start:end]
+  if ids is None:
+    return shard_labels
+  kept = np.array([(clip_id in ids) == keep for clip_id in shard_ids.tolist()], bool)
+  return shard_labels[kept]
+
+
+def balanced_repeats(labels: np.ndarray) -> np.ndarray:
+  """(n,) times each clip appears in a class-balanced epoch, for clips of `labels` (n,) in
+  order: every class totals the largest class's count, spread over its clips (the first ones of
+  a class take one more where it does not divide)."""
+  counts = np.bincount(labels)
+  target = counts.max()
+  within = np.zeros(len(labels), np.int64)  # each clip's index among its class's clips
+  for c in np.flatnonzero(counts):
+    members = np.flatnonzero(labels == c)
+    within[members] = np.arange(len(members))
+  base, extra = target // counts[labels], target % counts[labels]
+  return (base + (within < extra)).astype(np.int64)
+
+
+def train_label_counts(data_config: ml_collections.ConfigDict, num_classes: int) -> np.ndarray:
+  """(num_classes,) examples per class of the part of the train split that trains."""
+  builder = get_builder(data_config)
+  labels = _shard_labels(builder, data_config.train_split, data_config, 0, 1)
+  return np.bincount(labels, minlength=num_classes)
+
+
+def balanced_class_weights(counts: np.ndarray) -> np.ndarray:
+  """Loss weights n / (classes * n_c): the mean weight per example is 1, each class weighs
+  alike in total (scikit-learn's 'balanced'). A class without examples gets weight 0."""
+  counts = np.asarray(counts, np.float64)
+  weights = np.where(counts > 0, counts.sum() / (len(counts) * np.maximum(counts, 1)), 0.0)
+  return weights.astype(np.float32)
+
+
+def split_size(data_config: ml_collections.ConfigDict, split: str) -> int:
+  """Examples of `split` as the pipeline reads it (`HELD_OUT` and the rest of the train split
+  told apart), all processes together."""
+  builder = get_builder(data_config)
+  return sum(_shard(builder, split, data_config, 0, 1)[1])
+
+
 def _stream_key(seed: int, process_index: int, stream: int) -> tf.Tensor:
   base = tf.constant([seed, process_index], tf.int64)
   return tf.random.experimental.stateless_fold_in(base, stream)
@@ -385,16 +669,30 @@ def make_train_dataset(
     Dataset of {'video': (batch, t, S, S, 3) uint8, 'label': (batch,) int32,
     'clip_id': (batch,) string}.
 
+  With `data_config.sampling='class_balanced'` an epoch holds every class as often as the
+  largest one (`balanced_repeats`, over the whole training part; each process streams its
+  shard's share), each repeat of a clip its own random draw (the copies of a clip lie within one
+  shuffle buffer of each other).
+
   Raises:
     ValueError: this process's shard of the train split is empty.
   """
   process_index, process_count = _resolve_process(process_index, process_count)
   builder = get_builder(data_config)
-  shards, sizes = _process_shards(builder, data_config.train_split, process_count)
+  records, sizes = _shard(
+      builder, data_config.train_split, data_config, process_index, process_count
+  )
   shard_size = sizes[process_index]
   if shard_size == 0:
     raise ValueError(f'Process {process_index} of {process_count} has no training examples.')
-  records = _read(builder, shards[process_index], data_config)
+  if data_config.sampling == 'class_balanced':
+    repeats = balanced_repeats(_shard_labels(builder, data_config.train_split, data_config, 0, 1))
+    start = sum(sizes[:process_index])
+    repeats = repeats[start : start + shard_size]
+    shard_size = int(repeats.sum())
+    records = tf.data.Dataset.zip((records, tf.data.Dataset.from_tensor_slices(repeats))).flat_map(
+        lambda ex, n: tf.data.Dataset.from_tensors(ex).repeat(n)
+    )
   shuffle_key = _stream_key(seed, process_index, _SHUFFLE_STREAM)
   example_key = _stream_key(seed, process_index, _EXAMPLE_STREAM)
 
@@ -437,19 +735,21 @@ def make_eval_dataset(
 
   Args:
     data_config: `config.data`.
-    split: TFDS split (e.g. 'test', 'validation', 'train[:10%]').
+    split: TFDS split (e.g. 'test', 'validation', 'train[:10%]'), or `HELD_OUT`.
     batch_size: this process's share of the global batch.
     process_index: this process; default `jax.process_index()`.
     process_count: number of processes; default `jax.process_count()`.
 
   Returns:
-    Dataset of {'video': (batch, num_clips, t, S, S, 3) uint8, 'label': (batch,) int32,
-    'mask': (batch,) bool, 'clip_id': (batch,) string}; mask is False on padding (zeros,
-    label 0, clip_id b''). Every process yields ceil(max shard size / batch_size) batches.
+    Dataset of {'video': (batch, views, t, S, S, 3) uint8 (`eval_clip`'s views), 'label':
+    (batch,) int32, 'mask': (batch,) bool, 'clip_id': (batch,) string}; mask is False on
+    padding (zeros, label 0, clip_id b''). Every process yields ceil(max shard size /
+    batch_size) batches.
   """
   process_index, process_count = _resolve_process(process_index, process_count)
-  builder = get_builder(data_config)
-  shards, sizes = _process_shards(builder, split, process_count)
+  records, sizes = _shard(
+      get_builder(data_config), split, data_config, process_index, process_count
+  )
   num_batches = -(-max(sizes) // batch_size)
 
   def preprocess(example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
@@ -460,8 +760,9 @@ def make_eval_dataset(
         'clip_id': example['clip_id'],
     }
 
-  ds = _read(builder, shards[process_index], data_config)
-  ds = ds.map(preprocess, num_parallel_calls=data_config.num_parallel_calls, deterministic=True)
+  ds = records.map(
+      preprocess, num_parallel_calls=data_config.num_parallel_calls, deterministic=True
+  )
   padding = tf.nest.map_structure(lambda spec: tf.zeros(spec.shape, spec.dtype), ds.element_spec)
   ds = ds.concatenate(tf.data.Dataset.from_tensors(padding).repeat())
   ds = ds.take(num_batches * batch_size).batch(batch_size).prefetch(data_config.prefetch)
@@ -514,7 +815,7 @@ def make_eval_iterator(
   """The batches of `make_eval_dataset` (same arguments) as numpy arrays, for the eval step.
 
   Returns:
-    Iterator of {'video': (batch, num_clips, t, S, S, 3) uint8, 'label': (batch,) int32,
+    Iterator of {'video': (batch, views, t, S, S, 3) uint8, 'label': (batch,) int32,
     'mask': (batch,) bool}.
   """
   return _step_batches(

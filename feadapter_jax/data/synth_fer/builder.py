@@ -36,14 +36,13 @@ from feadapter_jax.data.synth_fer import render as synth_render
 VARIANTS = ('video', 'image', 'hard', 'hard_mafw')
 # The hard variants' renderer knobs (the others keep `RenderParams`' defaults).
 HARD_RENDER = dict(
-    noise_std=0.05,
+    noise_std=0.04,
     motion=0.12,
-    rotation_deg=12.0,
-    zoom=0.15,
-    lighting=0.3,
+    rotation_deg=8.0,
+    zoom=0.1,
+    lighting=0.2,
     expression_jitter=0.1,
-    min_apex=0.4,
-    expression_gain=0.75,
+    min_apex=0.6,
     onset_start=(0.0, 0.55),
     onset_duration=(0.1, 0.25),
     hold=(0.1, 0.3),
