@@ -49,6 +49,34 @@ _ATTEMPTS = 10
 # ----------------------------------------------------------------------------- Crop.
 
 
+def _rectangles(
+    key: tf.Tensor,
+    h: tf.Tensor,
+    w: tf.Tensor,
+    area: Sequence[float],
+    ratio: Sequence[float],
+    attempts: int,
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+  """(a, b, key left): `attempts` rectangle sides, each of area uniform in `area` (fractions of
+  h x w) and aspect a / b log-uniform in `ratio`, rounded to whole pixels."""
+  area_key, ratio_key, place_key = tf.unstack(_split(key, 3))
+  target = h * w * tf.random.stateless_uniform([attempts], area_key, area[0], area[1])
+  log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+  aspect = tf.exp(tf.random.stateless_uniform([attempts], ratio_key, log_lo, log_hi))
+  return tf.round(tf.sqrt(target * aspect)), tf.round(tf.sqrt(target / aspect)), place_key
+
+
+def _place_first(
+    key: tf.Tensor, h: tf.Tensor, w: tf.Tensor, rect_h: tf.Tensor, rect_w: tf.Tensor, fits
+) -> tf.Tensor:
+  """[y, x, h, w] float32: the first rectangle that `fits`, at a uniform position in the frame."""
+  first = tf.argmax(tf.cast(fits, tf.int32))
+  y_key, x_key = tf.unstack(_split(key, 2))
+  y = tf.floor(tf.random.stateless_uniform([], y_key) * (h - rect_h[first] + 1.0))
+  x = tf.floor(tf.random.stateless_uniform([], x_key) * (w - rect_w[first] + 1.0))
+  return tf.stack([y, x, rect_h[first], rect_w[first]])
+
+
 def crop_window(
     key: tf.Tensor,
     height: tf.Tensor,
@@ -63,18 +91,10 @@ def crop_window(
   taken. When none fits, the whole frame is cropped to the nearest aspect ratio in `ratio`,
   centred (timm's fallback).
   """
-  area_key, ratio_key, y_key, x_key = tf.unstack(_split(key, 4))
   h, w = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
-  area = h * w * tf.random.stateless_uniform([attempts], area_key, scale[0], scale[1])
-  log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
-  aspect = tf.exp(tf.random.stateless_uniform([attempts], ratio_key, log_lo, log_hi))
-  crop_w = tf.round(tf.sqrt(area * aspect))
-  crop_h = tf.round(tf.sqrt(area / aspect))
+  crop_w, crop_h, place_key = _rectangles(key, h, w, scale, ratio, attempts)
   fits = (crop_w > 0) & (crop_w <= w) & (crop_h > 0) & (crop_h <= h)
-  first = tf.argmax(tf.cast(fits, tf.int32))
-  y = tf.floor(tf.random.stateless_uniform([], y_key) * (h - crop_h[first] + 1.0))
-  x = tf.floor(tf.random.stateless_uniform([], x_key) * (w - crop_w[first] + 1.0))
-  drawn = tf.stack([y, x, crop_h[first], crop_w[first]])
+  drawn = _place_first(place_key, h, w, crop_h, crop_w, fits)
 
   frame_ratio = w / h
   fallback_w = tf.where(frame_ratio > ratio[1], tf.round(h * ratio[1]), w)
@@ -389,18 +409,11 @@ def erase_window(
     attempts: int = _ATTEMPTS,
 ) -> tf.Tensor:
   """[y, x, h, w] int32 rectangle of timm's RandomErasing, h = 0 when no draw fits."""
-  area_key, ratio_key, y_key, x_key = tf.unstack(_split(key, 4))
   h, w = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
-  target = h * w * tf.random.stateless_uniform([attempts], area_key, area[0], area[1])
-  log_lo, log_hi = math.log(_ERASE_RATIO[0]), math.log(_ERASE_RATIO[1])
-  aspect = tf.exp(tf.random.stateless_uniform([attempts], ratio_key, log_lo, log_hi))
-  erase_h = tf.round(tf.sqrt(target * aspect))
-  erase_w = tf.round(tf.sqrt(target / aspect))
+  # timm's RandomErasing takes the aspect as height / width.
+  erase_h, erase_w, place_key = _rectangles(key, h, w, area, _ERASE_RATIO, attempts)
   fits = (erase_w < w) & (erase_h < h)
-  first = tf.argmax(tf.cast(fits, tf.int32))
-  y = tf.floor(tf.random.stateless_uniform([], y_key) * (h - erase_h[first] + 1.0))
-  x = tf.floor(tf.random.stateless_uniform([], x_key) * (w - erase_w[first] + 1.0))
-  window = tf.stack([y, x, erase_h[first], erase_w[first]])
+  window = _place_first(place_key, h, w, erase_h, erase_w, fits)
   return tf.cast(tf.where(tf.reduce_any(fits), window, tf.zeros([4])), tf.int32)
 
 
