@@ -19,10 +19,10 @@ $(VENV)/.runtime: requirements.txt pyproject.toml
 	$(PY) -m pip install -q -c requirements.txt -e .
 	touch $@
 
+# jax2onnx goes in without its dependencies: they are in requirements-test.txt, but for an
+# orbax-checkpoint cap (pyproject.toml's `onnx` extra).
 $(VENV)/.test: requirements-test.txt $(VENV)/.runtime
 	$(PY) -m pip install -q -c requirements.txt -r requirements-test.txt
-	# jax2onnx without its dependencies: they are in requirements-test.txt, but for an
-	# orbax-checkpoint cap (pyproject.toml's `onnx` extra).
 	$(PY) -m pip install -q --no-deps jax2onnx==0.17.1
 	touch $@
 

@@ -85,7 +85,7 @@ def test_trainer_runs_collectively_on_two_processes(tmp_path):
   for rc, _, err in results:
     assert rc == 0, err[-3000:]
   chief_out, other_out = results[0][1], results[1][1]
-  assert 'Results: UAR' in chief_out and 'step 4/4' in chief_out
+  assert 'Results (final step, test): UAR' in chief_out and 'step 4/4' in chief_out
   assert 'Results' not in other_out and 'step 4/4' not in other_out  # only process 0 reports
   with open(os.path.join(workdir, 'results.json')) as f:
     results_json = json.load(f)

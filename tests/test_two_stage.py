@@ -39,7 +39,7 @@ def test_rafdb_classifier_then_fe_adapter_on_dfew_keeps_the_head_by_emotion(tmp_
       *SMALL,
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert 'Results: UAR' in proc.stdout
+  assert 'Results (final step, test): UAR' in proc.stdout
   # The ImageNet-style head (5 classes, none named) is not carried into the emotion classifier.
   assert 'names no classes' not in proc.stderr  # init.head='drop': no attempt, no warning
   export = os.path.join(image_run, 'export')
@@ -58,11 +58,12 @@ def test_rafdb_classifier_then_fe_adapter_on_dfew_keeps_the_head_by_emotion(tmp_
       f'--config.data.manual_dir={dfew_manual}',
       '--config.data.num_frames=4',
       '--config.total_steps=2',
+      '--config.data.val_fraction=0',  # one clip per class: nothing to hold out
       '--verbosity=0',  # the head mapping is logged at INFO
       *SMALL,
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert 'Results: UAR' in proc.stdout
+  assert 'Results (final step, test): UAR' in proc.stdout
   # Happy is RAF-DB's Happiness (row 3), Sad its Sadness (4), Neutral (6), Angry its Anger (5).
   assert "mapped by class name: {'Happy': 3, 'Sad': 4, 'Neutral': 6, 'Angry': 5" in proc.stderr
   # The head the video run starts from: RAF-DB's columns in DFEW's class order.

@@ -160,8 +160,8 @@ def test_kfold_reads_finished_folds_and_writes_its_table_on_gs(bucket):
   assert (bucket / 'dfew' / 'kfold.md').read_text() == md + '\n'
   assert '| mean | 60.00 +- 10.00 |' in md
   assert json.loads((bucket / 'dfew' / 'kfold.json').read_text()) == {
-      '1': {'uar': 0.5, 'war': 0.6},
-      '2': {'uar': 0.7, 'war': 0.8},
+      '1': {'uar': 0.5, 'war': 0.6, 'selected': None},  # these results predate selection
+      '2': {'uar': 0.7, 'war': 0.8, 'selected': None},
   }
 
 

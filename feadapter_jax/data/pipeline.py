@@ -39,6 +39,7 @@ import math
 import os
 from typing import Iterator
 
+from absl import logging
 import jax
 import ml_collections
 import numpy as np
@@ -456,6 +457,9 @@ def held_out_ids(data_config: ml_collections.ConfigDict) -> frozenset[bytes]:
   held = []
   for label, name in enumerate(class_names):
     members = np.flatnonzero(labels == label)
+    if not len(members):  # absent from the split: nothing to hold out (nor to train on)
+      logging.warning('Class %r has no example in %r: none is held out.', name, split)
+      continue
     count = math.floor(fraction * len(members) + 0.5)
     if not 0 < count < len(members):
       lacks, fix = ('validation', 'raise') if count == 0 else ('training', 'lower')

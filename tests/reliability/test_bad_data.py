@@ -66,7 +66,7 @@ def test_bad_frames_are_skipped_reported_and_training_runs_on_the_rest(tmp_path,
       str(tmp_path / 'run'), data_dir, CONFIG, f'--config.data.manual_dir={broken_dfew}', *TRAIN
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert 'step 2/2' in proc.stdout and 'Results: UAR' in proc.stdout
+  assert 'step 2/2' in proc.stdout and 'Results (final step, test): UAR' in proc.stdout
   # The user sees each skipped file with its reason, and the counts, in the run's log...
   assert f'Skipped corrupt/unreadable frames: {len(SKIPPED_FRAMES)}' in proc.stderr
   assert 'Skipped clips (unreadable, or no face found): 1' in proc.stderr

@@ -97,6 +97,8 @@ def test_random_kills_and_preemption_resume_to_the_uninterrupted_parameters(
   # 5. The last rerun finishes from the final checkpoint without training or saving it again.
   run, complete, partial = launch()
   stopped(run, complete, partial, 'completion', expected_rc=0)
-  assert complete[-1] == harness.TOTAL_STEPS and 'Results: UAR' in run.output, history
+  assert (
+      complete[-1] == harness.TOTAL_STEPS and 'Results (final step, test): UAR' in run.output
+  ), history
   harness.assert_same_params(workdir, reference)
   assert harness.assert_checkpoints_intact(ckpt_dir)[-1] == harness.TOTAL_STEPS
