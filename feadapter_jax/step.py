@@ -175,8 +175,9 @@ def make_eval_step(
 ) -> Callable[[Any, Batch], jax.Array]:
   """Returns `eval_step(params, batch) -> probabilities (b, classes)`.
 
-  batch['video']: (b, clips, t, H, W, 3) uint8, normalised with `mean` and `std`
-  (`normalise_video`) into `model.dtype`; the softmax is averaged over the temporal clips.
+  batch['video']: (b, views, t, H, W, 3) uint8 (views: the test clips x crops of each video,
+  `pipeline.eval_clip`), normalised with `mean` and `std` (`normalise_video`) into
+  `model.dtype`; the softmax is averaged over the views.
   """
 
   def eval_step(params, batch):
