@@ -326,8 +326,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     counts = pipeline.train_label_counts(config.data, config.model.num_classes)
     class_weights = pipeline.balanced_class_weights(counts)
     logging.info('Class weights (balanced) for counts %s: %s', counts.tolist(), class_weights)
-  # The parameters evaluation and export use: the EMA of the trained ones when it is kept.
-  eval_params = jax.jit(step_lib.ema_params, out_shardings=state_sh['params'])
+  # The parameters evaluation and export use: the EMA of the trained ones when it is kept (a
+  # jitted merge, laid out as the parameters), else the parameters themselves, not copied.
+  if config.ema_decay:
+    eval_params = jax.jit(step_lib.ema_params, out_shardings=state_sh['params'])
+  else:
+    eval_params = step_lib.ema_params
   train_step = jax.jit(
       step_lib.make_train_step(
           model,

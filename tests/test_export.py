@@ -102,6 +102,25 @@ def _views(config, count=3, num_clips=2):
   )
 
 
+def _serve_alone(script, rows, model, tmp_path):
+  """What `script` (SERVE or SERVE_ONNX) writes after serving `rows` from `model` in a fresh
+  process where JAX cannot be imported."""
+  np.save(tmp_path / 'frames.npy', rows)
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  proc = subprocess.run(
+      [sys.executable, '-c', script, tmp_path / 'frames.npy', model, tmp_path / 'out.json'],
+      env=env,
+      cwd=tmp_path,
+      capture_output=True,
+      text=True,
+      timeout=120,
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  served = json.loads((tmp_path / 'out.json').read_text())
+  assert not served['jax_imported']
+  return served
+
+
 def _eval_step(workdir):
   config = workdir_lib.load_config(workdir)
   model, params = evaluate.load_trained(workdir, config)
@@ -206,21 +225,9 @@ def test_the_savedmodel_serves_the_eval_steps_probabilities_with_tensorflow_alon
   config, _, step = reference
   views = _views(config)  # (3 windows, 2 views, t, S, S, 3)
   rows = views.reshape(-1, *views.shape[2:])
-  np.save(tmp_path / 'frames.npy', rows)
-  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
 
-  proc = subprocess.run(
-      [sys.executable, '-c', SERVE, tmp_path / 'frames.npy', out, tmp_path / 'out.json'],
-      env=env,
-      cwd=tmp_path,
-      capture_output=True,
-      text=True,
-      timeout=120,
-  )
+  served = _serve_alone(SERVE, rows, out, tmp_path)
 
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  served = json.loads((tmp_path / 'out.json').read_text())
-  assert not served['jax_imported']
   with open(os.path.join(workdir, 'export', 'model_config.json')) as f:
     class_names = json.load(f)['class_names']
   assert served['class_names'] == served['variable_class_names'] == class_names
@@ -246,21 +253,9 @@ def test_the_onnx_file_serves_the_eval_steps_probabilities_with_onnx_runtime_alo
   config, _, step = reference
   views = _views(config)  # (3 windows, 2 views, t, S, S, 3)
   rows = views.reshape(-1, *views.shape[2:])
-  np.save(tmp_path / 'frames.npy', rows)
-  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
 
-  proc = subprocess.run(
-      [sys.executable, '-c', SERVE_ONNX, tmp_path / 'frames.npy', out, tmp_path / 'out.json'],
-      env=env,
-      cwd=tmp_path,
-      capture_output=True,
-      text=True,
-      timeout=120,
-  )
+  served = _serve_alone(SERVE_ONNX, rows, out, tmp_path)
 
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  served = json.loads((tmp_path / 'out.json').read_text())
-  assert not served['jax_imported']
   t, size = config.data.num_frames, config.data.image_size
   assert served['inputs'] == [['frames', ['b', t, size, size, 3], 'tensor(uint8)']]
   assert served['outputs'] == [['probabilities', ['b', config.model.num_classes]]]
