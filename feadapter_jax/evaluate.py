@@ -75,15 +75,6 @@ def load_trained(workdir: str, config: ml_collections.ConfigDict) -> tuple[Any, 
   return model, partition.merge(frozen, trained)
 
 
-def evaluation_file(split: str, data_config: ml_collections.ConfigDict) -> str:
-  """The file `evaluate_workdir` writes: `workdir.evaluation_file`, which names the clips, with
-  the crops named when there are several (one crop keeps the name runs have always written)."""
-  name = workdir_lib.evaluation_file(split, data_config.num_clips)
-  if data_config.num_crops == 1:
-    return name
-  return name.replace('clip.json', f'clip_{data_config.num_crops}crop.json')
-
-
 def evaluate_workdir(
     workdir: str,
     split: str,
@@ -126,7 +117,9 @@ def evaluate_workdir(
       num_crops=data.num_crops,
       test_crop_fraction=data.test_crop_fraction,
   )
-  path = workdir_lib.path(workdir, evaluation_file(split, data))
+  path = workdir_lib.path(
+      workdir, workdir_lib.evaluation_file(split, data.num_clips, data.num_crops)
+  )
   path.write_text(json.dumps(results, indent=2))
   print(
       f'{workdir} {split} ({data.num_clips} clip x {data.num_crops} crop): UAR '

@@ -11,7 +11,7 @@ WORKDIR/
   export/                trainable parameters + model_config.json (`checkpoint.save_params`:
                          the model config and the input normalisation), and init.json: the
                          backbone, seed and trainable patterns they go with
-  results_<split>_<n>clip.json   written by `python -m feadapter_jax.evaluate`
+  results_<split>_<n>clip[_<m>crop].json   written by `python -m feadapter_jax.evaluate`
   events.out.tfevents.*  TensorBoard scalars
 
 WORKDIR may be local or a URI such as gs://bucket/run: every file of it is read and written
@@ -34,9 +34,11 @@ EXPORT_DIR = 'export'
 INIT_FILE = 'init.json'  # inside EXPORT_DIR
 
 
-def evaluation_file(split: str, num_clips: int) -> str:
-  """The file `evaluate` writes for a split evaluated with `num_clips` temporal views."""
-  return f'results_{split}_{num_clips}clip.json'
+def evaluation_file(split: str, num_clips: int, num_crops: int = 1) -> str:
+  """The file `evaluate` writes for a split evaluated with `num_clips` temporal x `num_crops`
+  spatial views; one crop is left out of the name, as runs have always written it."""
+  crops = f'_{num_crops}crop' if num_crops > 1 else ''
+  return f'results_{split}_{num_clips}clip{crops}.json'
 
 
 def resolve_path(location: str | os.PathLike[str]) -> str:

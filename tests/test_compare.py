@@ -7,6 +7,7 @@ import re
 import numpy as np
 import pytest
 
+from feadapter_jax import cli
 from feadapter_jax.data.synth_fer import render as synth_render
 from feadapter_jax.experiments import compare
 
@@ -37,6 +38,35 @@ def test_pair_accuracy_counts_only_the_right_class_of_all():
   assert compare.pair_accuracy(cm[perm][:, perm], [names[i] for i in perm]) == pytest.approx(0.4)
 
 
+def test_pair_accuracy_pools_every_time_reversed_pair():
+  names = list(synth_render.CLASS_NAMES)
+  cm = np.zeros((7, 7), int)
+  for name, right, wrong in (('Surprise', 6, 4), ('Fear', 2, 8), ('Happy', 9, 1), ('Sad', 3, 7)):
+    i = names.index(name)
+    cm[i, i], cm[i, (i + 1) % 7] = right, wrong
+  pairs = (('Surprise', 'Fear'), ('Happy', 'Sad'))
+  assert compare.pair_accuracy(cm, names, pairs) == pytest.approx((6 + 2 + 9 + 3) / 40)
+
+
+def test_the_setting_follows_the_variant_its_pairs_and_its_files():
+  config = cli.load_config(os.path.join(ROOT, 'configs', 'synthetic.py:variant=hard'), {})
+  hard = compare.setting_of(config)
+  assert hard.pairs == (('Happy', 'Sad'), ('Angry', 'Disgust'), ('Surprise', 'Fear'))
+  assert hard.time_blind_ceiling == '4/7 = 57.1%'
+  assert hard.file_name(compare.TABLE_FILE) == 'results_hard.md'
+  assert hard.targets == compare.TARGETS['hard']
+  mafw = compare.setting_of(
+      cli.load_config(os.path.join(ROOT, 'configs', 'synthetic.py:variant=hard_mafw'), {})
+  )
+  assert len(mafw.class_names) == 11 and len(mafw.pairs) == 5
+  assert ('anxiety', 'helplessness') in mafw.pairs and mafw.time_blind_ceiling == '6/11 = 54.5%'
+  video = compare.setting_of(cli.load_config(os.path.join(ROOT, 'configs', 'synthetic.py'), {}))
+  assert video == compare.VIDEO and video.file_name(compare.FIGURE_FILE) == compare.FIGURE_FILE
+  config.data.builder_config = 'image'
+  with pytest.raises(ValueError, match="builder_config='image'"):
+    compare.setting_of(config)
+
+
 def row(method, params, uar, pair, std=0.01):
   return compare.Row(method, params, params / 500_000, (uar, std), (uar, std), (pair, std), 1.0)
 
@@ -62,6 +92,26 @@ def test_findings_check_each_claim_against_its_target():
   text = compare.findings(rows)
   assert text.count('misses the 90% target') == 2 and 'not near chance' in text
   assert 'over the 10% target' in text and 'below full fine-tuning' in text
+
+
+def test_findings_on_the_hard_variant_check_its_own_targets():
+  config = cli.load_config(os.path.join(ROOT, 'configs', 'synthetic.py:variant=hard'), {})
+  hard = compare.setting_of(config)
+  rows = [
+      row('linear_probe', 700, 0.44, 0.33),
+      row('st_adapter', 40_000, 0.70, 0.60, std=0.02),
+      row('fe_adapter', 44_000, 0.80, 0.75, std=0.03),
+  ]
+  text = compare.findings(rows, hard)
+  assert 'reaches 80.0 +- 3.0% UAR (meets the 75% target)' in text
+  assert 'Happy vs Sad and Angry vs Disgust and Surprise vs Fear, the 3 pairs' in text
+  assert '(meets the target of at most 45%), where a model blind to time tops out at 4/7' in text
+  # 10 points against 2 x hypot(3, 2) = 7.2.
+  assert "+10.0 points from ST-Adapter's (meets the target of more than 2 seed stds" in text
+  assert '90% target' not in text
+  rows[0], rows[2] = row('linear_probe', 700, 0.50, 0.5), row('fe_adapter', 44_000, 0.74, 0.7)
+  text = compare.findings(rows, hard)
+  assert text.count('misses') == 3
 
 
 def numbers(cells):

@@ -52,6 +52,9 @@ def test_unknown_recipe_and_variant_name_the_allowed_values():
   with pytest.raises(ValueError, match='known: video, hard, hard_mafw'):
     synthetic.get_config('variant=easy')
   assert synthetic.get_config('variant=hard_mafw').model.num_classes == 11
+  # The imbalanced benchmarks weigh the loss by class; the balanced demo does not.
+  assert synthetic.get_config('variant=hard').class_weights == 'balanced'
+  assert synthetic.get_config('variant=video').class_weights == 'none'
 
 
 @pytest.mark.parametrize(

@@ -280,3 +280,31 @@ def test_occluders_cover_part_of_the_face_for_at_least_half_the_clip():
     first, last = np.flatnonzero(covered)[[0, -1]]
     assert covered[first : last + 1].all()  # one contiguous span
   assert len(set(covered_frames)) > 1
+
+
+def test_hard_variants_reverse_every_pair_in_time():
+  """Each offset class is its onset partner's clip reversed: same draws, frames in reverse."""
+  for variant, num_pairs in (('hard', 3), ('hard_mafw', 5)):
+    config = synth_builder.synth_config(variant)
+    names = config.class_names
+    pairs = synth_render.reversed_pairs(names, config.render.time_reversed)
+    assert len(pairs) == num_pairs
+    changes = []
+    for onset, offset in pairs:
+      for seed in range(5):
+        tracks = [
+            synth_render.expression_track(
+                np.random.default_rng(seed), names.index(c), 8, config.render, class_names=names
+            )
+            for c in (onset, offset)
+        ]
+        np.testing.assert_array_equal(tracks[0], tracks[1][::-1])
+        changes.append(np.abs(tracks[0][-1] - tracks[0][0]).max())
+    assert np.mean(changes) > 0.3  # the expression changes within the clip
+  # The quick demo keeps its single pair.
+  video = synth_builder.synth_config('video').render
+  assert synth_render.reversed_pairs(synth_render.CLASS_NAMES, video.time_reversed) == (
+      synth_render.TIME_REVERSED_PAIR,
+  )
+  with pytest.raises(ValueError, match=r"time_reversed=\['Angry'\]: known offset classes"):
+    synth_render.RenderParams(time_reversed=('Angry',))

@@ -107,6 +107,5 @@ def test_evaluate_refuses_bad_views_before_loading_the_model(tmp_path):
   assert json.loads((tmp_path / 'config.json').read_text())['data']['num_crops'] == 1
   with pytest.raises(pipeline.DataConfigError, match='num_crops=-1: allowed values'):
     evaluate.evaluate_workdir(str(tmp_path), 'test', num_crops=-1)
-  assert evaluate.evaluation_file('test', config.data) == 'results_test_1clip.json'
-  config.data.update(num_clips=2, num_crops=2)
-  assert evaluate.evaluation_file('test', config.data) == 'results_test_2clip_2crop.json'
+  assert workdir_lib.evaluation_file('test', 1) == 'results_test_1clip.json'
+  assert workdir_lib.evaluation_file('test', 2, 2) == 'results_test_2clip_2crop.json'

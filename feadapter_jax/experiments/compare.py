@@ -52,6 +52,7 @@ from tensorflow.core.util import event_pb2
 from feadapter_jax import methods as methods_lib
 from feadapter_jax import train
 from feadapter_jax import workdir as workdir_lib
+from feadapter_jax.data.synth_fer import builder as synth_builder
 from feadapter_jax.data.synth_fer import render as synth_render
 from feadapter_jax.models import backbone as backbone_lib
 from feadapter_jax.models import builder
@@ -61,9 +62,6 @@ TABLE_FILE = 'results.md'
 FIGURE_FILE = 'accuracy_vs_params.png'
 IMAGE_DIR = 'image'
 REQUEST_FILE = 'compare_config.json'
-# What the comparison is expected to show (results.md says whether the numbers do).
-TARGET_UAR = 0.9
-TARGET_PAIR = 0.9
 PAIR_CHANCE, PAIR_CHANCE_TOLERANCE = 0.5, 0.1
 MAX_FRACTION_OF_FULL = 0.1
 DEFAULT_SEEDS = (0, 1, 2)
@@ -81,14 +79,99 @@ def method_label(method: str) -> str:
   return methods_lib.get(method).label
 
 
+@dataclasses.dataclass(frozen=True)
+class Targets:
+  """What a comparison on a SynthFER variant is expected to show; results.md says whether the
+  numbers do. None: reported, no target.
+
+  Attributes:
+    fe_uar: FE-Adapter's UAR, at least.
+    fe_pair: FE-Adapter's accuracy on the time-reversed pairs, at least.
+    probe_uar: the linear probe's UAR, at most (a benchmark that frame averaging cannot solve).
+    st_gap_stds: FE-Adapter's UAR above ST-Adapter's by more than this many seed stds of the
+      difference.
+  """
+
+  fe_uar: float
+  fe_pair: float | None = None
+  probe_uar: float | None = None
+  st_gap_stds: float | None = None
+
+
+# By SynthFER variant: the quick demo, where every temporal adapter should solve the task, and the
+# benchmark that separates methods.
+TARGETS = {
+    'video': Targets(fe_uar=0.9, fe_pair=0.9),
+    'hard': Targets(fe_uar=0.75, probe_uar=0.45, st_gap_stds=2.0),
+    'hard_mafw': Targets(fe_uar=0.75, probe_uar=0.45, st_gap_stds=2.0),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+  """The benchmark a comparison runs on.
+
+  Attributes:
+    variant: the SynthFER variant (`synth_fer.builder.VARIANTS`).
+    class_names: its classes, in label order.
+    pairs: its (onset, offset) classes that share an apex and differ only by the direction of time.
+    targets: what the comparison is expected to show.
+  """
+
+  variant: str
+  class_names: tuple[str, ...]
+  pairs: tuple[tuple[str, str], ...]
+  targets: Targets
+
+  @property
+  def pair_names(self) -> str:
+    return ', '.join('/'.join(p) for p in self.pairs)
+
+  @property
+  def time_blind_ceiling(self) -> str:
+    """The best UAR of a model blind to time, which at best gets one class of each pair."""
+    k, n = len(self.class_names), len(self.pairs)
+    return f'{k - n}/{k} = {100 * (k - n) / k:.1f}%'
+
+  def file_name(self, name: str) -> str:
+    """An output file's name: 'results.md' on the quick demo, 'results_hard.md' on `hard`."""
+    if self.variant == 'video':
+      return name
+    stem, ext = os.path.splitext(name)
+    return f'{stem}_{self.variant}{ext}'
+
+
+def setting_of(config: ml_collections.ConfigDict) -> Setting:
+  """The benchmark of a SynthFER video config."""
+  variant = config.data.builder_config
+  if variant not in TARGETS:
+    raise ValueError(
+        f'config.data.builder_config={variant!r}: compare runs on the SynthFER variants '
+        f'{", ".join(TARGETS)}.'
+    )
+  synth = synth_builder.synth_config(variant, **config.data.synth)
+  pairs = synth_render.reversed_pairs(synth.class_names, synth.render.time_reversed)
+  return Setting(variant, synth.class_names, pairs, TARGETS[variant])
+
+
+VIDEO = Setting(
+    'video',
+    synth_render.CLASS_NAMES,
+    synth_render.reversed_pairs(
+        synth_render.CLASS_NAMES, synth_render.RenderParams().time_reversed
+    ),
+    TARGETS['video'],
+)
+
+
 def pair_accuracy(
     confusion: Any,
     class_names: Sequence[str],
-    pair: Sequence[str] = synth_render.TIME_REVERSED_PAIR,
+    pairs: Sequence[Sequence[str]] = VIDEO.pairs,
 ) -> float:
-  """Accuracy over the clips of the `pair` classes: right class (of all classes) / clips."""
+  """Accuracy over the clips of the `pairs`' classes: right class (of all classes) / clips."""
   cm = np.asarray(confusion)
-  idx = [list(class_names).index(name) for name in pair]
+  idx = [list(class_names).index(name) for pair in pairs for name in pair]
   return float(sum(cm[i, i] for i in idx) / cm[idx].sum())
 
 
@@ -137,8 +220,8 @@ class Plan:
   image_overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   docs_dir: str = ''
 
-  def command(self) -> str:
-    """The command line that reproduces this plan (defaults left out)."""
+  def command(self, program: str = 'python -m feadapter_jax.experiments.compare') -> str:
+    """The command line of `program` that reproduces this plan (defaults left out)."""
     flags_ = [
         f'--config={self.config}',
         f'--workdir={self.workdir}',
@@ -153,7 +236,7 @@ class Plan:
     flags_ += [f"'--image_config.{k}={v}'" for k, v in self.image_overrides.items()]
     if self.docs_dir:
       flags_.append(f'--docs_dir={self.docs_dir}')
-    return ' '.join(['python -m feadapter_jax.experiments.compare', *flags_])
+    return ' '.join([program, *flags_])
 
   @property
   def pretrains(self) -> bool:
@@ -227,6 +310,7 @@ def run_all(plan: Plan) -> Runs | None:
     if image is None:
       return None
   video = {}
+  pairs = setting_of(plan.video_run(plan.methods[0], plan.seeds[0])).pairs
   for method in plan.methods:
     video[method] = []
     for seed in plan.seeds:
@@ -235,7 +319,9 @@ def run_all(plan: Plan) -> Runs | None:
       results = train_or_read(config, run_dir)
       if results is None:
         return None
-      results['pair_accuracy'] = pair_accuracy(results['confusion_matrix'], results['class_names'])
+      results['pair_accuracy'] = pair_accuracy(
+          results['confusion_matrix'], results['class_names'], pairs
+      )
       results['clips_per_s'] = clips_per_second(run_dir, config.batch_size)
       video[method].append(results)
   return Runs(image, video)
@@ -254,7 +340,7 @@ class Row:
   clips_per_s: float
 
 
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
   values = np.asarray(values, np.float64)
   # Sample std: three seeds estimate the seed noise; a single seed shows none.
   return float(values.mean()), (float(values.std(ddof=1)) if len(values) > 1 else 0.0)
@@ -270,40 +356,42 @@ def summarize(runs: dict[str, list[dict[str, Any]]], full_params: int) -> list[R
             method=method,
             trainable_params=trainable,
             fraction_of_full=trainable / full_params,
-            uar=_mean_std([r['uar'] for r in seeds]),
-            war=_mean_std([r['war'] for r in seeds]),
-            pair=_mean_std([r['pair_accuracy'] for r in seeds]),
+            uar=mean_std([r['uar'] for r in seeds]),
+            war=mean_std([r['war'] for r in seeds]),
+            pair=mean_std([r['pair_accuracy'] for r in seeds]),
             clips_per_s=float(np.mean([r['clips_per_s'] for r in seeds])),
         )
     )
   return rows
 
 
-def _pct(mean_std: tuple[float, float]) -> str:
+def pct(mean_std: tuple[float, float]) -> str:
   return f'{100 * mean_std[0]:.1f} +- {100 * mean_std[1]:.1f}'
 
 
-def table(rows: Sequence[Row]) -> str:
+def table(rows: Sequence[Row], setting: Setting = VIDEO) -> str:
   """The markdown table: one row per method, accuracies in % (mean +- std over seeds)."""
   lines = [
       '| method | trainable params | % of full FT | UAR (%) | WAR (%) | '
-      f'{"/".join(synth_render.TIME_REVERSED_PAIR)} accuracy (%) | train clips/s |',
+      f'{setting.pair_names} accuracy (%) | train clips/s |',
       '|---|---:|---:|---:|---:|---:|---:|',
   ]
   for r in rows:
     lines.append(
         f'| {method_label(r.method)} | {r.trainable_params:,} | '
-        f'{100 * r.fraction_of_full:.2f} | {_pct(r.uar)} | {_pct(r.war)} | '
-        f'{_pct(r.pair)} | {r.clips_per_s:.1f} |'
+        f'{100 * r.fraction_of_full:.2f} | {pct(r.uar)} | {pct(r.war)} | '
+        f'{pct(r.pair)} | {r.clips_per_s:.1f} |'
     )
   return '\n'.join(lines)
 
 
-def per_seed_table(runs: dict[str, list[dict[str, Any]]], seeds: Sequence[int]) -> str:
+def per_seed_table(
+    runs: dict[str, list[dict[str, Any]]], seeds: Sequence[int], setting: Setting = VIDEO
+) -> str:
   """The markdown table of every run: one row per method and seed."""
   lines = [
       '| method | seed | UAR (%) | WAR (%) | '
-      f'{"/".join(synth_render.TIME_REVERSED_PAIR)} accuracy (%) | train clips/s |',
+      f'{setting.pair_names} accuracy (%) | train clips/s |',
       '|---|---:|---:|---:|---:|---:|',
   ]
   for method, results in runs.items():
@@ -325,32 +413,50 @@ def _versus(a: Row, b: Row) -> tuple[float, float, str]:
   return diff, noise, verdict
 
 
-def findings(rows: Sequence[Row]) -> str:
+def _meets(ok: bool) -> str:
+  return 'meets' if ok else 'misses'
+
+
+def findings(rows: Sequence[Row], setting: Setting = VIDEO) -> str:
   """What the numbers show, sentence by sentence, each claim checked against its target."""
   by = {r.method: r for r in rows}
-  pair = ' vs '.join(synth_render.TIME_REVERSED_PAIR)
-  num_classes = len(synth_render.CLASS_NAMES)
-  ceiling = f'{num_classes - 1}/{num_classes} = {100 * (1 - 1 / num_classes):.1f}%'
+  targets = setting.targets
+  pairs = ' and '.join(' vs '.join(p) for p in setting.pairs)
+  what = (
+      'the two classes that differ only by the direction of time'
+      if len(setting.pairs) == 1
+      else f'the {len(setting.pairs)} pairs of classes that differ only by the direction of time'
+  )
+  ceiling = setting.time_blind_ceiling
   out = []
   fe = by.get('fe_adapter')
   if fe:
+    pair_target = (
+        f' ({_meets(fe.pair[0] >= targets.fe_pair)} the {100 * targets.fe_pair:.0f}% target)'
+        if targets.fe_pair is not None
+        else ''
+    )
     out.append(
-        f'FE-Adapter reaches {_pct(fe.uar)}% UAR '
-        f'({"meets" if fe.uar[0] >= TARGET_UAR else "misses"} the '
-        f'{100 * TARGET_UAR:.0f}% target) and separates {pair}, the two classes that '
-        f'differ only by the direction of time, at {_pct(fe.pair)}% '
-        f'({"meets" if fe.pair[0] >= TARGET_PAIR else "misses"} the '
-        f'{100 * TARGET_PAIR:.0f}% target).'
+        f'FE-Adapter reaches {pct(fe.uar)}% UAR ({_meets(fe.uar[0] >= targets.fe_uar)} the '
+        f'{100 * targets.fe_uar:.0f}% target) and separates {pairs}, {what}, at '
+        f'{pct(fe.pair)}%{pair_target}.'
     )
   lp = by.get('linear_probe')
   if lp:
     near = abs(lp.pair[0] - PAIR_CHANCE) <= PAIR_CHANCE_TOLERANCE
     why = ', as their frames, taken as a set, have the same distribution' if near else ''
+    uar_target = (
+        f' ({_meets(lp.uar[0] <= targets.probe_uar)} the target of at most '
+        f'{100 * targets.probe_uar:.0f}%)'
+        if targets.probe_uar is not None
+        else ''
+    )
     out.append(
         f'The linear probe, which averages the frozen image features over frames, '
-        f'gets {_pct(lp.pair)}% on that pair: {"near" if near else "not near"} chance '
+        f'gets {pct(lp.pair)}% on {"that pair" if len(setting.pairs) == 1 else "those pairs"}: '
+        f'{"near" if near else "not near"} chance '
         f'({100 * PAIR_CHANCE:.0f}% +- {100 * PAIR_CHANCE_TOLERANCE:.0f}){why}; its UAR '
-        f'is {_pct(lp.uar)}%, where a model blind to time tops out at {ceiling}.'
+        f'is {pct(lp.uar)}%{uar_target}, where a model blind to time tops out at {ceiling}.'
     )
   full = by.get('full_finetune')
   if fe and full:
@@ -369,10 +475,19 @@ def findings(rows: Sequence[Row]) -> str:
     best = max(peers, key=lambda r: r.uar[0])
     diff, noise, verdict = _versus(fe, best)
     out.append(
-        f'Of the other adapters, {method_label(best.method)} does best, {_pct(best.uar)}% '
+        f'Of the other adapters, {method_label(best.method)} does best, {pct(best.uar)}% '
         f"with {best.trainable_params / fe.trainable_params:.2f}x FE-Adapter's trainable "
         f'parameters: FE-Adapter is {verdict} it ({100 * diff:+.1f} points, seed std '
         f'{100 * noise:.1f}).'
+    )
+  st = by.get('st_adapter')
+  if fe and st and targets.st_gap_stds is not None:
+    diff, noise, _ = _versus(fe, st)
+    needed = targets.st_gap_stds * noise
+    out.append(
+        f"FE-Adapter's UAR is {100 * diff:+.1f} points from ST-Adapter's "
+        f'({_meets(diff > needed)} the target of more than {targets.st_gap_stds:g} seed stds '
+        f'of the difference, {100 * needed:.1f} points).'
     )
   if fe and full:
     speed = (
@@ -481,50 +596,55 @@ def plot(rows: Sequence[Row], path: str | os.PathLike[str], title: str) -> None:
 
 
 def report(plan: Plan, runs: Runs) -> list[Row]:
-  """Writes WORKDIR/results.md and WORKDIR/accuracy_vs_params.png; returns the rows."""
+  """Writes WORKDIR/results[_variant].md and WORKDIR/accuracy_vs_params[_variant].png; returns
+  the rows."""
   rows = summarize(runs.video, num_params(plan.video_run('full_finetune', plan.seeds[0])))
   video = backbone_lib.resolve(plan.video_run(plan.methods[0], plan.seeds[0]))
+  setting = setting_of(video)
   synth = video.data.synth
-  pair = '/'.join(synth_render.TIME_REVERSED_PAIR)
+  pairs = setting.pair_names
   origin = (
       f'pre-trained on single apex frames ({100 * runs.image["uar"]:.1f}% UAR on images, '
-      f'where {pair} is ambiguous)'
+      f'where {"/".join(synth_render.TIME_REVERSED_PAIR)} is ambiguous)'
       if runs.image
       else f'from {plan.backbone}'
   )
+  num_classes = len(setting.class_names)
   setup = (
-      f'SynthFER ({synth.num_train} train / {synth.num_test} test clips of '
-      f'{synth.num_frames} frames at {synth.resolution}x{synth.resolution}, 7 classes). '
-      f'Every method adapts the same frozen image classifier (ViT width '
+      f'SynthFER `{setting.variant}` ({synth.num_train} train / {synth.num_test} test clips of '
+      f'{synth.num_frames} frames at {synth.resolution}x{synth.resolution}, {num_classes} '
+      f'classes). Every method adapts the same frozen image classifier (ViT width '
       f'{video.model.width}, depth {video.model.depth}) {origin} and '
       f"trains {plan.budget_steps} steps of batch {video.batch_size} with its config's "
       f'learning rate; seeds {", ".join(map(str, plan.seeds))} set the initialisation, '
       'data order and augmentation. Accuracies are on the test split after the last step, '
-      f'mean +- std over seeds. {pair} accuracy: clips of these two time-reversed classes '
-      'predicted as their own class (of all 7), over those clips; chance between the two '
-      'is 50%. Train clips/s: batch size x the median steps/s logged during training '
-      '(compilation and evaluation excluded), mean over seeds, on a CPU shared with '
+      f'mean +- std over seeds. {pairs} accuracy: clips of these time-reversed classes '
+      f'predicted as their own class (of all {num_classes}), over those clips; chance between '
+      'the two of a pair is 50%. Train clips/s: batch size x the median steps/s logged during '
+      'training (compilation and evaluation excluded), mean over seeds, on a CPU shared with '
       'whatever else ran.'
   )
+  figure = setting.file_name(FIGURE_FILE)
   text = '\n\n'.join(
       [
-          '# FE-Adapter and its peers on SynthFER',
+          f'# FE-Adapter and its peers on SynthFER `{setting.variant}`',
           setup,
-          table(rows),
-          '**What it shows.** ' + findings(rows),
-          f'![UAR against trainable parameters]({FIGURE_FILE})',
+          table(rows, setting),
+          '**What it shows.** ' + findings(rows, setting),
+          f'![UAR against trainable parameters]({figure})',
           '## Per seed',
-          per_seed_table(runs.video, plan.seeds),
+          per_seed_table(runs.video, plan.seeds, setting),
           f'Generated by `{plan.command()}`.',
       ]
   )
   workdir = epath.Path(plan.workdir)
-  (workdir / TABLE_FILE).write_text(text + '\n')
+  (workdir / setting.file_name(TABLE_FILE)).write_text(text + '\n')
   seeds = f'{len(plan.seeds)} seed{"s" if len(plan.seeds) > 1 else ""}'
   plot(
       rows,
-      workdir / FIGURE_FILE,
-      f'SynthFER: UAR against trainable parameters ({seeds}, {plan.budget_steps} steps each)',
+      workdir / figure,
+      f'SynthFER {setting.variant}: UAR against trainable parameters ({seeds}, '
+      f'{plan.budget_steps} steps each)',
   )
   return rows
 
@@ -536,11 +656,12 @@ def run(plan: Plan) -> list[Row] | None:
     print('Comparison preempted: rerun the same command to resume.', flush=True)
     return None
   rows = report(plan, runs)
-  print(table(rows) + '\n\n' + findings(rows), flush=True)
+  setting = setting_of(plan.video_run(plan.methods[0], plan.seeds[0]))
+  print(table(rows, setting) + '\n\n' + findings(rows, setting), flush=True)
   if plan.docs_dir:
     docs_dir = epath.Path(plan.docs_dir)
     docs_dir.mkdir(parents=True, exist_ok=True)
-    for name in (TABLE_FILE, FIGURE_FILE):
+    for name in (setting.file_name(TABLE_FILE), setting.file_name(FIGURE_FILE)):
       (epath.Path(plan.workdir) / name).copy(docs_dir / name, overwrite=True)
   return rows
 

@@ -5,11 +5,15 @@ Variants, chosen by `SynthFerConfig.variant`:
     time-reversed class pair `render.TIME_REVERSED_PAIR`), classes balanced: the quick demo;
   * `image`: single frames showing a class's apex, stored as 1-frame videos so the input pipeline
     is the same. The time-reversed pair shares its apex, so those two classes are ambiguous here;
-  * `hard`: the benchmark that separates methods: subtle, short expressions at random times,
-    occluders, stronger head motion, zoom and lighting (`HARD_RENDER`), and DFEW-like class
-    frequencies (`render.DFEW_LIKE_WEIGHTS`: Disgust and Fear rare), so UAR and WAR differ;
-  * `hard_mafw`: the same renders over MAFW's eleven classes in MAFW's order, MAFW-like
-    frequencies.
+  * `hard`: the benchmark that separates methods (`HARD_RENDER`): three class pairs that differ
+    only by the direction of time (Happy/Sad, Angry/Disgust, Surprise/Fear), so a model that
+    averages frames tops out at 4/7 UAR; expressions at 60-100% strength that come within one or
+    two frames at a random time (as late as the last frames) and stay; occluders; stronger head motion, zoom and
+    lighting; DFEW-like class frequencies (`render.DFEW_LIKE_WEIGHTS`: Disgust and Fear rare),
+    so UAR and WAR differ;
+  * `hard_mafw`: the same renders over MAFW's eleven classes in MAFW's order, with two more
+    time-reversed pairs (contempt/disappointment, anxiety/helplessness: 6/11 for a time-blind
+    model), MAFW-like frequencies.
 
 Sizes, resolution, frames per clip, seed and renderer knobs live in the builder config. The two
 registered configs, `video` and `image`, use the defaults; `synth_config(...)` names a config from
@@ -45,10 +49,12 @@ HARD_RENDER = dict(
     min_apex=0.6,
     onset_start=(0.0, 0.55),
     onset_duration=(0.1, 0.25),
-    hold=(0.1, 0.3),
-    offset_duration=(0.3, 0.5),
     occlusion_prob=0.3,
+    # Sad, Disgust and Fear are Happy's, Angry's and Surprise's onsets reversed in time.
+    time_reversed=('Sad', 'Disgust', 'Fear'),
 )
+# MAFW's two more offset classes: disappointment and helplessness (contempt and anxiety reversed).
+HARD_MAFW_TIME_REVERSED = HARD_RENDER['time_reversed'] + ('disappointment', 'helplessness')
 SPLITS = ('train', 'validation', 'test')
 # Independent random streams under one (seed, split): labels, then one stream per clip.
 _LABEL_STREAM, _CLIP_STREAM = 0, 1
@@ -94,7 +100,12 @@ _VARIANT_PRESETS: dict[str, dict[str, Any]] = {
     'video': {},
     'image': {},
     'hard': dict(HARD_RENDER, label_weights=synth_render.DFEW_LIKE_WEIGHTS),
-    'hard_mafw': dict(HARD_RENDER, classes='mafw', label_weights=synth_render.MAFW_LIKE_WEIGHTS),
+    'hard_mafw': dict(
+        HARD_RENDER,
+        classes='mafw',
+        label_weights=synth_render.MAFW_LIKE_WEIGHTS,
+        time_reversed=HARD_MAFW_TIME_REVERSED,
+    ),
 }
 
 
@@ -185,17 +196,26 @@ _REGISTERED_CONFIGS.update((v, synth_config(v)) for v in VARIANTS)
 class SynthFer(tfds.core.GeneratorBasedBuilder):
   """SynthFER: procedural facial-expression videos with a time-reversed class pair."""
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {
+      '1.0.0': 'Initial release.',
+      '1.1.0': 'hard variants: three time-reversed class pairs (five in hard_mafw), each '
+      'expression held once it has come.',
+  }
   BUILDER_CONFIGS = list(_REGISTERED_CONFIGS.values())
 
   def _info(self) -> tfds.core.DatasetInfo:
+    config = self.builder_config
+    pairs = ', '.join(
+        '/'.join(p)
+        for p in synth_render.reversed_pairs(config.class_names, config.render.time_reversed)
+    )
     return tfds.core.DatasetInfo(
         builder=self,
         description=(
             f'Procedural cartoon facial-expression clips, 7 classes in DFEW order (11 in '
-            f"MAFW's for hard_mafw). {synth_render.TIME_REVERSED_PAIR} share one apex and "
-            f'differ only by the direction of time.'
+            f"MAFW's for hard_mafw). Each of the pairs {pairs} shares one apex and its two "
+            f'classes differ only by the direction of time.'
         ),
         features=tfds.features.FeaturesDict(
             {

@@ -17,14 +17,15 @@ the distribution of those of a Surprise clip: a model that averages frames canno
 between the two, one that models time can. In the single-image variant (`static=True`, the apex
 alone) the pair is ambiguous by construction: an image classifier tops out at 50% on it.
 
-Harder renders (the builder's `hard` variants) turn on knobs that are off by default: subtle
-apexes (`expression_gain`, `min_apex`), short expressions at random times that return to neutral
-(`hold`, `offset_duration`: the onset is faster than the offset, so the reversed Fear curve still
-differs from Surprise's), occluders over part of the face for part of the clip
-(`occlusion_prob`), and stronger head motion, zoom and lighting. `MAFW_CLASS_NAMES` adds four
-classes to the seven, in MAFW's order, for an 11-class variant; `DFEW_LIKE_WEIGHTS` and
-`MAFW_LIKE_WEIGHTS` give imbalanced class frequencies, with the rare classes the real datasets
-have rare.
+Harder renders (the builder's `hard` variants) turn on knobs that are off by default: more
+classes rendered as another class's onset reversed in time (`time_reversed`, `ONSET_OF`: Sad is a
+smile that fades, Disgust an angry frown that relaxes, so a model that averages frames is blind to
+three pairs), subtle apexes (`expression_gain`, `min_apex`), fast onsets at random times,
+expressions that return to neutral (`hold`, `offset_duration`), occluders over part of the face
+for part of the clip (`occlusion_prob`), and stronger head motion, zoom and lighting.
+`MAFW_CLASS_NAMES` adds four classes to the seven, in MAFW's order, for an 11-class variant;
+`DFEW_LIKE_WEIGHTS` and `MAFW_LIKE_WEIGHTS` give imbalanced class frequencies, with the rare
+classes the real datasets have rare.
 
 Everything is deterministic from the `numpy.random.Generator` passed in; the TFDS builder derives
 one generator per example from (seed, split, index) so examples can be rendered in any order. A
@@ -108,14 +109,44 @@ MAFW_LIKE_WEIGHTS = (0.15, 0.09, 0.07, 0.2, 0.1, 0.15, 0.1, 0.02, 0.07, 0.02, 0.
 CLASS_SETS = {'dfew': CLASS_NAMES, 'mafw': MAFW_CLASS_NAMES}
 
 
-def apex_of(name: str) -> np.ndarray:
-  """The apex expression of a class of either class set."""
-  return np.asarray(APEX[_MAFW_TO_DFEW.get(name, name)])
+# Classes that can be rendered as the offset of another class's onset (`RenderParams.
+# time_reversed`), with that class: Fear is Surprise's (always); in the hard variants a smile that
+# fades is Sad, an angry frown that relaxes is Disgust, and (MAFW's extra classes) contempt that
+# fades is disappointment, anxiety that fades is helplessness. Names are DFEW's for the seven.
+ONSET_OF: dict[str, str] = {
+    'Fear': 'Surprise',
+    'Sad': 'Happy',
+    'Disgust': 'Angry',
+    'disappointment': 'contempt',
+    'helplessness': 'anxiety',
+}
 
 
-def is_offset(name: str) -> bool:
-  """Whether the class is the time-reversed one of `TIME_REVERSED_PAIR` (in either class set)."""
-  return _MAFW_TO_DFEW.get(name, name) == TIME_REVERSED_PAIR[1]
+def _canonical(name: str) -> str:
+  return _MAFW_TO_DFEW.get(name, name)
+
+
+def is_offset(name: str, time_reversed: tuple[str, ...] = (TIME_REVERSED_PAIR[1],)) -> bool:
+  """Whether the class (of either class set) is rendered as its `ONSET_OF` class reversed."""
+  return _canonical(name) in time_reversed
+
+
+def apex_of(name: str, time_reversed: tuple[str, ...] = (TIME_REVERSED_PAIR[1],)) -> np.ndarray:
+  """The apex expression of a class of either class set: its onset partner's if it is an offset."""
+  name = _canonical(name)
+  return np.asarray(APEX[ONSET_OF[name] if name in time_reversed else name])
+
+
+def reversed_pairs(
+    class_names: tuple[str, ...], time_reversed: tuple[str, ...]
+) -> tuple[tuple[str, str], ...]:
+  """The (onset, offset) class pairs of a class set, in its own names, that share an apex."""
+  by_canonical = {_canonical(n): n for n in class_names}
+  return tuple(
+      (by_canonical[ONSET_OF[c]], n)
+      for n, c in ((n, _canonical(n)) for n in class_names)
+      if c in time_reversed
+  )
 
 
 _OCCLUDER_COLOURS = (np.array([0.15, 0.12, 0.1]), np.array([0.85, 0.8, 0.7]))
@@ -181,6 +212,9 @@ class RenderParams:
     occlusion_prob: probability of an occluder (a dark or light ellipse, a hand or an object)
       over part of the face, from a random frame for at least half the clip.
     occlusion_size: (low, high) occluder half-size, in face units.
+    time_reversed: the classes (DFEW names; MAFW's for its four extra) rendered as the onset of
+      their `ONSET_OF` class reversed in time, with its apex: a model that averages frames
+      cannot tell such a pair apart.
   """
 
   noise_std: float = 0.03
@@ -198,6 +232,12 @@ class RenderParams:
   offset_duration: tuple[float, float] = (0.3, 0.5)
   occlusion_prob: float = 0.0
   occlusion_size: tuple[float, float] = (0.25, 0.45)
+  time_reversed: tuple[str, ...] = (TIME_REVERSED_PAIR[1],)
+
+  def __post_init__(self):
+    unknown = set(self.time_reversed) - set(ONSET_OF)
+    if unknown:
+      raise ValueError(f'time_reversed={sorted(unknown)}: known offset classes {sorted(ONSET_OF)}.')
 
 
 def smoothstep(x: np.ndarray) -> np.ndarray:
@@ -284,8 +324,8 @@ def expression_track(
   if static:
     curve = np.ones(num_frames)
   else:
-    curve = intensity_curve(rng, num_frames, params, reverse=is_offset(name))
-  return rest + amplitude * curve[:, None] * apex_of(name)
+    curve = intensity_curve(rng, num_frames, params, reverse=is_offset(name, params.time_reversed))
+  return rest + amplitude * curve[:, None] * apex_of(name, params.time_reversed)
 
 
 def _sample_identity(rng: np.random.Generator) -> dict[str, np.ndarray | float]:
