@@ -36,7 +36,7 @@ demo: $(VENV)/.runtime
 
 test: $(VENV)/.test
 	$(PY) -m pyink --check --quiet .
-	$(PY) -m pytest -q -n 2 --dist loadfile tests
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=25 tests
 
 format: $(VENV)/.test
 	$(PY) -m pyink --quiet .

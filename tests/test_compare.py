@@ -104,7 +104,7 @@ def test_findings_on_the_hard_variant_check_its_own_targets():
   ]
   text = compare.findings(rows, hard)
   assert 'reaches 80.0 +- 3.0% UAR (meets the 75% target)' in text
-  assert 'Happy vs Sad and Angry vs Disgust and Surprise vs Fear, the 3 pairs' in text
+  assert 'Happy vs Sad, Angry vs Disgust and Surprise vs Fear, the 3 pairs' in text
   assert '(meets the target of at most 45%), where a model blind to time tops out at 4/7' in text
   # 10 points against 2 x hypot(3, 2) = 7.2.
   assert "+10.0 points from ST-Adapter's (meets the target of more than 2 seed stds" in text

@@ -14,9 +14,10 @@ r"""FE-Adapter against its peers on one frozen image classifier: one table and o
    overrides, for the same number of steps (`--budget`), evaluating once at the end, in
    WORKDIR/<method>/seed<S>. The architecture and the input normalisation come from the
    backbone (`models/backbone.py`), so `--image_config.model.width=32` narrows every run.
-3. Writes WORKDIR/results.md (table + what it shows, generated from the numbers) and
-   WORKDIR/accuracy_vs_params.png (UAR against trainable parameters, the paper's Figure 1), and
-   copies both to `--docs_dir` when given.
+3. Writes WORKDIR/results.md (table + what it shows, generated from the numbers and checked
+   against the variant's `TARGETS`) and WORKDIR/accuracy_vs_params.png (UAR against trainable
+   parameters, the paper's Figure 1), and copies both to `--docs_dir` when given. On the hard
+   variants they are results_<variant>.md and accuracy_vs_params_<variant>.png.
 
 WORKDIR and `--docs_dir` may be local or URIs (gs://bucket/compare): they are read and written
 through `etils.epath`.
@@ -421,7 +422,8 @@ def findings(rows: Sequence[Row], setting: Setting = VIDEO) -> str:
   """What the numbers show, sentence by sentence, each claim checked against its target."""
   by = {r.method: r for r in rows}
   targets = setting.targets
-  pairs = ' and '.join(' vs '.join(p) for p in setting.pairs)
+  pairs = [' vs '.join(p) for p in setting.pairs]
+  pairs = ', '.join(pairs[:-1]) + ' and ' + pairs[-1] if len(pairs) > 1 else pairs[0]
   what = (
       'the two classes that differ only by the direction of time'
       if len(setting.pairs) == 1
@@ -613,7 +615,7 @@ def report(plan: Plan, runs: Runs) -> list[Row]:
   setup = (
       f'SynthFER `{setting.variant}` ({synth.num_train} train / {synth.num_test} test clips of '
       f'{synth.num_frames} frames at {synth.resolution}x{synth.resolution}, {num_classes} '
-      f'classes). Every method adapts the same frozen image classifier (ViT width '
+      f'classes): {synth_builder.DESCRIPTIONS[setting.variant]} Every method adapts the same frozen image classifier (ViT width '
       f'{video.model.width}, depth {video.model.depth}) {origin} and '
       f"trains {plan.budget_steps} steps of batch {video.batch_size} with its config's "
       f'learning rate; seeds {", ".join(map(str, plan.seeds))} set the initialisation, '

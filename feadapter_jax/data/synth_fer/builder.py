@@ -55,6 +55,25 @@ HARD_RENDER = dict(
 )
 # MAFW's two more offset classes: disappointment and helplessness (contempt and anxiety reversed).
 HARD_MAFW_TIME_REVERSED = HARD_RENDER['time_reversed'] + ('disappointment', 'helplessness')
+# What each variant is, in a sentence (the dataset's description, and compare's pages).
+DESCRIPTIONS = {
+    'video': (
+        'Clips of one expression building up from neutral, classes balanced; Surprise and Fear '
+        'differ only by the direction of time.'
+    ),
+    'image': 'Single apex frames (Surprise and Fear share theirs), classes balanced.',
+    'hard': (
+        'Three class pairs that differ only by the direction of time (Happy/Sad, Angry/Disgust, '
+        'Surprise/Fear: the second of each is the first reversed), expressions at 60-100% '
+        'strength that come within one or two frames at a random time and stay, occluders on '
+        '30% of the clips, stronger head motion, zoom and lighting, and DFEW-like class '
+        'frequencies (Disgust 2%, Fear 5%).'
+    ),
+    'hard_mafw': (
+        "The hard renders over MAFW's eleven classes, with five time-reversed pairs and "
+        'MAFW-like class frequencies.'
+    ),
+}
 SPLITS = ('train', 'validation', 'test')
 # Independent random streams under one (seed, split): labels, then one stream per clip.
 _LABEL_STREAM, _CLIP_STREAM = 0, 1
@@ -214,8 +233,8 @@ class SynthFer(tfds.core.GeneratorBasedBuilder):
         builder=self,
         description=(
             f'Procedural cartoon facial-expression clips, 7 classes in DFEW order (11 in '
-            f"MAFW's for hard_mafw). Each of the pairs {pairs} shares one apex and its two "
-            f'classes differ only by the direction of time.'
+            f"MAFW's for hard_mafw). {DESCRIPTIONS[config.variant]} Each of the pairs {pairs} "
+            'shares one apex and its two classes differ only by the direction of time.'
         ),
         features=tfds.features.FeaturesDict(
             {
