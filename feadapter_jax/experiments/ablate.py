@@ -21,7 +21,6 @@ import dataclasses  # pylint: disable=g-import-not-at-top,g-bad-import-order
 from typing import Any, Mapping, Sequence
 
 from absl import app
-from absl import flags
 from etils import epath
 import numpy as np
 
@@ -214,39 +213,12 @@ def report(
 def main(argv) -> None:
   del argv
   cli.start()
-  run(
-      compare.Plan(
-          config=cli.config_spec(_CONFIG),
-          workdir=_WORKDIR.value,
-          methods=_METHODS.value,
-          seeds=[int(s) for s in _SEEDS.value],
-          budget_steps=_BUDGET.value,
-          overrides=cli.config_overrides(_CONFIG),
-          image_config=cli.config_spec(_IMAGE_CONFIG),
-          image_overrides=cli.config_overrides(_IMAGE_CONFIG),
-          docs_dir=_DOCS_DIR.value,
-      )
-  )
+  run(_PLAN())
 
 
 if __name__ == '__main__':
-  _CONFIG = cli.define_config(
-      'config',
-      'configs/synthetic.py:variant=hard',
-      'Video config file with method, seed and init args, `path.py[:args]`; override fields '
-      "with `--config.field=value` (they win over the rows' own).",
+  # `--config.field=value` overrides win over the rows' own.
+  _PLAN = compare.define_plan_flags(
+      'configs/synthetic.py:variant=hard', ['fe_adapter'], 'the table'
   )
-  _IMAGE_CONFIG = cli.define_config(
-      'image_config',
-      compare.DEFAULT_IMAGE_CONFIG,
-      'Config that pre-trains the image classifier; override fields with '
-      '`--image_config.field=value`.',
-  )
-  _WORKDIR = flags.DEFINE_string('workdir', None, 'Parent directory of all runs.', required=True)
-  _METHODS = flags.DEFINE_list('methods', ['fe_adapter'], 'Methods to ablate.')
-  _SEEDS = flags.DEFINE_list('seeds', list(map(str, compare.DEFAULT_SEEDS)), 'Seeds per row.')
-  _BUDGET = flags.DEFINE_integer(
-      'budget', compare.DEFAULT_BUDGET_STEPS, 'Training steps of every run.'
-  )
-  _DOCS_DIR = flags.DEFINE_string('docs_dir', '', 'Also copy the table here.')
   app.run(main)

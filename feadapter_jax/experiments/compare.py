@@ -37,7 +37,7 @@ from feadapter_jax import cli  # pylint: disable=g-bad-import-order  (first: qui
 import dataclasses  # pylint: disable=g-import-not-at-top,g-bad-import-order
 import json
 import os
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from absl import app
 from absl import flags
@@ -668,43 +668,52 @@ def run(plan: Plan) -> list[Row] | None:
   return rows
 
 
+def define_plan_flags(
+    default_config: str, default_methods: Sequence[str], what: str
+) -> Callable[[], Plan]:
+  """Defines the flags of a driver that runs a `Plan` (compare, ablate); returns the function
+  that reads them into one, after the flags are parsed. `what` names the driver's output."""
+  config = cli.define_config(
+      'config',
+      default_config,
+      'Video config file with method, seed and init args, `path.py[:args]`; override fields '
+      'with `--config.field=value`.',
+  )
+  image_config = cli.define_config(
+      'image_config',
+      DEFAULT_IMAGE_CONFIG,
+      'Config that pre-trains the image classifier; override fields with '
+      '`--image_config.field=value`.',
+  )
+  workdir = flags.DEFINE_string('workdir', None, 'Parent directory of all runs.', required=True)
+  methods = flags.DEFINE_list('methods', list(default_methods), 'Methods to run.')
+  seeds = flags.DEFINE_list('seeds', list(map(str, DEFAULT_SEEDS)), 'Seeds per method.')
+  budget = flags.DEFINE_integer('budget', DEFAULT_BUDGET_STEPS, 'Training steps of every run.')
+  docs_dir = flags.DEFINE_string('docs_dir', '', f'Also copy {what} here.')
+
+  def plan() -> Plan:
+    return Plan(
+        config=cli.config_spec(config),
+        workdir=workdir.value,
+        methods=methods.value,
+        seeds=[int(s) for s in seeds.value],
+        budget_steps=budget.value,
+        overrides=cli.config_overrides(config),
+        image_config=cli.config_spec(image_config),
+        image_overrides=cli.config_overrides(image_config),
+        docs_dir=docs_dir.value,
+    )
+
+  return plan
+
+
 def main(argv) -> None:
   del argv
   cli.start()
-  run(
-      Plan(
-          config=cli.config_spec(_CONFIG),
-          workdir=_WORKDIR.value,
-          methods=_METHODS.value,
-          seeds=[int(s) for s in _SEEDS.value],
-          budget_steps=_BUDGET.value,
-          overrides=cli.config_overrides(_CONFIG),
-          image_config=cli.config_spec(_IMAGE_CONFIG),
-          image_overrides=cli.config_overrides(_IMAGE_CONFIG),
-          docs_dir=_DOCS_DIR.value,
-      )
-  )
+  run(_PLAN())
 
 
 if __name__ == '__main__':
   # Flags only when run as a program: importing this module (tests) defines none.
-  _CONFIG = cli.define_config(
-      'config',
-      'configs/synthetic.py',
-      'Video config file with method, seed and init args, '
-      '`path.py[:args]`; override fields with `--config.field=value`.',
-  )
-  _IMAGE_CONFIG = cli.define_config(
-      'image_config',
-      DEFAULT_IMAGE_CONFIG,
-      'Config that pre-trains the image classifier; override '
-      'fields with `--image_config.field=value`.',
-  )
-  _WORKDIR = flags.DEFINE_string('workdir', None, 'Parent directory of all runs.', required=True)
-  _METHODS = flags.DEFINE_list('methods', list(METHODS), 'Methods to compare.')
-  _SEEDS = flags.DEFINE_list('seeds', list(map(str, DEFAULT_SEEDS)), 'Seeds per method.')
-  _BUDGET = flags.DEFINE_integer(
-      'budget', DEFAULT_BUDGET_STEPS, 'Training steps of every video run.'
-  )
-  _DOCS_DIR = flags.DEFINE_string('docs_dir', '', 'Also copy the table and figure here.')
+  _PLAN = define_plan_flags('configs/synthetic.py', METHODS, 'the table and figure')
   app.run(main)
